@@ -1,0 +1,106 @@
+"""Settings of the relay: defaults, command-line options and `RELAY_*` environment variables.
+
+Bottom layer: standard library only. Every option `--some-name` can also be given as the
+environment variable `RELAY_SOME_NAME`; the command line wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from urllib.parse import urlsplit
+
+from relay.errors import ConfigError
+
+PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API token: which project it acts for, and a name for the audit trail."""
+
+    project_id: str
+    name: str
+    token: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""                 # how clients reach the relay; derived from host/port when empty
+    db: str = "var/relay.db"
+    api_keys: tuple[ApiKey, ...] = ()
+    instance_id: str | None = None
+    default_lifetime: int = 86400         # seconds a tunnel lives unless asked for less
+    min_lifetime: int = 60
+    closed_retention: int = 30 * 86400    # closed tunnels are deleted this long after closing
+    max_tunnels_per_project: int = 1000
+    max_body_bytes: int = 64 * 1024
+    max_message_size: int = 10240
+    sweep_interval: float = 1.0           # how often expiry and retention are enforced
+    heartbeat_interval: float = 20.0      # WebSocket ping period; a peer silent for two is dropped
+    handshake_timeout: float = 10.0
+    expose_device_token: bool = True      # also return the device token from create (AWS does)
+    log_level: str = "INFO"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def websocket_base(self) -> str:
+        """`wss://` when the public URL is https, `ws://` otherwise."""
+        parts = urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return f"{scheme}://{parts.netloc}{parts.path}"
+
+    def tunnel_uri(self, tunnel_id: str, side: str) -> str:
+        return f"{self.websocket_base}/v5/iot/tunnels/{tunnel_id}/{side}-connect"
+
+
+def parse_api_keys(text: str, origin: str) -> list[ApiKey]:
+    """Parse `PROJECT:NAME:TOKEN` entries, separated by commas or new lines; `#` starts a comment."""
+    keys = []
+    for number, raw in enumerate(re.split(r"[\n,]", text), start=1):
+        entry = raw.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        parts = entry.split(":", 2)
+        if len(parts) != 3 or not all(parts):
+            raise ConfigError(
+                f"{origin}, entry {number}: expected PROJECT:NAME:TOKEN, got {len(parts)} part(s)"
+            )
+        project, name, token = parts
+        if not PROJECT_ID_RE.match(project):
+            raise ConfigError(f"{origin}, entry {number}: project id {project!r} must be 1-64 of A-Z a-z 0-9 _ -")
+        if len(token) < 16:
+            raise ConfigError(f"{origin}, entry {number}: the token of {name!r} is shorter than 16 characters")
+        keys.append(ApiKey(project, name, token))
+    return keys
+
+
+def load_api_keys(path: str | None, inline: str | None) -> tuple[ApiKey, ...]:
+    keys: list[ApiKey] = []
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                keys += parse_api_keys(fh.read(), f"API token file {path}")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the API token file {path}: {exc.strerror}") from exc
+    if inline:
+        keys += parse_api_keys(inline, "RELAY_API_TOKENS")
+    seen: set[str] = set()
+    for key in keys:
+        if key.token in seen:
+            raise ConfigError(f"the token of {key.name!r} is given twice")
+        seen.add(key.token)
+    return tuple(keys)
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"RELAY_{name.upper().replace('-', '_')}", default)

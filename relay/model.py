@@ -1,0 +1,91 @@
+"""The tunnel record and how the API shows it."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from relay.clock import format_time
+
+
+class Status(str, enum.Enum):
+    OPEN = "OPEN"
+    CLOSED = "CLOSED"
+
+
+class Side(str, enum.Enum):
+    SOURCE = "source"  # the application side
+    DEVICE = "device"
+
+
+class CloseReason(str, enum.Enum):
+    CLOSED = "closed"      # by the API
+    EXPIRED = "expired"    # its lifetime ran out
+
+
+@dataclasses.dataclass(slots=True)
+class Tunnel:
+    tunnel_id: str
+    project_id: str
+    device_id: str
+    create_time: float
+    expires_at: float
+    source_token_hash: str
+    device_token_hash: str
+    status: Status = Status.OPEN
+    closed_time: float | None = None
+    close_reason: CloseReason | None = None
+    description: str | None = None
+    custom_info: str | None = None
+    source_connected: bool = False
+    source_state_time: float | None = None
+    device_connected: bool = False
+    device_state_time: float | None = None
+    seq: int = 0  # the store's insertion order, used for paging markers
+
+    def token_hash(self, side: Side) -> str:
+        return self.source_token_hash if side is Side.SOURCE else self.device_token_hash
+
+    def remaining_lifetime(self, now: float) -> int:
+        return max(0, int(self.expires_at - now))
+
+    def info(self) -> dict[str, Any]:
+        """TunnelInfo, as the REST API returns it (never the token hashes)."""
+        return {
+            "tunnel_id": self.tunnel_id,
+            "device_id": self.device_id,
+            "status": self.status.value,
+            "create_time": format_time(self.create_time),
+            "closed_time": format_time(self.closed_time),
+            "expires_at": format_time(self.expires_at),
+            "close_reason": self.close_reason.value if self.close_reason else None,
+            "description": self.description,
+            "custom_info": self.custom_info,
+            "source_connect_state": _connect_state(self.source_connected, self.source_state_time),
+            "device_connect_state": _connect_state(self.device_connected, self.device_state_time),
+        }
+
+
+def _connect_state(connected: bool, when: float | None) -> dict[str, Any]:
+    return {
+        "status": "CONNECTED" if connected else "DISCONNECTED",
+        "last_update_time": format_time(when),
+    }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListQuery:
+    device_id: str | None = None
+    status: Status | None = None
+    tunnel_id: str | None = None
+    limit: int = 10
+    marker: int | None = None   # return tunnels with seq greater than this
+    offset: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    tunnels: list[Tunnel]
+    count: int            # how many match the filters, across all pages
+    marker: int | None    # seq of the last tunnel returned; pass it back for the next page

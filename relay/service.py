@@ -1,0 +1,212 @@
+"""The control plane's rules: create, list, show, close, delete, rotate, expire.
+
+Sans-I/O with respect to the network: it takes validated arguments and returns records; the
+web layer parses requests, the store keeps the records, and listeners (the data plane, the
+MQTT notifier) hear about changes that concern open sockets or devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from typing import Protocol
+
+from relay import errors
+from relay.clock import Clock
+from relay.config import Settings
+from relay.model import CloseReason, ListQuery, Page, Side, Status, Tunnel
+from relay.store.base import TunnelStore
+from relay.tokens import hash_token, new_token, token_matches
+
+log = logging.getLogger(__name__)
+
+
+class TunnelListener(Protocol):
+    """Told about changes after they are stored. Methods must not block."""
+
+    def tunnel_created(self, tunnel: Tunnel, device_token: str) -> None: ...
+    def tunnel_closed(self, tunnel: Tunnel, reason: CloseReason) -> None: ...
+    def tokens_rotated(self, tunnel: Tunnel, sides: frozenset[Side], device_token: str | None) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CreatedTunnel:
+    tunnel: Tunnel
+    source_token: str
+    device_token: str
+    expires_in: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RotatedTokens:
+    tunnel: Tunnel
+    source_token: str | None
+    device_token: str | None
+    expires_in: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchResult:
+    tunnel_id: str
+    error: errors.ApiError | None
+
+
+class TunnelService:
+    def __init__(self, store: TunnelStore, settings: Settings, clock: Clock) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.listeners: list[TunnelListener] = []
+
+    # -- queries -------------------------------------------------------------------------
+
+    async def get(self, project_id: str, tunnel_id: str) -> Tunnel:
+        tunnel = await self.store.get(tunnel_id)
+        if tunnel is None or tunnel.project_id != project_id:
+            # Another project's tunnel is reported as missing, not forbidden: ids are not leaked.
+            raise errors.TunnelNotFound(f"tunnel {tunnel_id!r} does not exist in project {project_id!r}")
+        return await self._settle(tunnel)
+
+    async def list(self, project_id: str, query: ListQuery) -> Page:
+        await self.expire_due()
+        return await self.store.list(project_id, query)
+
+    async def authenticate_socket(self, tunnel_id: str, side: Side, token: str) -> Tunnel:
+        """The tunnel that `token` opens on `side`; raises if it does not."""
+        tunnel = await self.store.get(tunnel_id)
+        if tunnel is None:
+            raise errors.TunnelNotFound(f"tunnel {tunnel_id!r} does not exist")
+        tunnel = await self._settle(tunnel)
+        if not token_matches(token, tunnel.token_hash(side)):
+            raise errors.Unauthenticated(f"the access token is not valid for the {side.value} side of this tunnel")
+        if tunnel.status is not Status.OPEN:
+            why = tunnel.close_reason.value if tunnel.close_reason else "closed"
+            raise errors.TunnelGone(f"tunnel {tunnel_id!r} is {why}")
+        return tunnel
+
+    # -- changes -------------------------------------------------------------------------
+
+    async def create(
+        self,
+        project_id: str,
+        device_id: str,
+        *,
+        description: str | None = None,
+        custom_info: str | None = None,
+        expires_in: int | None = None,
+    ) -> CreatedTunnel:
+        lifetime = self.settings.default_lifetime if expires_in is None else expires_in
+        now = self.clock.now()
+        source_token, device_token = new_token(), new_token()
+        tunnel = Tunnel(
+            tunnel_id=str(uuid.uuid4()),
+            project_id=project_id,
+            device_id=device_id,
+            create_time=now,
+            expires_at=now + lifetime,
+            source_token_hash=hash_token(source_token),
+            device_token_hash=hash_token(device_token),
+            description=description,
+            custom_info=custom_info,
+        )
+        # A tunnel of this device that expired but was not swept yet must not block the new one.
+        await self.expire_due()
+        await self.store.insert(tunnel, self.settings.max_tunnels_per_project)
+        log.info("tunnel created", extra={"tunnel_id": tunnel.tunnel_id, "device_id": device_id})
+        for listener in self.listeners:
+            listener.tunnel_created(tunnel, device_token)
+        return CreatedTunnel(tunnel, source_token, device_token, lifetime)
+
+    async def close(self, project_id: str, tunnel_id: str) -> Tunnel:
+        tunnel = await self.get(project_id, tunnel_id)
+        if tunnel.status is Status.CLOSED:
+            return tunnel  # closing is idempotent, like Huawei's
+        return await self._close(tunnel_id, CloseReason.CLOSED) or await self.get(project_id, tunnel_id)
+
+    async def delete(self, project_id: str, tunnel_id: str) -> None:
+        tunnel = await self.get(project_id, tunnel_id)
+        if tunnel.status is not Status.CLOSED:
+            raise errors.TunnelNotClosed(f"tunnel {tunnel_id!r} is open; close it before deleting it")
+        if not await self.store.delete(tunnel_id):
+            raise errors.TunnelNotFound(f"tunnel {tunnel_id!r} does not exist in project {project_id!r}")
+        log.info("tunnel deleted", extra={"tunnel_id": tunnel_id})
+
+    async def rotate(self, project_id: str, tunnel_id: str, sides: frozenset[Side]) -> RotatedTokens:
+        tunnel = await self.get(project_id, tunnel_id)
+        if tunnel.status is not Status.OPEN:
+            raise errors.TunnelClosed(f"tunnel {tunnel_id!r} is closed; its tokens cannot be rotated")
+        source_token = new_token() if Side.SOURCE in sides else None
+        device_token = new_token() if Side.DEVICE in sides else None
+        updated = await self.store.replace_token_hashes(
+            tunnel_id,
+            hash_token(source_token) if source_token else None,
+            hash_token(device_token) if device_token else None,
+        )
+        if updated is None:
+            raise errors.TunnelClosed(f"tunnel {tunnel_id!r} was closed meanwhile; its tokens cannot be rotated")
+        log.info("tunnel tokens rotated", extra={"tunnel_id": tunnel_id, "sides": sorted(s.value for s in sides)})
+        for listener in self.listeners:
+            listener.tokens_rotated(updated, sides, device_token)
+        return RotatedTokens(updated, source_token, device_token, updated.remaining_lifetime(self.clock.now()))
+
+    async def batch(self, project_id: str, tunnel_ids: list[str], action: str) -> list[BatchResult]:
+        operation = self.close if action == "close" else self.delete
+        results = []
+        for tunnel_id in tunnel_ids:
+            try:
+                await operation(project_id, tunnel_id)
+                results.append(BatchResult(tunnel_id, None))
+            except errors.ApiError as exc:
+                results.append(BatchResult(tunnel_id, exc))
+        return results
+
+    async def set_connect_state(self, tunnel_id: str, side: Side, connected: bool) -> None:
+        await self.store.set_connect_state(tunnel_id, side, connected, self.clock.now())
+
+    # -- time ----------------------------------------------------------------------------
+
+    async def expire_due(self) -> int:
+        """Close every open tunnel whose lifetime has passed; returns how many."""
+        expired = 0
+        for tunnel_id in await self.store.due_for_expiry(self.clock.now()):
+            if await self._close(tunnel_id, CloseReason.EXPIRED):
+                expired += 1
+        return expired
+
+    async def purge_old(self) -> int:
+        purged = await self.store.purge_closed(self.clock.now() - self.settings.closed_retention)
+        if purged:
+            log.info("closed tunnels purged", extra={"count": purged})
+        return purged
+
+    async def run_sweeper(self) -> None:
+        """Expiry and retention, forever; started by the app, cancelled on shutdown."""
+        while True:
+            try:
+                await self.expire_due()
+                await self.purge_old()
+            except Exception:  # the store may be briefly unavailable; try again next round
+                log.exception("expiry sweep failed")
+            await asyncio.sleep(self.settings.sweep_interval)
+
+    async def _settle(self, tunnel: Tunnel) -> Tunnel:
+        """Bring an open tunnel whose lifetime has passed to CLOSED before anyone sees it."""
+        if tunnel.status is Status.OPEN and tunnel.expires_at <= self.clock.now():
+            return await self._close(tunnel.tunnel_id, CloseReason.EXPIRED) or tunnel
+        return tunnel
+
+    async def _close(self, tunnel_id: str, reason: CloseReason) -> Tunnel | None:
+        when = self.clock.now()
+        if reason is CloseReason.EXPIRED:
+            current = await self.store.get(tunnel_id)
+            if current is not None:
+                when = min(when, current.expires_at)
+        tunnel = await self.store.close(tunnel_id, when, reason)
+        if tunnel is None:
+            return None
+        log.info("tunnel closed", extra={"tunnel_id": tunnel_id, "reason": reason.value})
+        for listener in self.listeners:
+            listener.tunnel_closed(tunnel, reason)
+        return tunnel

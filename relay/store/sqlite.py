@@ -1,0 +1,186 @@
+"""The embedded default store: one SQLite file.
+
+Calls are synchronous: each statement touches a handful of indexed rows and takes well under
+a millisecond, less than handing it to a thread would cost. WAL mode keeps readers and the
+one writer apart; `BEGIN IMMEDIATE` makes check-then-insert atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from relay import errors
+from relay.model import CloseReason, ListQuery, Page, Side, Status, Tunnel
+from relay.store.base import TunnelStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tunnels (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tunnel_id TEXT NOT NULL UNIQUE,
+    project_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    create_time REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    closed_time REAL,
+    close_reason TEXT,
+    description TEXT,
+    custom_info TEXT,
+    source_token_hash TEXT NOT NULL,
+    device_token_hash TEXT NOT NULL,
+    source_connected INTEGER NOT NULL DEFAULT 0,
+    source_state_time REAL,
+    device_connected INTEGER NOT NULL DEFAULT 0,
+    device_state_time REAL
+);
+CREATE INDEX IF NOT EXISTS tunnels_project ON tunnels (project_id, seq);
+CREATE INDEX IF NOT EXISTS tunnels_device ON tunnels (project_id, device_id, status);
+CREATE INDEX IF NOT EXISTS tunnels_expiry ON tunnels (status, expires_at);
+CREATE INDEX IF NOT EXISTS tunnels_closed ON tunnels (status, closed_time);
+"""
+
+COLUMNS = (
+    "seq, tunnel_id, project_id, device_id, status, create_time, expires_at, closed_time,"
+    " close_reason, description, custom_info, source_token_hash, device_token_hash,"
+    " source_connected, source_state_time, device_connected, device_state_time"
+)
+
+
+def _row_to_tunnel(row: tuple) -> Tunnel:
+    (seq, tunnel_id, project_id, device_id, status, create_time, expires_at, closed_time,
+     close_reason, description, custom_info, source_hash, device_hash,
+     source_connected, source_time, device_connected, device_time) = row
+    return Tunnel(
+        tunnel_id=tunnel_id, project_id=project_id, device_id=device_id,
+        create_time=create_time, expires_at=expires_at,
+        source_token_hash=source_hash, device_token_hash=device_hash,
+        status=Status(status), closed_time=closed_time,
+        close_reason=CloseReason(close_reason) if close_reason else None,
+        description=description, custom_info=custom_info,
+        source_connected=bool(source_connected), source_state_time=source_time,
+        device_connected=bool(device_connected), device_state_time=device_time,
+        seq=seq,
+    )
+
+
+class SqliteStore(TunnelStore):
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise errors.ConfigError(f"cannot open the SQLite database {path!r}: {exc}") from exc
+
+    def _one(self, sql: str, args: tuple = ()) -> Tunnel | None:
+        row = self._db.execute(f"SELECT {COLUMNS} FROM tunnels WHERE {sql}", args).fetchone()
+        return _row_to_tunnel(row) if row else None
+
+    async def insert(self, tunnel: Tunnel, max_per_project: int) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            busy = db.execute(
+                "SELECT 1 FROM tunnels WHERE project_id=? AND device_id=? AND status='OPEN'",
+                (tunnel.project_id, tunnel.device_id),
+            ).fetchone()
+            if busy:
+                raise errors.DeviceBusy(f"device {tunnel.device_id!r} already has an open tunnel")
+            (count,) = db.execute(
+                "SELECT COUNT(*) FROM tunnels WHERE project_id=?", (tunnel.project_id,)
+            ).fetchone()
+            if count >= max_per_project:
+                raise errors.QuotaExceeded(
+                    f"project {tunnel.project_id!r} already holds {count} tunnels, the most allowed"
+                    f" is {max_per_project}; delete closed tunnels to make room"
+                )
+            cur = db.execute(
+                "INSERT INTO tunnels (tunnel_id, project_id, device_id, status, create_time,"
+                " expires_at, description, custom_info, source_token_hash, device_token_hash)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (tunnel.tunnel_id, tunnel.project_id, tunnel.device_id, tunnel.status.value,
+                 tunnel.create_time, tunnel.expires_at, tunnel.description, tunnel.custom_info,
+                 tunnel.source_token_hash, tunnel.device_token_hash),
+            )
+            tunnel.seq = cur.lastrowid or 0
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def get(self, tunnel_id: str) -> Tunnel | None:
+        return self._one("tunnel_id=?", (tunnel_id,))
+
+    async def list(self, project_id: str, query: ListQuery) -> Page:
+        where = ["project_id=?"]
+        args: list = [project_id]
+        for column, value in (("device_id", query.device_id), ("tunnel_id", query.tunnel_id),
+                              ("status", query.status.value if query.status else None)):
+            if value is not None:
+                where.append(f"{column}=?")
+                args.append(value)
+        condition = " AND ".join(where)
+        (count,) = self._db.execute(f"SELECT COUNT(*) FROM tunnels WHERE {condition}", args).fetchone()
+        if query.marker is not None:
+            condition += " AND seq>?"
+            args.append(query.marker)
+        rows = self._db.execute(
+            f"SELECT {COLUMNS} FROM tunnels WHERE {condition} ORDER BY seq LIMIT ? OFFSET ?",
+            (*args, query.limit, query.offset),
+        ).fetchall()
+        tunnels = [_row_to_tunnel(r) for r in rows]
+        return Page(tunnels=tunnels, count=count, marker=tunnels[-1].seq if tunnels else None)
+
+    async def close(self, tunnel_id: str, when: float, reason: CloseReason) -> Tunnel | None:
+        cur = self._db.execute(
+            "UPDATE tunnels SET status='CLOSED', closed_time=?, close_reason=?,"
+            " source_connected=0, device_connected=0,"
+            " source_state_time=CASE WHEN source_connected THEN ? ELSE source_state_time END,"
+            " device_state_time=CASE WHEN device_connected THEN ? ELSE device_state_time END"
+            " WHERE tunnel_id=? AND status='OPEN'",
+            (when, reason.value, when, when, tunnel_id),
+        )
+        return self._one("tunnel_id=?", (tunnel_id,)) if cur.rowcount else None
+
+    async def delete(self, tunnel_id: str) -> bool:
+        cur = self._db.execute("DELETE FROM tunnels WHERE tunnel_id=? AND status='CLOSED'", (tunnel_id,))
+        return cur.rowcount > 0
+
+    async def replace_token_hashes(
+        self, tunnel_id: str, source_hash: str | None, device_hash: str | None
+    ) -> Tunnel | None:
+        cur = self._db.execute(
+            "UPDATE tunnels SET source_token_hash=COALESCE(?, source_token_hash),"
+            " device_token_hash=COALESCE(?, device_token_hash) WHERE tunnel_id=? AND status='OPEN'",
+            (source_hash, device_hash, tunnel_id),
+        )
+        return self._one("tunnel_id=?", (tunnel_id,)) if cur.rowcount else None
+
+    async def set_connect_state(self, tunnel_id: str, side: Side, connected: bool, when: float) -> None:
+        column = "source" if side is Side.SOURCE else "device"
+        self._db.execute(
+            f"UPDATE tunnels SET {column}_connected=?, {column}_state_time=? WHERE tunnel_id=?",
+            (int(connected), when, tunnel_id),
+        )
+
+    async def due_for_expiry(self, now: float) -> list[str]:
+        rows = self._db.execute(
+            "SELECT tunnel_id FROM tunnels WHERE status='OPEN' AND expires_at<=? ORDER BY expires_at",
+            (now,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    async def purge_closed(self, closed_before: float) -> int:
+        cur = self._db.execute(
+            "DELETE FROM tunnels WHERE status='CLOSED' AND closed_time<?", (closed_before,)
+        )
+        return cur.rowcount
+
+    async def aclose(self) -> None:
+        self._db.close()

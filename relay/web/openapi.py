@@ -1,0 +1,221 @@
+"""The OpenAPI 3 document of the REST API, served at /openapi.json.
+
+Kept next to the handlers and checked against the running server by schemathesis
+(tests/web/test_openapi.py), so it cannot drift from what the server does.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from relay.config import Settings
+from relay.web import validation
+
+TIME = {"type": ["string", "null"], "pattern": r"^\d{8}T\d{6}Z$", "description": "UTC, yyyyMMdd'T'HHmmss'Z'"}
+TUNNEL_ID = {"type": "string", "format": "uuid", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
+DEVICE_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$", "minLength": 1, "maxLength": 128}
+
+CONNECT_STATE = {
+    "type": "object",
+    "required": ["status", "last_update_time"],
+    "properties": {"status": {"enum": ["CONNECTED", "DISCONNECTED"]}, "last_update_time": TIME},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error_code", "error_msg"],
+        "properties": {"error_code": {"type": "string"}, "error_msg": {"type": "string"}},
+    },
+    "TunnelInfo": {
+        "type": "object",
+        "required": ["tunnel_id", "device_id", "status", "create_time", "closed_time", "expires_at",
+                     "source_connect_state", "device_connect_state"],
+        "properties": {
+            "tunnel_id": TUNNEL_ID,
+            "device_id": {"type": "string"},
+            "status": {"enum": ["OPEN", "CLOSED"]},
+            "create_time": TIME,
+            "closed_time": TIME,
+            "expires_at": TIME,
+            "close_reason": {"enum": ["closed", "expired", None]},
+            "description": {"type": ["string", "null"]},
+            "custom_info": {"type": ["string", "null"]},
+            "source_connect_state": CONNECT_STATE,
+            "device_connect_state": CONNECT_STATE,
+        },
+    },
+    "CreateTunnelRequest": {
+        "type": "object",
+        "required": ["device_id"],
+        "additionalProperties": False,
+        "properties": {
+            "device_id": DEVICE_ID,
+            "description": {"type": ["string", "null"], "maxLength": validation.MAX_DESCRIPTION},
+            "custom_info": {"type": ["string", "null"], "maxLength": validation.MAX_CUSTOM_INFO,
+                            "description": "Sent to the device with the tunnel notify."},
+            "expires_in": {"type": ["integer", "null"], "description": "Lifetime in seconds (default and maximum: the relay's default lifetime)."},
+        },
+    },
+    "CreateTunnelResponse": {
+        "type": "object",
+        "required": ["tunnel_id", "tunnel_access_token", "expires_in", "tunnel_uri"],
+        "properties": {
+            "tunnel_id": TUNNEL_ID,
+            "tunnel_access_token": {"type": "string", "description": "The source (application) token."},
+            "expires_in": {"type": "integer"},
+            "tunnel_uri": {"type": "string", "pattern": "^wss?://"},
+            "device_access_token": {"type": "string", "description": "The device token (unless the relay hides it)."},
+            "device_tunnel_uri": {"type": "string", "pattern": "^wss?://"},
+        },
+    },
+    "TunnelList": {
+        "type": "object",
+        "required": ["tunnels", "page"],
+        "properties": {
+            "tunnels": {"type": "array", "items": {"$ref": "#/components/schemas/TunnelInfo"}},
+            "page": {
+                "type": "object",
+                "required": ["count", "marker"],
+                "properties": {"count": {"type": "integer", "minimum": 0}, "marker": {"type": ["string", "null"]}},
+            },
+        },
+    },
+    "BatchRequest": {
+        "type": "object",
+        "required": ["tunnel_ids"],
+        "additionalProperties": False,
+        "properties": {"tunnel_ids": {"type": "array", "items": TUNNEL_ID, "minItems": 1,
+                                      "maxItems": validation.MAX_BATCH, "uniqueItems": True}},
+    },
+    "BatchResponse": {
+        "type": "object",
+        "required": ["results", "success_count", "failure_count"],
+        "properties": {
+            "results": {"type": "array", "items": {
+                "type": "object",
+                "required": ["tunnel_id", "result"],
+                "properties": {"tunnel_id": {"type": "string"}, "result": {"enum": ["SUCCESS", "FAILED"]},
+                               "error_code": {"type": "string"}, "error_msg": {"type": "string"}},
+            }},
+            "success_count": {"type": "integer"},
+            "failure_count": {"type": "integer"},
+        },
+    },
+    "RotateRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"side": {"enum": ["source", "device", "all"]}},
+    },
+    "RotateResponse": {
+        "type": "object",
+        "required": ["tunnel_id", "expires_in"],
+        "properties": {"tunnel_id": TUNNEL_ID, "expires_in": {"type": "integer"},
+                       "tunnel_access_token": {"type": "string"}, "device_access_token": {"type": "string"}},
+    },
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _ok(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _body(schema: str, required: bool = True) -> dict[str, Any]:
+    return {"required": required,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+COMMON_ERRORS = {
+    "400": _error("Invalid request (error_code TUNNEL.4000xx)."),
+    "401": _error("X-Auth-Token missing or unknown."),
+    "403": _error("Token of another project, wrong Instance-Id, or quota reached."),
+}
+NOT_FOUND = {"404": _error("No such tunnel in this project.")}
+PATH_PARAMS = [
+    {"name": "project_id", "in": "path", "required": True,
+     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}},
+    {"name": "Instance-Id", "in": "header", "required": False, "schema": {"type": "string"}},
+]
+TUNNEL_PARAM = {"name": "tunnel_id", "in": "path", "required": True, "schema": TUNNEL_ID}
+
+
+def document(settings: Settings) -> dict[str, Any]:
+    schemas = copy.deepcopy(SCHEMAS)
+    schemas["CreateTunnelRequest"]["properties"]["expires_in"].update(
+        minimum=settings.min_lifetime, maximum=settings.default_lifetime)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "IoT tunnel relay API",
+            "version": "1.0.0",
+            "description": "Secure tunnels between applications and devices, compatible with the "
+                           "Huawei IoTDA v5 tunnel API. Errors are {error_code, error_msg}; see docs/api.md.",
+        },
+        "servers": [{"url": settings.base_url}],
+        "security": [{"apiToken": []}],
+        "components": {
+            "securitySchemes": {"apiToken": {"type": "apiKey", "in": "header", "name": "X-Auth-Token"}},
+            "schemas": schemas,
+        },
+        "paths": {
+            "/v5/iot/{project_id}/tunnels": {
+                "parameters": PATH_PARAMS,
+                "post": {
+                    "operationId": "createTunnel", "summary": "Create a tunnel to a device",
+                    "requestBody": _body("CreateTunnelRequest"),
+                    "responses": {"201": _ok("Created; the device is notified.", "CreateTunnelResponse"),
+                                  **COMMON_ERRORS,
+                                  "409": _error("The device already has an open tunnel, or is offline.")},
+                },
+                "get": {
+                    "operationId": "listTunnels", "summary": "List tunnels",
+                    "parameters": [
+                        {"name": "device_id", "in": "query", "schema": DEVICE_ID},
+                        {"name": "status", "in": "query", "schema": {"enum": ["OPEN", "CLOSED"]}},
+                        {"name": "tunnel_id", "in": "query", "schema": TUNNEL_ID},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": validation.MAX_LIST_LIMIT, "default": 10}},
+                        {"name": "marker", "in": "query", "schema": {"type": "string", "pattern": r"^\d{1,18}$"}},
+                        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": validation.MAX_OFFSET}},
+                    ],
+                    "responses": {"200": _ok("A page of tunnels.", "TunnelList"), **COMMON_ERRORS},
+                },
+            },
+            "/v5/iot/{project_id}/tunnels/batch-close": {
+                "parameters": PATH_PARAMS,
+                "post": {"operationId": "batchCloseTunnels", "summary": "Close several tunnels",
+                         "requestBody": _body("BatchRequest"),
+                         "responses": {"200": _ok("A result per tunnel.", "BatchResponse"), **COMMON_ERRORS}},
+            },
+            "/v5/iot/{project_id}/tunnels/batch-delete": {
+                "parameters": PATH_PARAMS,
+                "post": {"operationId": "batchDeleteTunnels", "summary": "Delete several closed tunnels",
+                         "requestBody": _body("BatchRequest"),
+                         "responses": {"200": _ok("A result per tunnel.", "BatchResponse"), **COMMON_ERRORS}},
+            },
+            "/v5/iot/{project_id}/tunnels/{tunnel_id}": {
+                "parameters": [*PATH_PARAMS, TUNNEL_PARAM],
+                "get": {"operationId": "showTunnel", "summary": "Show a tunnel",
+                        "responses": {"200": _ok("The tunnel.", "TunnelInfo"), **COMMON_ERRORS, **NOT_FOUND}},
+                "put": {"operationId": "closeTunnel", "summary": "Close a tunnel (final; its sockets are closed)",
+                        "responses": {"204": {"description": "Closed."}, **COMMON_ERRORS, **NOT_FOUND}},
+                "delete": {"operationId": "deleteTunnel", "summary": "Delete a closed tunnel",
+                           "responses": {"204": {"description": "Deleted."}, **COMMON_ERRORS, **NOT_FOUND,
+                                         "409": _error("The tunnel is still open.")}},
+            },
+            "/v5/iot/{project_id}/tunnels/{tunnel_id}/rotate-token": {
+                "parameters": [*PATH_PARAMS, TUNNEL_PARAM],
+                "post": {"operationId": "rotateTunnelTokens",
+                         "summary": "Replace the source token, the device token or both",
+                         "requestBody": _body("RotateRequest", required=False),
+                         "responses": {"200": _ok("The new token(s).", "RotateResponse"), **COMMON_ERRORS,
+                                       **NOT_FOUND, "409": _error("The tunnel is closed.")}},
+            },
+        },
+    }

@@ -1,0 +1,164 @@
+"""`relay serve` as a user runs it: a real process, restarts, environment settings, --help."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from aiohttp.test_utils import unused_port
+
+import relay as relay_package
+
+TOKEN = "serve-test-token-0123456789abcdef"
+# Run the same relay package the tests import, installed or not.
+SRC = str(Path(relay_package.__file__).resolve().parent.parent)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+class Served:
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = unused_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        full_env = clean_env(**(env or {}))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay.cli", "serve", "--port", str(self.port), *args],
+            cwd=tmp, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.banner = self.proc.stdout.readline() if self.proc.stdout else ""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.base}/healthz", timeout=1).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"relay exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+                time.sleep(0.05)
+        raise AssertionError("relay did not start within 15 s")
+
+    def call(self, method: str, path: str, token: str = TOKEN, body: dict | None = None) -> tuple[int, dict | None]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"X-Auth-Token": token, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=15)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+        assert self.proc.returncode == 0, err
+        return err
+
+
+def test_tunnels_survive_a_restart(tmp_path):
+    env = {"RELAY_API_TOKENS": f"p1:tester:{TOKEN}"}
+    relay = Served(tmp_path, "--db", "data/relay.db", env=env)
+    status, created = relay.call("POST", "/v5/iot/p1/tunnels", body={"device_id": "dev-1"})
+    assert status == 201
+    log = relay.stop()
+    assert created["tunnel_access_token"] not in log and TOKEN not in log
+
+    relay = Served(tmp_path, "--db", "data/relay.db", env=env)
+    try:
+        status, info = relay.call("GET", f"/v5/iot/p1/tunnels/{created['tunnel_id']}")
+        assert status == 200 and info["status"] == "OPEN" and info["device_id"] == "dev-1"
+        status, _ = relay.call("POST", "/v5/iot/p1/tunnels", body={"device_id": "dev-1"})
+        assert status == 409  # the rule holds across the restart
+    finally:
+        relay.stop()
+
+
+def test_expiry_holds_across_a_restart(tmp_path):
+    env = {"RELAY_API_TOKENS": f"p1:tester:{TOKEN}", "RELAY_MIN_LIFETIME": "1"}
+    relay = Served(tmp_path, "--db", "relay.db", env=env)
+    status, created = relay.call("POST", "/v5/iot/p1/tunnels", body={"device_id": "dev-1", "expires_in": 1})
+    assert status == 201
+    relay.stop()
+    time.sleep(1.2)  # the lifetime runs out while the relay is down
+    relay = Served(tmp_path, "--db", "relay.db", env=env)
+    try:
+        status, info = relay.call("GET", f"/v5/iot/p1/tunnels/{created['tunnel_id']}")
+        assert info["status"] == "CLOSED" and info["close_reason"] == "expired"
+    finally:
+        relay.stop()
+
+
+def test_defaults_generate_a_token_and_say_how_to_use_it(tmp_path):
+    env = clean_env()
+    port = unused_port()
+    proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "serve", "--port", str(port)], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert lines[0].strip() == f"relay listening on http://127.0.0.1:{port}"
+        token_file = tmp_path / "var" / "api-tokens.txt"
+        assert str(token_file) in "".join(lines)
+        assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+        token = [l for l in token_file.read_text().splitlines() if not l.startswith("#")][0].split(":", 2)[2]
+        assert token not in "".join(lines)  # the secret itself is never printed
+        assert (tmp_path / "var" / "relay.db").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--api-tokens-file", "/nonexistent/tokens"], "cannot read the API token file"),
+    (["--port", "70000"], "outside 0-65535"),
+])
+def test_bad_settings_are_explained(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "relay.cli", "serve", *args], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_port_in_use_is_explained(tmp_path):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "relay.cli", "serve", "--port", str(port)], cwd=tmp_path,
+                              env=clean_env(), capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_bad_token_entries_are_explained(tmp_path):
+    env = clean_env(RELAY_API_TOKENS="p1:short:abc")
+    proc = subprocess.run([sys.executable, "-m", "relay.cli", "serve"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 2 and "shorter than 16 characters" in proc.stderr
+
+
+def test_help_explains_every_option():
+    proc = subprocess.run([sys.executable, "-m", "relay.cli", "serve", "--help"], env=clean_env(), capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 0
+    for option in ("--host", "--port", "--public-url", "--db", "--api-tokens-file", "--instance-id",
+                   "--default-lifetime", "--closed-retention", "--max-tunnels-per-project"):
+        assert option in proc.stdout
+    assert "RELAY_" in proc.stdout
