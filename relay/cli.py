@@ -88,6 +88,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hide-device-token", action="store_true",
                    default=e("hide_device_token", "") in ("1", "true", "yes"),
                    help="do not return the device token from create and rotate (devices then get it only over MQTT)")
+    p.add_argument("--tls-cert", default=e("tls_cert"),
+                   help="PEM certificate (chain) file: serve https:// and wss:// directly, for deployments "
+                        "without a TLS-terminating proxy (Huawei's device SDK only speaks wss://)")
+    p.add_argument("--tls-key", default=e("tls_key"), help="PEM private key file of --tls-cert")
     p.add_argument("--log-level", default=e("log_level", d.log_level), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default=e("log_format", "text"), choices=["text", "json"])
     p.set_defaults(func=_serve)
@@ -118,8 +122,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
         closed_retention=args.closed_retention, max_tunnels_per_project=args.max_tunnels_per_project,
         max_message_size=args.max_message_size, sweep_interval=args.sweep_interval,
         heartbeat_interval=args.heartbeat_interval, expose_device_token=not args.hide_device_token,
-        log_level=args.log_level,
+        log_level=args.log_level, tls_cert=args.tls_cert or None, tls_key=args.tls_key or None,
     )
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
     return settings, generated
 
 

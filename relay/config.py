@@ -44,13 +44,16 @@ class Settings:
     handshake_timeout: float = 10.0
     expose_device_token: bool = True      # also return the device token from create (AWS does)
     log_level: str = "INFO"
+    tls_cert: str | None = None           # serve https/wss itself (PEM certificate chain)
+    tls_key: str | None = None
 
     @property
     def base_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def websocket_base(self) -> str:

@@ -36,6 +36,7 @@ def _api_error(name: str, status: int, code: str, doc: str) -> type[ApiError]:
 InvalidJson = _api_error("InvalidJson", 400, "TUNNEL.400000", "The body is not valid JSON.")
 InvalidParameter = _api_error("InvalidParameter", 400, "TUNNEL.400001", "A field or query parameter is wrong.")
 BodyTooLarge = _api_error("BodyTooLarge", 400, "TUNNEL.400002", "The request body is over the size limit.")
+NotWebSocket = _api_error("NotWebSocket", 400, "TUNNEL.400010", "A connect endpoint got a request that is not a WebSocket upgrade.")
 UnsupportedContentType = _api_error("UnsupportedContentType", 400, "TUNNEL.400003", "The body is not application/json.")
 Unauthenticated = _api_error("Unauthenticated", 401, "TUNNEL.401000", "X-Auth-Token is missing or unknown.")
 Forbidden = _api_error("Forbidden", 403, "TUNNEL.403000", "The API token belongs to another project.")
@@ -51,9 +52,11 @@ DeviceOffline = _api_error("DeviceOffline", 409, "TUNNEL.409003", "The device is
 TunnelGone = _api_error("TunnelGone", 410, "TUNNEL.410000", "The tunnel is closed or expired; connect to a new one.")
 InternalError = _api_error("InternalError", 500, "TUNNEL.500000", "An unexpected error; see the relay's log.")
 StoreUnavailable = _api_error("StoreUnavailable", 503, "TUNNEL.503000", "The tunnel store cannot be reached.")
+ShuttingDown = _api_error("ShuttingDown", 503, "TUNNEL.503001", "The relay is shutting down; connect again.")
 
 ALL_API_ERRORS: tuple[type[ApiError], ...] = (
-    InvalidJson, InvalidParameter, BodyTooLarge, UnsupportedContentType, Unauthenticated,
+    InvalidJson, InvalidParameter, BodyTooLarge, NotWebSocket, UnsupportedContentType, Unauthenticated,
     Forbidden, InstanceMismatch, QuotaExceeded, TunnelNotFound, RouteNotFound, MethodNotAllowed,
     DeviceBusy, TunnelNotClosed, TunnelClosed, DeviceOffline, TunnelGone, InternalError, StoreUnavailable,
+    ShuttingDown,
 )

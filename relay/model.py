@@ -24,6 +24,13 @@ class CloseReason(str, enum.Enum):
     EXPIRED = "expired"    # its lifetime ran out
 
 
+class NotifyStatus(str, enum.Enum):
+    """Where the MQTT tunnel notify to the device stands (None: no notify, e.g. no broker)."""
+
+    PENDING = "PENDING"        # in the outbox, waiting for the broker's PUBACK
+    DELIVERED = "DELIVERED"    # the broker acknowledged it (QoS 1)
+
+
 @dataclasses.dataclass(slots=True)
 class Tunnel:
     tunnel_id: str
@@ -42,6 +49,7 @@ class Tunnel:
     source_state_time: float | None = None
     device_connected: bool = False
     device_state_time: float | None = None
+    notify_status: NotifyStatus | None = None
     seq: int = 0  # the store's insertion order, used for paging markers
 
     def token_hash(self, side: Side) -> str:
@@ -64,6 +72,7 @@ class Tunnel:
             "custom_info": self.custom_info,
             "source_connect_state": _connect_state(self.source_connected, self.source_state_time),
             "device_connect_state": _connect_state(self.device_connected, self.device_state_time),
+            "notify_status": self.notify_status.value if self.notify_status else None,
         }
 
 
@@ -72,6 +81,14 @@ def _connect_state(connected: bool, when: float | None) -> dict[str, Any]:
         "status": "CONNECTED" if connected else "DISCONNECTED",
         "last_update_time": format_time(when),
     }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PendingNotify:
+    """An outbox entry: the device token of a tunnel that its device has not been sent yet."""
+
+    tunnel_id: str
+    device_token: str = dataclasses.field(repr=False)   # a secret: never logged, never shown
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

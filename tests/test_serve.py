@@ -162,3 +162,55 @@ def test_help_explains_every_option():
                    "--default-lifetime", "--closed-retention", "--max-tunnels-per-project"):
         assert option in proc.stdout
     assert "RELAY_" in proc.stdout
+
+
+def test_tls_serves_https_and_wss_with_a_self_signed_certificate(tmp_path):
+    """Huawei's device SDK only speaks wss:// and does not verify the certificate."""
+    import asyncio
+    import ssl
+
+    import aiohttp
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+    env = {"RELAY_API_TOKENS": f"p1:tester:{TOKEN}"}
+    relay = Served.__new__(Served)
+    relay.port = unused_port()
+    relay.base = f"https://127.0.0.1:{relay.port}"
+    relay.proc = subprocess.Popen(
+        [sys.executable, "-m", "relay.cli", "serve", "--port", str(relay.port), "--db", "relay.db",
+         "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")],
+        cwd=tmp_path, env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    banner = relay.proc.stdout.readline()
+    try:
+        assert banner.strip() == f"relay listening on https://127.0.0.1:{relay.port}"
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+
+        async def scenario() -> dict:
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{relay.base}/v5/iot/p1/tunnels", json={"device_id": "d1"},
+                                     headers={"X-Auth-Token": TOKEN}, ssl=insecure) as resp:
+                    created = await resp.json()
+                assert created["tunnel_uri"].startswith("wss://127.0.0.1:")
+                source = await http.ws_connect(created["tunnel_uri"], ssl=insecure,
+                                               headers={"tunnel_access_token": created["tunnel_access_token"]})
+                device = await http.ws_connect(created["device_tunnel_uri"], ssl=insecure,
+                                               headers={"tunnel_access_token": created["device_access_token"]})
+                hello = await source.receive_json(timeout=5)
+                await device.close()
+                await source.close()
+                return hello
+
+        hello = asyncio.run(scenario())
+        assert hello["operation_type"] == "connect_tunnel"
+    finally:
+        relay.stop()
+
+
+def test_tls_needs_both_files(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "relay.cli", "serve", "--tls-cert", "x.pem"], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 2 and "--tls-cert and --tls-key go together" in proc.stderr

@@ -11,7 +11,7 @@ import os
 import sqlite3
 
 from relay import errors
-from relay.model import CloseReason, ListQuery, Page, Side, Status, Tunnel
+from relay.model import CloseReason, ListQuery, NotifyStatus, Page, PendingNotify, Side, Status, Tunnel
 from relay.store.base import TunnelStore
 
 SCHEMA = """
@@ -32,25 +32,35 @@ CREATE TABLE IF NOT EXISTS tunnels (
     source_connected INTEGER NOT NULL DEFAULT 0,
     source_state_time REAL,
     device_connected INTEGER NOT NULL DEFAULT 0,
-    device_state_time REAL
+    device_state_time REAL,
+    notify_status TEXT
 );
 CREATE INDEX IF NOT EXISTS tunnels_project ON tunnels (project_id, seq);
 CREATE INDEX IF NOT EXISTS tunnels_device ON tunnels (project_id, device_id, status);
 CREATE INDEX IF NOT EXISTS tunnels_expiry ON tunnels (status, expires_at);
 CREATE INDEX IF NOT EXISTS tunnels_closed ON tunnels (status, closed_time);
+-- The notify outbox: device tokens not yet acknowledged by the MQTT broker. Secret; rowid
+-- order is queueing order (INSERT OR REPLACE gives a re-queued entry a new rowid).
+CREATE TABLE IF NOT EXISTS notify_outbox (
+    tunnel_id TEXT PRIMARY KEY,
+    device_token TEXT NOT NULL
+);
 """
+
+# Columns added after a database file may already exist: (name, declaration).
+MIGRATIONS = (("notify_status", "TEXT"),)
 
 COLUMNS = (
     "seq, tunnel_id, project_id, device_id, status, create_time, expires_at, closed_time,"
     " close_reason, description, custom_info, source_token_hash, device_token_hash,"
-    " source_connected, source_state_time, device_connected, device_state_time"
+    " source_connected, source_state_time, device_connected, device_state_time, notify_status"
 )
 
 
 def _row_to_tunnel(row: tuple) -> Tunnel:
     (seq, tunnel_id, project_id, device_id, status, create_time, expires_at, closed_time,
      close_reason, description, custom_info, source_hash, device_hash,
-     source_connected, source_time, device_connected, device_time) = row
+     source_connected, source_time, device_connected, device_time, notify_status) = row
     return Tunnel(
         tunnel_id=tunnel_id, project_id=project_id, device_id=device_id,
         create_time=create_time, expires_at=expires_at,
@@ -60,6 +70,7 @@ def _row_to_tunnel(row: tuple) -> Tunnel:
         description=description, custom_info=custom_info,
         source_connected=bool(source_connected), source_state_time=source_time,
         device_connected=bool(device_connected), device_state_time=device_time,
+        notify_status=NotifyStatus(notify_status) if notify_status else None,
         seq=seq,
     )
 
@@ -75,6 +86,10 @@ class SqliteStore(TunnelStore):
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(tunnels)")}
+            for column, declaration in MIGRATIONS:
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE tunnels ADD COLUMN {column} {declaration}")
         except sqlite3.Error as exc:
             raise errors.ConfigError(f"cannot open the SQLite database {path!r}: {exc}") from exc
 
@@ -82,7 +97,7 @@ class SqliteStore(TunnelStore):
         row = self._db.execute(f"SELECT {COLUMNS} FROM tunnels WHERE {sql}", args).fetchone()
         return _row_to_tunnel(row) if row else None
 
-    async def insert(self, tunnel: Tunnel, max_per_project: int) -> None:
+    async def insert(self, tunnel: Tunnel, max_per_project: int, notify_token: str | None = None) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -100,15 +115,21 @@ class SqliteStore(TunnelStore):
                     f"project {tunnel.project_id!r} already holds {count} tunnels, the most allowed"
                     f" is {max_per_project}; delete closed tunnels to make room"
                 )
+            if notify_token is not None:
+                tunnel.notify_status = NotifyStatus.PENDING
             cur = db.execute(
                 "INSERT INTO tunnels (tunnel_id, project_id, device_id, status, create_time,"
-                " expires_at, description, custom_info, source_token_hash, device_token_hash)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " expires_at, description, custom_info, source_token_hash, device_token_hash,"
+                " notify_status) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (tunnel.tunnel_id, tunnel.project_id, tunnel.device_id, tunnel.status.value,
                  tunnel.create_time, tunnel.expires_at, tunnel.description, tunnel.custom_info,
-                 tunnel.source_token_hash, tunnel.device_token_hash),
+                 tunnel.source_token_hash, tunnel.device_token_hash,
+                 tunnel.notify_status.value if tunnel.notify_status else None),
             )
             tunnel.seq = cur.lastrowid or 0
+            if notify_token is not None:
+                db.execute("INSERT OR REPLACE INTO notify_outbox (tunnel_id, device_token) VALUES (?,?)",
+                           (tunnel.tunnel_id, notify_token))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -138,14 +159,25 @@ class SqliteStore(TunnelStore):
         return Page(tunnels=tunnels, count=count, marker=tunnels[-1].seq if tunnels else None)
 
     async def close(self, tunnel_id: str, when: float, reason: CloseReason) -> Tunnel | None:
-        cur = self._db.execute(
-            "UPDATE tunnels SET status='CLOSED', closed_time=?, close_reason=?,"
-            " source_connected=0, device_connected=0,"
-            " source_state_time=CASE WHEN source_connected THEN ? ELSE source_state_time END,"
-            " device_state_time=CASE WHEN device_connected THEN ? ELSE device_state_time END"
-            " WHERE tunnel_id=? AND status='OPEN'",
-            (when, reason.value, when, when, tunnel_id),
-        )
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.execute(
+                "UPDATE tunnels SET status='CLOSED', closed_time=?, close_reason=?,"
+                " source_connected=0, device_connected=0,"
+                " source_state_time=CASE WHEN source_connected THEN ? ELSE source_state_time END,"
+                " device_state_time=CASE WHEN device_connected THEN ? ELSE device_state_time END,"
+                " notify_status=CASE WHEN notify_status='PENDING' THEN NULL ELSE notify_status END"
+                " WHERE tunnel_id=? AND status='OPEN'",
+                (when, reason.value, when, when, tunnel_id),
+            )
+            if cur.rowcount:
+                # An undelivered notify of a closed tunnel is never delivered.
+                db.execute("DELETE FROM notify_outbox WHERE tunnel_id=?", (tunnel_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         return self._one("tunnel_id=?", (tunnel_id,)) if cur.rowcount else None
 
     async def delete(self, tunnel_id: str) -> bool:
@@ -181,6 +213,43 @@ class SqliteStore(TunnelStore):
             "DELETE FROM tunnels WHERE status='CLOSED' AND closed_time<?", (closed_before,)
         )
         return cur.rowcount
+
+    async def queue_notify(self, tunnel_id: str, device_token: str) -> Tunnel | None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.execute(
+                "UPDATE tunnels SET notify_status='PENDING' WHERE tunnel_id=? AND status='OPEN'", (tunnel_id,)
+            )
+            if cur.rowcount:
+                db.execute("INSERT OR REPLACE INTO notify_outbox (tunnel_id, device_token) VALUES (?,?)",
+                           (tunnel_id, device_token))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return self._one("tunnel_id=?", (tunnel_id,)) if cur.rowcount else None
+
+    async def pending_notifies(self, limit: int) -> list[PendingNotify]:
+        rows = self._db.execute(
+            "SELECT tunnel_id, device_token FROM notify_outbox ORDER BY rowid LIMIT ?", (limit,)
+        ).fetchall()
+        return [PendingNotify(tunnel_id, token) for tunnel_id, token in rows]
+
+    async def notify_delivered(self, tunnel_id: str, device_token: str) -> bool:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.execute("DELETE FROM notify_outbox WHERE tunnel_id=? AND device_token=?",
+                             (tunnel_id, device_token))
+            if cur.rowcount:
+                db.execute("UPDATE tunnels SET notify_status='DELIVERED' WHERE tunnel_id=? AND status='OPEN'",
+                           (tunnel_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return cur.rowcount > 0
 
     async def aclose(self) -> None:
         self._db.close()

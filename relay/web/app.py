@@ -14,7 +14,7 @@ from relay.config import Settings
 from relay.service import TunnelService
 from relay.store import TunnelStore, open_store
 from relay.tokens import hash_token
-from relay.web import openapi, rest
+from relay.web import openapi, rest, sockets
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, store: TunnelS
     app[rest.SERVICE] = service
     app[rest.API_KEYS] = {hash_token(k.token): k for k in settings.api_keys}
     rest.add_routes(app)
+    hub = sockets.Hub(service)
+    service.listeners.append(hub)
+    sockets.add_routes(app, hub)
+
+    async def end_sockets(app: web.Application) -> None:
+        await hub.shutdown()
+
+    app.on_shutdown.append(end_sockets)
     app.router.add_get("/openapi.json", serve_openapi, allow_head=False)
     app.router.add_get("/healthz", health, allow_head=False)
 

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import signal
 import socket
+import ssl
 
 from aiohttp import web
 
@@ -24,7 +25,7 @@ async def run(settings: Settings, *, generated_token_file: str | None = None) ->
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, ssl_context=_tls_context(settings)).start()
     _banner(settings, generated_token_file)
 
     stop = asyncio.Event()
@@ -35,6 +36,17 @@ async def run(settings: Settings, *, generated_token_file: str | None = None) ->
     log.info("shutting down")
     await runner.cleanup()
     return 0
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate {settings.tls_cert} / key {settings.tls_key}: {exc}") from exc
+    return context
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -1,0 +1,39 @@
+# The two commands of the README: `make run` and `make test`. Everything else is set-up.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SOURCES := pyproject.toml codec-rs/Cargo.toml $(wildcard codec-rs/src/*.rs)
+
+.PHONY: run test test-rust test-python setup system-deps bench clean
+
+## make run: build everything and run the relay on its embedded defaults (127.0.0.1:8080)
+run: setup
+	$(VENV)/bin/relay serve
+
+## make test: build everything, install what the tests need, run the whole suite on the Rust
+## codec, then the codec and data-plane suites once more on the pure-Python twin
+test: setup system-deps
+	cargo test --quiet --manifest-path codec-rs/Cargo.toml
+	RELAY_EXPECT_RUST=1 $(PY) -m pytest -q
+	RELAY_CODEC=python $(PY) -m pytest -q tests/codec tests/dataplane tests/test_protocol.py
+
+setup: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# maturin (the build backend) compiles the Rust codec in release mode into relay/
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+system-deps:
+	./scripts/install-system-deps.sh
+
+## make bench: the codec benchmark and the end-to-end relay benchmark, with baselines
+bench: setup
+	$(PY) -m pytest benchmarks/test_codec_bench.py --benchmark-enable -q
+	$(PY) benchmarks/relay_bench.py
+
+clean:
+	rm -rf $(VENV) codec-rs/target relay/_codec_rs*.so

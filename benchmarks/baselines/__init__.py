@@ -1,0 +1,1 @@
+"""Baseline relays the benchmark compares against; not part of the product."""

@@ -1,0 +1,472 @@
+//! Per-connection decoder: client->server frames in, server->client frames out.
+
+use crate::envelope::{Outcome, Policy, Violation};
+use crate::frame::{
+    header_len, unmask_in_place, unmask_into, write_header, MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE, OP_CONT,
+    OP_PING, OP_PONG, OP_TEXT,
+};
+
+pub const CLOSE_NORMAL: u16 = 1000;
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+pub const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
+pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// An append-only output buffer that can be rolled back (for rejected or answered messages).
+pub trait Out {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn truncate(&mut self, len: usize);
+    fn put(&mut self, bytes: &[u8]);
+    /// The bytes written from `from` on.
+    fn tail_mut(&mut self, from: usize) -> &mut [u8];
+}
+
+impl Out for Vec<u8> {
+    #[inline]
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    #[inline]
+    fn truncate(&mut self, len: usize) {
+        Vec::truncate(self, len)
+    }
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes)
+    }
+    #[inline]
+    fn tail_mut(&mut self, from: usize) -> &mut [u8] {
+        &mut self[from..]
+    }
+}
+
+#[inline]
+fn out_header<O: Out>(out: &mut O, opcode: u8, len: usize) {
+    let mut h = Vec::with_capacity(10);
+    write_header(&mut h, opcode, len);
+    out.put(&h);
+}
+
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub policy: Policy,
+    pub max_message_size: usize,
+    pub peer_connected: bool,
+    closed: bool,
+    messages: u64,
+    bytes: u64,
+    /// raw bytes of an incomplete frame
+    pending: Vec<u8>,
+    /// unmasked payload of the fragmented text message in progress
+    frag: Vec<u8>,
+    in_message: bool,
+}
+
+impl Decoder {
+    pub fn new(side: u8, max_message_size: usize, services: Vec<String>, request_id_window: usize) -> Self {
+        Decoder {
+            policy: Policy::new(side, services, request_id_window),
+            max_message_size,
+            peer_connected: false,
+            closed: false,
+            messages: 0,
+            bytes: 0,
+            pending: Vec::new(),
+            frag: Vec::new(),
+            in_message: false,
+        }
+    }
+
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    pub fn side(&self) -> u8 {
+        self.policy.side
+    }
+
+    /// Bytes held from earlier reads (partial frame + fragments): with `data.len()` this bounds
+    /// the size of what one `feed` can append to `to_peer` (+ 10 for one header).
+    pub fn buffered(&self) -> usize {
+        self.pending.len() + self.frag.len()
+    }
+
+    /// A new connection replaces the old one: drop partial state, keep request-id history and counters.
+    pub fn reset(&mut self) {
+        self.pending = Vec::new();
+        self.frag = Vec::new();
+        self.in_message = false;
+        self.closed = false;
+    }
+
+    /// Feed one read's bytes. Complete accepted messages are appended to `to_peer` as server text
+    /// frames, replies (pongs, envelope answers) to `to_sender`. Returns the close frame to send
+    /// (after which the decoder is closed), or `None`.
+    pub fn feed<O: Out>(&mut self, data: &[u8], to_peer: &mut O, to_sender: &mut Vec<u8>) -> Option<Violation> {
+        if self.closed {
+            return None;
+        }
+        let result = if self.pending.is_empty() {
+            let (used, res) = self.process(data, to_peer, to_sender);
+            if res.is_none() && used < data.len() {
+                self.pending.extend_from_slice(&data[used..]);
+            }
+            res
+        } else {
+            let mut buf = std::mem::take(&mut self.pending);
+            buf.extend_from_slice(data);
+            let (used, res) = self.process(&buf, to_peer, to_sender);
+            buf.drain(..used);
+            self.pending = buf;
+            res
+        };
+        if result.is_some() {
+            self.closed = true;
+            self.pending = Vec::new();
+            self.frag = Vec::new();
+            self.in_message = false;
+        }
+        result
+    }
+
+    /// Parse complete frames from `buf`; returns (bytes consumed, violation).
+    fn process<O: Out>(&mut self, buf: &[u8], to_peer: &mut O, to_sender: &mut Vec<u8>) -> (usize, Option<Violation>) {
+        let mut pos = 0usize;
+        loop {
+            let rest = &buf[pos..];
+            if rest.len() < 2 {
+                return (pos, None);
+            }
+            let (b0, b1) = (rest[0], rest[1]);
+            let masked = b1 & 0x80 != 0;
+            let len7 = b1 & 0x7f;
+            let ext = match len7 {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let hlen = 2 + ext + if masked { 4 } else { 0 };
+            if rest.len() < hlen {
+                return (pos, None);
+            }
+            // ---- header checks, in the documented order
+            if !masked {
+                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "client frames must be masked")));
+            }
+            if b0 & 0x70 != 0 {
+                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "reserved bits must be zero")));
+            }
+            let op = b0 & 0x0f;
+            if !matches!(op, OP_CONT | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
+                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, format!("unknown opcode {op}"))));
+            }
+            let fin = b0 & 0x80 != 0;
+            let len: u64 = match ext {
+                0 => u64::from(len7),
+                2 => u64::from(u16::from_be_bytes([rest[2], rest[3]])),
+                _ => {
+                    let mut l = [0u8; 8];
+                    l.copy_from_slice(&rest[2..10]);
+                    u64::from_be_bytes(l)
+                }
+            };
+            if len >> 63 != 0 {
+                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "frame length has the most significant bit set")));
+            }
+            if op >= OP_CLOSE {
+                if !fin {
+                    return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "control frames must not be fragmented")));
+                }
+                if len > MAX_CONTROL_PAYLOAD as u64 {
+                    return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "control frame payload exceeds 125 bytes")));
+                }
+            } else {
+                if op == OP_CONT && !self.in_message {
+                    return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "unexpected continuation frame")));
+                }
+                if op != OP_CONT && self.in_message {
+                    return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "expected a continuation frame")));
+                }
+                if op == OP_BINARY {
+                    return (pos, Some(Violation::new(CLOSE_UNSUPPORTED_DATA, "binary messages are not supported")));
+                }
+                let before = if op == OP_CONT { self.frag.len() as u64 } else { 0 };
+                if before.saturating_add(len) > self.max_message_size as u64 {
+                    return (
+                        pos,
+                        Some(Violation::new(CLOSE_TOO_BIG, format!("message exceeds {} bytes", self.max_message_size))),
+                    );
+                }
+            }
+            // ---- wait for the whole payload
+            if ((rest.len() - hlen) as u64) < len {
+                return (pos, None);
+            }
+            let len = len as usize; // <= max_message_size or 125 here
+            let mask = [rest[hlen - 4], rest[hlen - 3], rest[hlen - 2], rest[hlen - 1]];
+            let payload = &rest[hlen..hlen + len];
+            pos += hlen + len;
+            match op {
+                OP_PING => {
+                    write_header(to_sender, OP_PONG, len);
+                    unmask_into(to_sender, payload, mask);
+                }
+                OP_PONG => {}
+                OP_CLOSE => {
+                    let mut p = Vec::with_capacity(len);
+                    unmask_into(&mut p, payload, mask);
+                    return (pos, Some(close_reply(&p)));
+                }
+                OP_TEXT if fin => {
+                    let start = to_peer.len();
+                    out_header(to_peer, OP_TEXT, len);
+                    let body = to_peer.len();
+                    to_peer.put(payload);
+                    unmask_in_place(to_peer.tail_mut(body), mask);
+                    if let Err(v) = self.message(to_peer, start, body, to_sender) {
+                        return (pos, Some(v));
+                    }
+                }
+                OP_TEXT => {
+                    self.in_message = true;
+                    self.frag.clear();
+                    unmask_into(&mut self.frag, payload, mask);
+                }
+                _ => {
+                    // continuation
+                    unmask_into(&mut self.frag, payload, mask);
+                    if fin {
+                        self.in_message = false;
+                        let start = to_peer.len();
+                        out_header(to_peer, OP_TEXT, self.frag.len());
+                        let body = to_peer.len();
+                        to_peer.put(&self.frag);
+                        self.frag.clear();
+                        if self.frag.capacity() > 4 * self.max_message_size.max(4096) {
+                            self.frag = Vec::new();
+                        }
+                        if let Err(v) = self.message(to_peer, start, body, to_sender) {
+                            return (pos, Some(v));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Validate the complete message written at `to_peer[body..]` (its frame starts at `start`).
+    fn message<O: Out>(&mut self, to_peer: &mut O, start: usize, body: usize, to_sender: &mut Vec<u8>) -> Result<(), Violation> {
+        let n;
+        let outcome = {
+            let bytes = to_peer.tail_mut(body);
+            n = bytes.len();
+            match std::str::from_utf8(bytes) {
+                Err(_) => Err(Violation::new(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in text message")),
+                Ok(text) => self.policy.check(text, self.peer_connected, to_sender),
+            }
+        };
+        match outcome {
+            Ok(o) => {
+                if o != Outcome::Forward {
+                    to_peer.truncate(start);
+                }
+                self.messages += 1;
+                self.bytes += n as u64;
+                Ok(())
+            }
+            Err(v) => {
+                to_peer.truncate(start);
+                Err(v)
+            }
+        }
+    }
+}
+
+/// The close frame the server echoes for a client close frame payload.
+fn close_reply(p: &[u8]) -> Violation {
+    match p.len() {
+        0 => Violation::new(CLOSE_NORMAL, ""),
+        1 => Violation::new(CLOSE_PROTOCOL_ERROR, "close frame payload of 1 byte"),
+        _ => {
+            let code = u16::from_be_bytes([p[0], p[1]]);
+            if !valid_close_code(code) {
+                Violation::new(CLOSE_PROTOCOL_ERROR, format!("invalid close code {code}"))
+            } else if std::str::from_utf8(&p[2..]).is_err() {
+                Violation::new(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in close reason")
+            } else {
+                Violation::new(code, "")
+            }
+        }
+    }
+}
+
+/// Upper bound of what one `feed(data)` appends to `to_peer`.
+pub fn to_peer_bound(d: &Decoder, data_len: usize) -> usize {
+    data_len + d.buffered() + header_len(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{DEVICE, SOURCE};
+    use crate::frame::encode_text;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | op];
+        let n = payload.len();
+        if n < 126 {
+            f.push(0x80 | n as u8);
+        } else if n <= 0xffff {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        f.extend_from_slice(&MASK);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        f
+    }
+
+    fn env(op: &str, rid: &str) -> Vec<u8> {
+        format!(r#"{{"operation_type":"{op}","tunnel_service_type":"ssh","request_id":"{rid}","data":"x"}}"#).into_bytes()
+    }
+
+    fn dec(side: u8) -> Decoder {
+        let mut d = Decoder::new(side, 10240, vec!["ssh".into()], 1024);
+        d.peer_connected = true;
+        d
+    }
+
+    fn feed(d: &mut Decoder, data: &[u8]) -> (Vec<u8>, Vec<u8>, Option<(u16, String)>) {
+        let (mut p, mut s) = (Vec::new(), Vec::new());
+        let c = d.feed(data, &mut p, &mut s);
+        (p, s, c.map(|v| (v.code, v.reason)))
+    }
+
+    #[test]
+    fn forwards_pipelined_messages() {
+        let mut d = dec(SOURCE);
+        let mut data = client_frame(true, OP_TEXT, &env("connect", "1"));
+        data.extend(client_frame(true, OP_TEXT, &env("command", "2")));
+        let (p, s, c) = feed(&mut d, &data);
+        let mut want = encode_text(&env("connect", "1"));
+        want.extend(encode_text(&env("command", "2")));
+        assert_eq!((p, s, c), (want, vec![], None));
+        assert_eq!((d.messages(), d.bytes()), (2, (env("connect", "1").len() + env("command", "2").len()) as u64));
+    }
+
+    #[test]
+    fn split_at_every_byte() {
+        let msg = env("command_response", &"r".repeat(100));
+        let mut data = client_frame(false, OP_TEXT, &msg[..50]);
+        data.extend(client_frame(true, OP_PING, b"hi"));
+        data.extend(client_frame(true, OP_CONT, &msg[50..]));
+        for cut in 0..=data.len() {
+            let mut d = dec(DEVICE);
+            let (p1, s1, c1) = feed(&mut d, &data[..cut]);
+            let (p2, s2, c2) = feed(&mut d, &data[cut..]);
+            assert_eq!((c1, c2), (None, None));
+            assert_eq!([p1, p2].concat(), encode_text(&msg), "cut {cut}");
+            assert_eq!([s1, s2].concat(), b"\x8a\x02hi".to_vec());
+        }
+    }
+
+    #[test]
+    fn size_limit_from_header() {
+        let mut d = dec(SOURCE);
+        let mut body = env("command", "1");
+        body.resize(10240, b' ');
+        assert_eq!(feed(&mut d, &client_frame(true, OP_TEXT, &body)).2, None);
+        body.push(b' ');
+        let f = client_frame(true, OP_TEXT, &body);
+        // header alone is enough
+        assert_eq!(feed(&mut d, &f[..8]).2, Some((1009, "message exceeds 10240 bytes".into())));
+        assert!(d.closed());
+        assert_eq!(feed(&mut d, &f), (vec![], vec![], None));
+    }
+
+    #[test]
+    fn violations() {
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (vec![0x81, 0x00], 1002),
+            (client_frame(true, 0x1 | 0x40, b"{}"), 1002),
+            (client_frame(true, 0x3, b""), 1002),
+            (vec![0x81, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4], 1002),
+            (client_frame(false, OP_PING, b""), 1002),
+            (client_frame(true, OP_PING, &[0; 126]), 1002),
+            (client_frame(true, OP_CONT, b"x"), 1002),
+            (client_frame(true, OP_BINARY, b"x"), 1003),
+            (client_frame(true, OP_TEXT, b"\xff"), 1007),
+            (client_frame(true, OP_TEXT, b"[]"), 4400),
+            (client_frame(true, OP_CLOSE, b""), 1000),
+            (client_frame(true, OP_CLOSE, b"\x03"), 1002),
+            (client_frame(true, OP_CLOSE, b"\x03\xed"), 1002),
+            (client_frame(true, OP_CLOSE, b"\x0f\xa0\xff"), 1007),
+            (client_frame(true, OP_CLOSE, b"\x0f\xa0bye"), 4000),
+        ];
+        for (data, code) in cases {
+            let mut d = dec(SOURCE);
+            let (p, _, c) = feed(&mut d, &data);
+            assert!(p.is_empty());
+            assert_eq!(c.map(|c| c.0), Some(code), "{data:?}");
+        }
+        let mut d = dec(SOURCE);
+        let mut data = client_frame(false, OP_TEXT, b"{");
+        data.extend(client_frame(true, OP_TEXT, b"{}"));
+        assert_eq!(feed(&mut d, &data).2.unwrap().1, "expected a continuation frame");
+    }
+
+    #[test]
+    fn accepted_before_violation_is_kept() {
+        let mut d = dec(SOURCE);
+        let mut data = client_frame(true, OP_TEXT, &env("connect", "1"));
+        data.extend(client_frame(true, OP_PING, b"p"));
+        data.extend(client_frame(true, OP_TEXT, &env("connect", "1")));
+        data.extend(client_frame(true, OP_TEXT, &env("command", "3")));
+        let (p, s, c) = feed(&mut d, &data);
+        assert_eq!(p, encode_text(&env("connect", "1")));
+        assert_eq!(s, b"\x8a\x01p");
+        assert_eq!(c, Some((4409, "request_id reused".into())));
+    }
+
+    #[test]
+    fn reset_keeps_request_ids() {
+        let mut d = dec(SOURCE);
+        let f = client_frame(true, OP_TEXT, &env("connect", "1"));
+        feed(&mut d, &f[..5]);
+        d.reset();
+        assert_eq!(feed(&mut d, &f).2, None);
+        assert_eq!(feed(&mut d, &client_frame(true, OP_CLOSE, b"")).2, Some((1000, String::new())));
+        d.reset();
+        assert!(!d.closed());
+        assert_eq!(feed(&mut d, &f).2.unwrap().0, 4409);
+    }
+
+    #[test]
+    fn bound_holds() {
+        let mut d = dec(DEVICE);
+        let msg = env("command_response", &"x".repeat(120));
+        let mut data = client_frame(false, OP_TEXT, &msg[..10]);
+        data.extend(client_frame(true, OP_CONT, &msg[10..]));
+        let first = &data[..30];
+        feed(&mut d, first);
+        let bound = to_peer_bound(&d, data.len() - 30);
+        let (p, _, _) = feed(&mut d, &data[30..]);
+        assert!(p.len() <= bound);
+    }
+}

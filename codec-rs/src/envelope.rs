@@ -1,0 +1,278 @@
+//! Huawei secure-tunnel envelope rules for one complete text message.
+
+use std::collections::{HashSet, VecDeque};
+
+use crate::frame::{header_len, truncate_utf8, write_header, MAX_CLOSE_REASON, OP_TEXT};
+use crate::json::{self, Doc, Field};
+
+pub const SOURCE: u8 = 0;
+pub const DEVICE: u8 = 1;
+
+pub const CLOSE_INVALID_ENVELOPE: u16 = 4400;
+pub const CLOSE_NOT_ALLOWED: u16 = 4403;
+pub const CLOSE_REQUEST_ID_REUSED: u16 = 4409;
+
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// A violation: the close frame the server sends back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Violation {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        let mut reason: String = reason.into();
+        let keep = truncate_utf8(&reason, MAX_CLOSE_REASON).len();
+        reason.truncate(keep);
+        Violation { code, reason }
+    }
+}
+
+/// What to do with an accepted message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// forward the original payload to the peer
+    Forward,
+    /// a reply frame was appended to `to_sender`
+    Answered,
+    /// accepted, nothing to send
+    Consumed,
+}
+
+/// FIFO window of the last `capacity` distinct request ids accepted from a source.
+#[derive(Debug, Default, Clone)]
+pub struct RequestIds {
+    capacity: usize,
+    set: HashSet<Box<str>>,
+    order: VecDeque<Box<str>>,
+}
+
+impl RequestIds {
+    pub fn new(capacity: usize) -> Self {
+        RequestIds { capacity, set: HashSet::new(), order: VecDeque::new() }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    pub fn insert(&mut self, id: &str) {
+        if self.capacity == 0 || self.set.contains(id) {
+            return;
+        }
+        let b: Box<str> = id.into();
+        self.set.insert(b.clone());
+        self.order.push_back(b);
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+/// Per-side envelope policy plus the request-id history.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub side: u8,
+    pub services: Vec<String>,
+    pub request_ids: RequestIds,
+}
+
+fn side_name(side: u8) -> &'static str {
+    if side == SOURCE {
+        "source"
+    } else {
+        "device"
+    }
+}
+
+fn allowed(side: u8, op: &str) -> bool {
+    if side == SOURCE {
+        matches!(op, "connect" | "command" | "disconnect" | "ping")
+    } else {
+        matches!(op, "connect_response" | "command_response" | "disconnect" | "ping")
+    }
+}
+
+/// Append a text frame whose payload is
+/// `{"operation_type":OP,"tunnel_service_type":S,"request_id":R,"data":DATA}` (orjson.dumps layout).
+fn write_reply(out: &mut Vec<u8>, op: &str, service: &str, rid: &str, data: &[&str]) {
+    let mut body = Vec::with_capacity(96 + service.len() + rid.len());
+    body.extend_from_slice(b"{\"operation_type\":");
+    json::write_str(&mut body, op);
+    body.extend_from_slice(b",\"tunnel_service_type\":");
+    json::write_str(&mut body, service);
+    body.extend_from_slice(b",\"request_id\":");
+    json::write_str(&mut body, rid);
+    body.extend_from_slice(b",\"data\":");
+    if data.is_empty() {
+        body.extend_from_slice(b"null");
+    } else {
+        body.push(b'{');
+        for (k, pair) in data.chunks(2).enumerate() {
+            if k > 0 {
+                body.push(b',');
+            }
+            json::write_str(&mut body, pair[0]);
+            body.push(b':');
+            json::write_str(&mut body, pair.get(1).copied().unwrap_or(""));
+        }
+        body.push(b'}');
+    }
+    body.push(b'}');
+    out.reserve(header_len(body.len()) + body.len());
+    write_header(out, OP_TEXT, body.len());
+    out.extend_from_slice(&body);
+}
+
+impl Policy {
+    pub fn new(side: u8, services: Vec<String>, request_id_window: usize) -> Self {
+        Policy { side, services, request_ids: RequestIds::new(request_id_window) }
+    }
+
+    /// Check one complete, UTF-8-valid text message. Replies go to `to_sender`.
+    pub fn check(&mut self, text: &str, peer_connected: bool, to_sender: &mut Vec<u8>) -> Result<Outcome, Violation> {
+        let env = match json::parse(text) {
+            Err(_) => return Err(Violation::new(CLOSE_INVALID_ENVELOPE, "invalid JSON")),
+            Ok(Doc::NotObject) => return Err(Violation::new(CLOSE_INVALID_ENVELOPE, "message must be a JSON object")),
+            Ok(Doc::Object(env)) => env,
+        };
+        let op = match &env.operation_type {
+            Field::Str(s) => s.as_ref(),
+            _ => return Err(Violation::new(CLOSE_INVALID_ENVELOPE, "operation_type must be a string")),
+        };
+        let service = match &env.tunnel_service_type {
+            Field::Str(s) => s.as_ref(),
+            _ => return Err(Violation::new(CLOSE_INVALID_ENVELOPE, "tunnel_service_type must be a string")),
+        };
+        if !self.services.iter().any(|s| s == service) {
+            return Err(Violation::new(
+                CLOSE_INVALID_ENVELOPE,
+                format!("tunnel_service_type '{service}' is not supported"),
+            ));
+        }
+        let rid = match &env.request_id {
+            Field::Str(s) => s.as_ref(),
+            _ => return Err(Violation::new(CLOSE_INVALID_ENVELOPE, "request_id must be a string")),
+        };
+        if rid.is_empty() || rid.len() > MAX_REQUEST_ID_BYTES {
+            return Err(Violation::new(CLOSE_INVALID_ENVELOPE, "request_id must be 1 to 128 bytes"));
+        }
+        if !allowed(self.side, op) {
+            return Err(Violation::new(
+                CLOSE_NOT_ALLOWED,
+                format!("operation_type '{op}' is not allowed from the {} side", side_name(self.side)),
+            ));
+        }
+        if self.side == SOURCE && (op == "connect" || op == "command") {
+            if self.request_ids.contains(rid) {
+                return Err(Violation::new(CLOSE_REQUEST_ID_REUSED, "request_id reused"));
+            }
+            self.request_ids.insert(rid);
+        }
+        if op == "ping" {
+            write_reply(to_sender, "pong", service, rid, &[]);
+            return Ok(Outcome::Answered);
+        }
+        if peer_connected {
+            return Ok(Outcome::Forward);
+        }
+        if op == "disconnect" {
+            return Ok(Outcome::Consumed);
+        }
+        let msg = if self.side == SOURCE { "device is not connected" } else { "source is not connected" };
+        write_reply(to_sender, "disconnect", service, rid, &["status_code", "404", "status_msg", msg]);
+        Ok(Outcome::Answered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(side: u8) -> Policy {
+        Policy::new(side, vec!["ssh".into()], 3)
+    }
+
+    fn env(op: &str, rid: &str) -> String {
+        format!(r#"{{"operation_type":"{op}","tunnel_service_type":"ssh","request_id":"{rid}","data":null}}"#)
+    }
+
+    #[test]
+    fn forward_and_reject() {
+        let mut p = policy(SOURCE);
+        let mut out = Vec::new();
+        assert_eq!(p.check(&env("connect", "1"), true, &mut out), Ok(Outcome::Forward));
+        assert_eq!(p.check(&env("connect", "1"), true, &mut out).unwrap_err().code, 4409);
+        assert_eq!(p.check(&env("disconnect", "1"), true, &mut out), Ok(Outcome::Forward));
+        let v = p.check(&env("connect_response", "2"), true, &mut out).unwrap_err();
+        assert_eq!((v.code, v.reason.as_str()), (4403, "operation_type 'connect_response' is not allowed from the source side"));
+        assert!(out.is_empty());
+        let v = p.check("[]", true, &mut out).unwrap_err();
+        assert_eq!((v.code, v.reason.as_str()), (4400, "message must be a JSON object"));
+        let v = p.check("{", true, &mut out).unwrap_err();
+        assert_eq!((v.code, v.reason.as_str()), (4400, "invalid JSON"));
+        let v = p
+            .check(r#"{"operation_type":"connect","tunnel_service_type":"rdp","request_id":"x"}"#, true, &mut out)
+            .unwrap_err();
+        assert_eq!(v.reason, "tunnel_service_type 'rdp' is not supported");
+        let long = "r".repeat(129);
+        assert_eq!(p.check(&env("command", &long), true, &mut out).unwrap_err().reason, "request_id must be 1 to 128 bytes");
+        assert_eq!(p.check(&env("command", ""), true, &mut out).unwrap_err().reason, "request_id must be 1 to 128 bytes");
+    }
+
+    #[test]
+    fn window_is_fifo() {
+        let mut p = policy(SOURCE);
+        let mut out = Vec::new();
+        for r in ["a", "b", "c", "d"] {
+            assert_eq!(p.check(&env("command", r), true, &mut out), Ok(Outcome::Forward));
+        }
+        // "a" fell out of the 3-wide window
+        assert_eq!(p.check(&env("command", "a"), true, &mut out), Ok(Outcome::Forward));
+        assert_eq!(p.check(&env("command", "c"), true, &mut out).unwrap_err().code, 4409);
+        // device side is never checked
+        let mut d = policy(DEVICE);
+        for _ in 0..3 {
+            assert_eq!(d.check(&env("command_response", "a"), true, &mut out), Ok(Outcome::Forward));
+        }
+    }
+
+    #[test]
+    fn replies() {
+        let mut p = policy(SOURCE);
+        let mut out = Vec::new();
+        assert_eq!(p.check(&env("ping", "q\\\"1"), true, &mut out), Ok(Outcome::Answered));
+        let body = br#"{"operation_type":"pong","tunnel_service_type":"ssh","request_id":"q\"1","data":null}"#;
+        assert_eq!(out[0], 0x81);
+        assert_eq!(&out[2..], &body[..]);
+        out.clear();
+        assert_eq!(p.check(&env("command", "7"), false, &mut out), Ok(Outcome::Answered));
+        let body = br#"{"operation_type":"disconnect","tunnel_service_type":"ssh","request_id":"7","data":{"status_code":"404","status_msg":"device is not connected"}}"#;
+        assert_eq!(&out[..4], &[0x81, 126, 0, body.len() as u8]);
+        assert_eq!(&out[4..], &body[..]);
+        out.clear();
+        assert_eq!(p.check(&env("disconnect", "7"), false, &mut out), Ok(Outcome::Consumed));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn reason_truncated() {
+        let mut p = policy(DEVICE);
+        let op = "é".repeat(100);
+        let v = p.check(&env(&op, "1"), true, &mut Vec::new()).unwrap_err();
+        assert_eq!(v.code, 4403);
+        assert!(v.reason.len() <= 123);
+    }
+}

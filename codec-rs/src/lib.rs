@@ -1,0 +1,279 @@
+//! Hot-path codec of the secure-tunnel relay. The logic lives in plain-Rust modules
+//! (tested by `cargo test` without Python); this file only holds the PyO3 bindings.
+pub mod decoder;
+pub mod envelope;
+pub mod frame;
+pub mod json;
+
+#[cfg(feature = "python")]
+mod bindings {
+    use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
+    use pyo3::ffi;
+    use pyo3::prelude::*;
+    use pyo3::types::{PyBytes, PyString, PyTuple};
+
+    use crate::decoder::{self, Out};
+    use crate::envelope::{DEVICE, SOURCE};
+    use crate::frame;
+
+    extern "C" {
+        // CPython's in-place resize of a uniquely referenced bytes object (not wrapped by pyo3-ffi).
+        fn _PyBytes_Resize(obj: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> std::os::raw::c_int;
+    }
+
+    /// An output buffer that is a `bytes` object under construction: frames are written straight
+    /// into it and it is shrunk in place at the end, so no copy is made to return it.
+    struct BytesOut {
+        obj: *mut ffi::PyObject,
+        ptr: *mut u8,
+        len: usize,
+        cap: usize,
+        failed: bool,
+    }
+
+    impl BytesOut {
+        fn with_capacity(_py: Python<'_>, cap: usize) -> PyResult<Self> {
+            let cap = cap.max(1);
+            // SAFETY: the GIL is held (`_py`); a NULL source asks CPython for an uninitialised buffer.
+            let obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), cap as ffi::Py_ssize_t) };
+            if obj.is_null() {
+                return Err(PyMemoryError::new_err("cannot allocate output buffer"));
+            }
+            // SAFETY: obj is a fresh bytes object.
+            let ptr = unsafe { ffi::PyBytes_AsString(obj) } as *mut u8;
+            Ok(BytesOut { obj, ptr, len: 0, cap, failed: false })
+        }
+
+        fn grow(&mut self, need: usize) -> bool {
+            if self.failed {
+                return false;
+            }
+            let new_cap = need.max(self.cap.saturating_mul(2));
+            // SAFETY: the GIL is held while a Decoder method runs; obj is uniquely owned.
+            let rc = unsafe { _PyBytes_Resize(&mut self.obj, new_cap as ffi::Py_ssize_t) };
+            if rc != 0 || self.obj.is_null() {
+                self.obj = std::ptr::null_mut();
+                self.failed = true;
+                return false;
+            }
+            self.ptr = unsafe { ffi::PyBytes_AsString(self.obj) } as *mut u8;
+            self.cap = new_cap;
+            true
+        }
+
+        fn finish<'py>(mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+            if self.failed {
+                return Err(PyErr::take(py).unwrap_or_else(|| PyMemoryError::new_err("cannot grow output buffer")));
+            }
+            if self.len == 0 {
+                return Ok(PyBytes::new(py, b""));
+            }
+            let mut obj = std::mem::replace(&mut self.obj, std::ptr::null_mut());
+            if self.len != self.cap {
+                // SAFETY: uniquely owned bytes object; shrinking.
+                if unsafe { _PyBytes_Resize(&mut obj, self.len as ffi::Py_ssize_t) } != 0 {
+                    return Err(PyErr::fetch(py));
+                }
+            }
+            // SAFETY: obj is an owned, fully initialised bytes object of length len.
+            Ok(unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked() })
+        }
+    }
+
+    impl Drop for BytesOut {
+        fn drop(&mut self) {
+            if !self.obj.is_null() {
+                // SAFETY: only dropped while the GIL is held (inside a Python call).
+                unsafe { ffi::Py_DECREF(self.obj) };
+            }
+        }
+    }
+
+    impl Out for BytesOut {
+        #[inline]
+        fn len(&self) -> usize {
+            self.len
+        }
+        #[inline]
+        fn truncate(&mut self, len: usize) {
+            self.len = self.len.min(len);
+        }
+        #[inline]
+        fn put(&mut self, bytes: &[u8]) {
+            let need = self.len + bytes.len();
+            if need > self.cap && !self.grow(need) {
+                return;
+            }
+            // SAFETY: need <= cap, the regions do not overlap (input is another object).
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(self.len), bytes.len()) };
+            self.len = need;
+        }
+        #[inline]
+        fn tail_mut(&mut self, from: usize) -> &mut [u8] {
+            if self.failed || from >= self.len {
+                return &mut [];
+            }
+            // SAFETY: [from, len) is initialised and inside the buffer.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.add(from), self.len - from) }
+        }
+    }
+
+    fn bytes_of<'py>(py: Python<'py>, parts: &[&[u8]]) -> PyResult<Bound<'py, PyBytes>> {
+        let n = parts.iter().map(|p| p.len()).sum();
+        let mut out = BytesOut::with_capacity(py, n)?;
+        for p in parts {
+            out.put(p);
+        }
+        out.finish(py)
+    }
+
+    fn index_arg(n: i128, name: &str) -> PyResult<usize> {
+        if !(0..(1i128 << 63)).contains(&n) {
+            return Err(PyValueError::new_err(format!("{name} must be >= 0")));
+        }
+        Ok(n as usize)
+    }
+
+    /// Per-connection decoder of client->server WebSocket frames (see relay.codec).
+    #[pyclass(name = "Decoder", module = "relay._codec_rs")]
+    struct Decoder {
+        inner: decoder::Decoder,
+    }
+
+    #[pymethods]
+    impl Decoder {
+        #[new]
+        #[pyo3(signature = (side, max_message_size = 10240, services = None, request_id_window = 1024))]
+        fn new(
+            side: &Bound<'_, PyAny>,
+            max_message_size: i128,
+            services: Option<&Bound<'_, PyAny>>,
+            request_id_window: i128,
+        ) -> PyResult<Self> {
+            let side = match side.extract::<i64>() {
+                Ok(s) if s == SOURCE as i64 || s == DEVICE as i64 => s as u8,
+                _ => return Err(PyValueError::new_err("side must be SOURCE (0) or DEVICE (1)")),
+            };
+            let max = index_arg(max_message_size, "max_message_size")?;
+            let window = index_arg(request_id_window, "request_id_window")?;
+            let services: Vec<String> = match services {
+                None => vec!["ssh".to_owned()],
+                Some(s) => {
+                    if s.is_instance_of::<PyString>() {
+                        return Err(PyTypeError::new_err("services must be a tuple of str"));
+                    }
+                    let mut v = Vec::new();
+                    for item in s.try_iter().map_err(|_| PyTypeError::new_err("services must be a tuple of str"))? {
+                        let item = item?;
+                        let st: String =
+                            item.extract().map_err(|_| PyTypeError::new_err("services must be a tuple of str"))?;
+                        v.push(st);
+                    }
+                    v
+                }
+            };
+            Ok(Decoder { inner: decoder::Decoder::new(side, max, services, window) })
+        }
+
+        /// Feed one read; returns (to_peer, to_sender, close).
+        fn feed<'py>(
+            &mut self,
+            py: Python<'py>,
+            data: &[u8],
+        ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Option<(u16, String)>)> {
+            let empty = PyBytes::new(py, b"");
+            if self.inner.closed() || data.is_empty() {
+                return Ok((empty.clone(), empty, None));
+            }
+            let mut to_peer = BytesOut::with_capacity(py, decoder::to_peer_bound(&self.inner, data.len()))?;
+            let mut to_sender = Vec::new();
+            let close = self.inner.feed(data, &mut to_peer, &mut to_sender);
+            let to_peer = to_peer.finish(py)?;
+            let to_sender = if to_sender.is_empty() { empty } else { PyBytes::new(py, &to_sender) };
+            Ok((to_peer, to_sender, close.map(|v| (v.code, v.reason))))
+        }
+
+        /// A new connection replaces the old one: drop partial state, keep request-id history.
+        fn reset(&mut self) {
+            self.inner.reset();
+        }
+
+        #[getter]
+        fn get_peer_connected(&self) -> bool {
+            self.inner.peer_connected
+        }
+
+        #[setter]
+        fn set_peer_connected(&mut self, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+            match value {
+                None => Err(PyTypeError::new_err("cannot delete peer_connected")),
+                Some(v) => {
+                    let b = v.extract::<bool>().map_err(|_| PyTypeError::new_err("peer_connected must be a bool"))?;
+                    self.inner.peer_connected = b;
+                    Ok(())
+                }
+            }
+        }
+
+        #[getter]
+        fn closed(&self) -> bool {
+            self.inner.closed()
+        }
+
+        #[getter]
+        fn messages(&self) -> u64 {
+            self.inner.messages()
+        }
+
+        #[getter]
+        fn bytes(&self) -> u64 {
+            self.inner.bytes()
+        }
+    }
+
+    /// One unmasked FIN text frame (server->client).
+    #[pyfunction]
+    fn encode_text<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let mut h = Vec::with_capacity(10);
+        frame::write_header(&mut h, frame::OP_TEXT, payload.len());
+        bytes_of(py, &[&h, payload])
+    }
+
+    /// Unmasked close frame; the reason is truncated to 123 bytes on a UTF-8 boundary.
+    #[pyfunction]
+    #[pyo3(signature = (code, reason = ""))]
+    fn encode_close<'py>(py: Python<'py>, code: &Bound<'py, PyAny>, reason: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let code: i64 = code.extract().map_err(|_| PyTypeError::new_err("code must be an int"))?;
+        if !(1000..=4999).contains(&code) {
+            return Err(PyValueError::new_err("close code must be in 1000..4999"));
+        }
+        Ok(PyBytes::new(py, &frame::encode_close(code as u16, reason)))
+    }
+
+    /// Unmasked ping frame (payload of at most 125 bytes).
+    #[pyfunction]
+    #[pyo3(signature = (payload = b"".as_slice()))]
+    fn encode_ping<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        match frame::encode_ping(payload) {
+            Some(f) => Ok(PyBytes::new(py, &f)),
+            None => Err(PyValueError::new_err("ping payload exceeds 125 bytes")),
+        }
+    }
+
+    #[pymodule]
+    fn _codec_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("SOURCE", SOURCE)?;
+        m.add("DEVICE", DEVICE)?;
+        m.add("IMPLEMENTATION", "rust")?;
+        m.add_class::<Decoder>()?;
+        m.add_function(wrap_pyfunction!(encode_text, m)?)?;
+        m.add_function(wrap_pyfunction!(encode_close, m)?)?;
+        m.add_function(wrap_pyfunction!(encode_ping, m)?)?;
+        let all = PyTuple::new(
+            m.py(),
+            ["SOURCE", "DEVICE", "IMPLEMENTATION", "Decoder", "encode_text", "encode_close", "encode_ping"],
+        )?;
+        m.add("__all__", all.to_list())?;
+        Ok(())
+    }
+}

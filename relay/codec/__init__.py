@@ -1,0 +1,67 @@
+"""WebSocket + tunnel-envelope codec of the relay's hot path (see docs/codec.md).
+
+Two twins with the same API and the same answers: the Rust extension ``relay._codec_rs`` (used when
+built) and the pure-Python reference ``relay.codec._py``. ``RELAY_CODEC=python`` forces the Python
+twin, ``RELAY_CODEC=rust`` forces the Rust one (ImportError if it is not built).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from relay.codec import _py as python_impl
+
+__all__ = [
+    "SOURCE",
+    "DEVICE",
+    "IMPLEMENTATION",
+    "Decoder",
+    "encode_text",
+    "encode_close",
+    "encode_ping",
+    "python_impl",
+    "rust_impl",
+]
+
+
+def _load_rust() -> ModuleType | None:
+    try:
+        return importlib.import_module("relay._codec_rs")
+    except ModuleNotFoundError as exc:
+        if exc.name != "relay._codec_rs":
+            raise
+        return None
+
+
+rust_impl: ModuleType | None = _load_rust()
+
+_choice = os.environ.get("RELAY_CODEC", "").strip().lower()
+_impl: ModuleType
+if _choice == "python":
+    _impl = python_impl
+elif _choice == "rust":
+    if rust_impl is None:
+        raise ImportError(
+            "RELAY_CODEC=rust but the Rust codec relay._codec_rs is not built: "
+            "run `maturin develop --release` (or `pip install -e .`) first"
+        )
+    _impl = rust_impl
+elif _choice in ("", "auto"):
+    _impl = rust_impl if rust_impl is not None else python_impl
+else:
+    raise ImportError(f"RELAY_CODEC must be 'rust', 'python' or unset, not {_choice!r}")
+
+IMPLEMENTATION: str = _impl.IMPLEMENTATION
+SOURCE: int = _impl.SOURCE
+DEVICE: int = _impl.DEVICE
+
+if TYPE_CHECKING:  # both twins share the Python twin's signatures
+    from relay.codec._py import Decoder, encode_close, encode_ping, encode_text
+else:
+    Decoder = _impl.Decoder
+    encode_text = _impl.encode_text
+    encode_close = _impl.encode_close
+    encode_ping = _impl.encode_ping

@@ -1,0 +1,334 @@
+"""Pure-Python reference twin of the Rust codec (``relay._codec_rs``).
+
+Same API, same answers on every input: the Rust module is tested against this one. JSON is parsed
+with ``orjson.loads`` (orjson 3.13.0 is pinned), which *defines* what a valid envelope is; replies are
+encoded with ``orjson.dumps``. The rules are described in docs/codec.md.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import deque
+
+import orjson
+
+__all__ = ["SOURCE", "DEVICE", "IMPLEMENTATION", "Decoder", "encode_text", "encode_close", "encode_ping"]
+
+SOURCE: int = 0
+DEVICE: int = 1
+IMPLEMENTATION: str = "python"
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
+
+MAX_CLOSE_REASON = 123
+MAX_CONTROL_PAYLOAD = 125
+MAX_REQUEST_ID_BYTES = 128
+
+_ALLOWED = {
+    SOURCE: frozenset(("connect", "command", "disconnect", "ping")),
+    DEVICE: frozenset(("connect_response", "command_response", "disconnect", "ping")),
+}
+_SIDE_NAME = {SOURCE: "source", DEVICE: "device"}
+_NOT_CONNECTED = {SOURCE: "device is not connected", DEVICE: "source is not connected"}
+
+# outcomes of an accepted message
+_FORWARD, _ANSWERED, _CONSUMED = 0, 1, 2
+
+Close = tuple[int, str]
+
+
+def _truncate(text: str, limit: int = MAX_CLOSE_REASON) -> str:
+    """Longest prefix of ``text`` of at most ``limit`` UTF-8 bytes that ends on a character boundary."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode("utf-8", "ignore")  # only the cut character can be incomplete
+
+
+def _header(opcode: int, length: int) -> bytes:
+    """Unmasked FIN frame header."""
+    if length < 126:
+        return bytes((0x80 | opcode, length))
+    if length <= 0xFFFF:
+        return bytes((0x80 | opcode, 126)) + length.to_bytes(2, "big")
+    return bytes((0x80 | opcode, 127)) + length.to_bytes(8, "big")
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    n = len(payload)
+    if not n:
+        return b""
+    key = (mask * ((n + 3) // 4))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def encode_text(payload: bytes) -> bytes:
+    """One unmasked FIN text frame (server->client)."""
+    if not isinstance(payload, bytes):
+        raise TypeError("payload must be bytes")
+    return _header(OP_TEXT, len(payload)) + payload
+
+
+def encode_close(code: int, reason: str = "") -> bytes:
+    """Unmasked close frame; ``reason`` is truncated to 123 bytes on a UTF-8 boundary."""
+    try:
+        code = operator.index(code)
+    except TypeError:
+        raise TypeError("code must be an int") from None
+    if not 1000 <= code <= 4999:
+        raise ValueError("close code must be in 1000..4999")
+    if not isinstance(reason, str):
+        raise TypeError("reason must be a str")
+    payload = code.to_bytes(2, "big") + _truncate(reason).encode()
+    return _header(OP_CLOSE, len(payload)) + payload
+
+
+def encode_ping(payload: bytes = b"") -> bytes:
+    """Unmasked ping frame (payload of at most 125 bytes)."""
+    if not isinstance(payload, bytes):
+        raise TypeError("payload must be bytes")
+    if len(payload) > MAX_CONTROL_PAYLOAD:
+        raise ValueError("ping payload exceeds 125 bytes")
+    return _header(OP_PING, len(payload)) + payload
+
+
+def _size_arg(value: int, name: str) -> int:
+    value = operator.index(value)
+    if not 0 <= value < 1 << 63:
+        raise ValueError(f"{name} must be >= 0")
+    return value
+
+
+def _close_reply(payload: bytes) -> Close:
+    """The close frame the server sends back for a client close frame payload."""
+    if not payload:
+        return 1000, ""
+    if len(payload) == 1:
+        return 1002, "close frame payload of 1 byte"
+    code = int.from_bytes(payload[:2], "big")
+    if not (1000 <= code <= 1003 or 1007 <= code <= 1011 or 3000 <= code <= 4999):
+        return 1002, f"invalid close code {code}"
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        return 1007, "invalid UTF-8 in close reason"
+    return code, ""
+
+
+class Decoder:
+    """Per-connection decoder of client->server frames; one ``feed`` call per socket read."""
+
+    def __init__(self, side: int, max_message_size: int = 10240, services: tuple[str, ...] = ("ssh",),
+                 request_id_window: int = 1024) -> None:
+        try:
+            side = operator.index(side)
+        except TypeError:
+            side = -1
+        if side not in (SOURCE, DEVICE):
+            raise ValueError("side must be SOURCE (0) or DEVICE (1)")
+        self._side = side
+        self._max = _size_arg(max_message_size, "max_message_size")
+        self._window = _size_arg(request_id_window, "request_id_window")
+        if services is None:
+            services = ("ssh",)
+        if isinstance(services, str):
+            raise TypeError("services must be a tuple of str")
+        try:
+            items = tuple(services)
+        except TypeError:
+            raise TypeError("services must be a tuple of str") from None
+        if not all(isinstance(s, str) for s in items):
+            raise TypeError("services must be a tuple of str")
+        self._services = frozenset(items)
+        self._peer_connected = False
+        self._closed = False
+        self._messages = 0
+        self._bytes = 0
+        self._pending = b""  # raw bytes of an incomplete frame
+        self._frag = bytearray()  # unmasked payload of the fragmented message in progress
+        self._in_message = False
+        self._ids: set[str] = set()
+        self._id_order: deque[str] = deque()
+
+    # ---- attributes
+    @property
+    def peer_connected(self) -> bool:
+        return self._peer_connected
+
+    @peer_connected.setter
+    def peer_connected(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError("peer_connected must be a bool")
+        self._peer_connected = value
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def messages(self) -> int:
+        return self._messages
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def reset(self) -> None:
+        """A new connection replaces the old one: drop partial state, keep request-id history and counters."""
+        self._pending = b""
+        self._frag = bytearray()
+        self._in_message = False
+        self._closed = False
+
+    # ---- decoding
+    def feed(self, data: bytes) -> tuple[bytes, bytes, Close | None]:
+        """Feed one read; returns ``(to_peer, to_sender, close)``."""
+        if not isinstance(data, bytes):
+            raise TypeError("data must be bytes")
+        if self._closed or not data:
+            return b"", b"", None
+        buf = self._pending + data if self._pending else data
+        to_peer: list[bytes] = []
+        to_sender: list[bytes] = []
+        used, close = self._process(buf, to_peer, to_sender)
+        if close is None:
+            self._pending = buf[used:]
+        else:
+            self._closed = True
+            self._pending = b""
+            self._frag = bytearray()
+            self._in_message = False
+        return b"".join(to_peer), b"".join(to_sender), close
+
+    def _process(self, buf: bytes, to_peer: list[bytes], to_sender: list[bytes]) -> tuple[int, Close | None]:
+        pos = 0
+        end = len(buf)
+        while True:
+            if end - pos < 2:
+                return pos, None
+            b0, b1 = buf[pos], buf[pos + 1]
+            masked = b1 & 0x80
+            len7 = b1 & 0x7F
+            ext = 2 if len7 == 126 else 8 if len7 == 127 else 0
+            hlen = 2 + ext + (4 if masked else 0)
+            if end - pos < hlen:
+                return pos, None
+            # header checks, in the documented order
+            if not masked:
+                return pos, (1002, "client frames must be masked")
+            if b0 & 0x70:
+                return pos, (1002, "reserved bits must be zero")
+            op = b0 & 0x0F
+            if op not in _OPCODES:
+                return pos, (1002, f"unknown opcode {op}")
+            fin = bool(b0 & 0x80)
+            length = len7 if not ext else int.from_bytes(buf[pos + 2:pos + 2 + ext], "big")
+            if length >> 63:
+                return pos, (1002, "frame length has the most significant bit set")
+            if op >= OP_CLOSE:
+                if not fin:
+                    return pos, (1002, "control frames must not be fragmented")
+                if length > MAX_CONTROL_PAYLOAD:
+                    return pos, (1002, "control frame payload exceeds 125 bytes")
+            else:
+                if op == OP_CONT and not self._in_message:
+                    return pos, (1002, "unexpected continuation frame")
+                if op != OP_CONT and self._in_message:
+                    return pos, (1002, "expected a continuation frame")
+                if op == OP_BINARY:
+                    return pos, (1003, "binary messages are not supported")
+                before = len(self._frag) if op == OP_CONT else 0
+                if before + length > self._max:
+                    return pos, (1009, f"message exceeds {self._max} bytes")
+            # wait for the whole payload
+            if end - pos - hlen < length:
+                return pos, None
+            mask = buf[pos + hlen - 4:pos + hlen]
+            payload = _unmask(buf[pos + hlen:pos + hlen + length], mask)
+            pos += hlen + length
+            if op == OP_PING:
+                to_sender.append(_header(OP_PONG, length) + payload)
+            elif op == OP_PONG:
+                pass
+            elif op == OP_CLOSE:
+                return pos, _close_reply(payload)
+            elif op == OP_TEXT and not fin:
+                self._in_message = True
+                self._frag = bytearray(payload)
+            else:
+                if op == OP_CONT:
+                    self._frag += payload
+                    if not fin:
+                        continue
+                    self._in_message = False
+                    payload = bytes(self._frag)
+                    self._frag = bytearray()
+                close = self._message(payload, to_peer, to_sender)
+                if close is not None:
+                    return pos, close
+        # not reached
+
+    def _message(self, payload: bytes, to_peer: list[bytes], to_sender: list[bytes]) -> Close | None:
+        """Check one complete text message; forward it, answer it, or return the close to send."""
+        try:
+            payload.decode("utf-8")  # strict: no overlongs, surrogates or code points > U+10FFFF
+        except UnicodeDecodeError:
+            return 1007, "invalid UTF-8 in text message"
+        result = self._envelope(payload, to_sender)
+        if isinstance(result, tuple):
+            return (result[0], _truncate(result[1]))
+        if result == _FORWARD:
+            to_peer.append(_header(OP_TEXT, len(payload)))
+            to_peer.append(payload)
+        self._messages += 1
+        self._bytes += len(payload)
+        return None
+
+    def _envelope(self, payload: bytes, to_sender: list[bytes]) -> int | Close:
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return 4400, "invalid JSON"
+        if not isinstance(doc, dict):
+            return 4400, "message must be a JSON object"
+        op = doc.get("operation_type")
+        if not isinstance(op, str):
+            return 4400, "operation_type must be a string"
+        service = doc.get("tunnel_service_type")
+        if not isinstance(service, str):
+            return 4400, "tunnel_service_type must be a string"
+        if service not in self._services:
+            return 4400, f"tunnel_service_type '{service}' is not supported"
+        rid = doc.get("request_id")
+        if not isinstance(rid, str):
+            return 4400, "request_id must be a string"
+        if not 1 <= len(rid.encode()) <= MAX_REQUEST_ID_BYTES:
+            return 4400, "request_id must be 1 to 128 bytes"
+        if op not in _ALLOWED[self._side]:
+            return 4403, f"operation_type '{op}' is not allowed from the {_SIDE_NAME[self._side]} side"
+        if self._side == SOURCE and op in ("connect", "command"):
+            if rid in self._ids:
+                return 4409, "request_id reused"
+            self._remember(rid)
+        if op == "ping":
+            reply = {"operation_type": "pong", "tunnel_service_type": service, "request_id": rid, "data": None}
+            to_sender.append(encode_text(orjson.dumps(reply)))
+            return _ANSWERED
+        if self._peer_connected:
+            return _FORWARD
+        if op == "disconnect":
+            return _CONSUMED
+        reply = {"operation_type": "disconnect", "tunnel_service_type": service, "request_id": rid,
+                 "data": {"status_code": "404", "status_msg": _NOT_CONNECTED[self._side]}}
+        to_sender.append(encode_text(orjson.dumps(reply)))
+        return _ANSWERED
+
+    def _remember(self, rid: str) -> None:
+        """FIFO window of the last ``request_id_window`` distinct ids."""
+        if not self._window:
+            return
+        self._ids.add(rid)
+        self._id_order.append(rid)
+        while len(self._id_order) > self._window:
+            self._ids.discard(self._id_order.popleft())

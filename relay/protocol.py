@@ -1,0 +1,191 @@
+"""The relay's rules for one tunnel, without I/O.
+
+A `Pairing` holds at most one live connection per side and the two sides' decoders. Its
+methods take events (a side connected, a side went away, the tunnel ended) and return the
+actions the adapter must carry out: messages to send, connections to close, links to change,
+connection states to record. Tested without an event loop (tests/test_protocol.py).
+
+Relayed traffic never passes through here: once two ends are linked, the adapter hands each
+read to the decoder and writes what it returns straight to the peer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from typing import Any, Protocol, Union
+
+import orjson
+
+from relay import codec
+from relay.model import Side
+
+SERVICE_SSH = "ssh"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the relay sends (the codec's own are in docs/codec.md)."""
+
+    NORMAL = 1000            # the tunnel is over: closed or expired; do not reconnect
+    GOING_AWAY = 1001        # the relay is shutting down; reconnect (to another replica)
+    INTERNAL_ERROR = 1011
+    REPLACED = 4000          # a newer connection took this side; do not reconnect
+    TOKEN_REVOKED = 4001     # the token was rotated; reconnect only with the new token
+    HEARTBEAT_TIMEOUT = 4008 # nothing heard for two heartbeat intervals
+
+
+@dataclasses.dataclass(frozen=True)
+class Reason:
+    """Why a side is told `disconnect`: the `data` of that message, and the close that follows."""
+
+    status_code: str
+    status_msg: str
+    close_code: CloseCode | None  # None: the connection stays open (its peer went away)
+
+
+class Reasons:
+    PEER_LEFT = {
+        Side.SOURCE: Reason("499", "the device disconnected", None),
+        Side.DEVICE: Reason("499", "the source disconnected", None),
+    }
+    EVICTED = Reason("409", "replaced by a newer connection", CloseCode.REPLACED)
+    TUNNEL_CLOSED = Reason("410", "the tunnel was closed", CloseCode.NORMAL)
+    TUNNEL_EXPIRED = Reason("408", "the tunnel expired", CloseCode.NORMAL)
+    TOKEN_ROTATED = Reason("401", "the access token was rotated", CloseCode.TOKEN_REVOKED)
+    SHUTTING_DOWN = Reason("503", "the relay is shutting down", CloseCode.GOING_AWAY)
+    HEARTBEAT = Reason("504", "no answer to heartbeats", CloseCode.HEARTBEAT_TIMEOUT)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def envelope(operation_type: str, data: Any, request_id: str | None = None, service: str = SERVICE_SSH) -> bytes:
+    return orjson.dumps({
+        "operation_type": operation_type,
+        "tunnel_service_type": service,
+        "request_id": request_id or new_request_id(),
+        "data": data,
+    })
+
+
+def connect_tunnel_message() -> bytes:
+    return envelope("connect_tunnel", None)
+
+
+def disconnect_message(reason: Reason) -> bytes:
+    return envelope("disconnect", {"status_code": reason.status_code, "status_msg": reason.status_msg})
+
+
+class End(Protocol):
+    """One WebSocket connection, as the rules see it."""
+
+    side: Side
+
+
+@dataclasses.dataclass(frozen=True)
+class Send:
+    end: End
+    message: bytes        # one text message (its payload)
+
+
+@dataclasses.dataclass(frozen=True)
+class Close:
+    end: End
+    code: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    end: End
+    peer: End | None      # where `end`'s relayed messages go from now on
+    decoder: Any          # the decoder `end` must feed its reads to
+
+
+@dataclasses.dataclass(frozen=True)
+class StateChange:
+    side: Side
+    connected: bool
+
+
+Action = Union[Send, Close, Link, StateChange]
+
+_CODEC_SIDE = {Side.SOURCE: codec.SOURCE, Side.DEVICE: codec.DEVICE}
+
+
+def other(side: Side) -> Side:
+    return Side.DEVICE if side is Side.SOURCE else Side.SOURCE
+
+
+class Pairing:
+    """The two ends of one tunnel."""
+
+    def __init__(self, tunnel_id: str, max_message_size: int = 10240) -> None:
+        self.tunnel_id = tunnel_id
+        self.ends: dict[Side, End | None] = {Side.SOURCE: None, Side.DEVICE: None}
+        # One decoder per side for the tunnel's whole life: the source's request ids must be
+        # unique in the tunnel, across reconnections.
+        self.decoders = {side: codec.Decoder(_CODEC_SIDE[side], max_message_size) for side in Side}
+
+    @property
+    def empty(self) -> bool:
+        return self.ends[Side.SOURCE] is None and self.ends[Side.DEVICE] is None
+
+    def attach(self, end: End) -> list[Action]:
+        """A new connection authenticated on `end.side`. An older one on that side is evicted."""
+        side, actions = end.side, []
+        old = self.ends[side]
+        if old is not None:
+            # The replacement takes over at once, so the peer is not told that this side left.
+            actions += self._end_one(old, Reasons.EVICTED, tell_peer=False)
+        self.ends[side] = end
+        decoder = self.decoders[side]
+        decoder.reset()
+        peer = self.ends[other(side)]
+        decoder.peer_connected = peer is not None
+        self.decoders[other(side)].peer_connected = peer is not None
+        actions.append(Link(end, peer, decoder))
+        if peer is not None:
+            actions.append(Link(peer, end, self.decoders[other(side)]))
+        actions.append(StateChange(side, True))
+        if peer is not None:
+            source = end if side is Side.SOURCE else peer
+            actions.append(Send(source, connect_tunnel_message()))
+        return actions
+
+    def detach(self, end: End) -> list[Action]:
+        """`end` went away (it closed, failed, or we closed it). Stale ends change nothing."""
+        if self.ends[end.side] is not end:
+            return []
+        return self._remove(end, tell_peer=True)
+
+    def end_sides(self, sides: frozenset[Side] | set[Side], reason: Reason) -> list[Action]:
+        """Tell the connections of `sides` why they end, and close them."""
+        actions: list[Action] = []
+        for side in Side:
+            end = self.ends[side]
+            if side in sides and end is not None:
+                # A peer that ends too hears only its own reason.
+                actions += self._end_one(end, reason, tell_peer=other(side) not in sides)
+        return actions
+
+    def _end_one(self, end: End, reason: Reason, tell_peer: bool) -> list[Action]:
+        actions: list[Action] = [Send(end, disconnect_message(reason))]
+        if reason.close_code is not None:
+            actions.append(Close(end, int(reason.close_code), reason.status_msg))
+        return actions + self._remove(end, tell_peer)
+
+    def _remove(self, end: End, tell_peer: bool) -> list[Action]:
+        side = end.side
+        self.ends[side] = None
+        self.decoders[side].peer_connected = False
+        self.decoders[other(side)].peer_connected = False
+        actions: list[Action] = [Link(end, None, self.decoders[side]), StateChange(side, False)]
+        peer = self.ends[other(side)]
+        if peer is not None:
+            actions.append(Link(peer, None, self.decoders[other(side)]))
+            if tell_peer:
+                actions.append(Send(peer, disconnect_message(Reasons.PEER_LEFT[other(side)])))
+        return actions
