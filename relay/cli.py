@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from relay.errors import ConfigError
 from relay.tokens import new_token
 
 DEV_PROJECT = "default"
+MANAGED_BROKER_PORT = 1883
 
 
 def _positive_int(text: str) -> int:
@@ -85,16 +87,120 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heartbeat-interval", type=_positive_float,
                    default=float(e("heartbeat_interval", str(d.heartbeat_interval))),
                    help="seconds between WebSocket pings; a peer silent for two intervals is dropped")
+    p.add_argument("--handshake-timeout", type=_positive_float,
+                   default=float(e("handshake_timeout", str(d.handshake_timeout))),
+                   help="seconds a new connection may take to send its request (slow clients are cut off)")
     p.add_argument("--hide-device-token", action="store_true",
                    default=e("hide_device_token", "") in ("1", "true", "yes"),
                    help="do not return the device token from create and rotate (devices then get it only over MQTT)")
+    p.add_argument("--store-url", default=e("store_url", ""),
+                   help="redis://HOST:PORT/DB to share tunnels between replicas (docs/scaling.md); "
+                        "default: the SQLite file of --db")
+    p.add_argument("--replica-id", default=e("replica_id", ""), help="this replica's name (default: host name and pid)")
+    p.add_argument("--internal-port", type=_port, default=int(e("internal_port")) if e("internal_port") else None,
+                   help="port for /livez, /readyz and replica-to-replica forwarding; needed with --store-url redis://")
+    p.add_argument("--internal-host", default=e("internal_host", d.internal_host), help="address of the internal port")
+    p.add_argument("--internal-address", default=e("internal_address", ""),
+                   help="HOST:PORT at which the other replicas reach this one's internal port "
+                        "(default: INTERNAL_HOST:INTERNAL_PORT; in Kubernetes the pod IP)")
+    p.add_argument("--drain-seconds", type=float, default=float(e("drain_seconds", str(d.drain_seconds))),
+                   help="on SIGTERM, spread the closing of open connections over this many seconds")
+    p.add_argument("--reconcile-interval", type=_positive_float,
+                   default=float(e("reconcile_interval", str(d.reconcile_interval))),
+                   help="seconds between checks of leases and tunnel states when running as replicas")
     p.add_argument("--tls-cert", default=e("tls_cert"),
                    help="PEM certificate (chain) file: serve https:// and wss:// directly, for deployments "
                         "without a TLS-terminating proxy (Huawei's device SDK only speaks wss://)")
     p.add_argument("--tls-key", default=e("tls_key"), help="PEM private key file of --tls-cert")
+    p.add_argument("--mqtt-url", default=e("mqtt_url", "auto"),
+                   help="the MQTT broker that carries tunnel notifies to devices and their presence "
+                        "(docs/device.md): mqtt://HOST[:PORT] or mqtts://HOST[:PORT]. 'auto': run mosquitto "
+                        f"on 127.0.0.1:{MANAGED_BROKER_PORT} as a child of the relay when it is installed, "
+                        "no broker otherwise. 'none': no broker (no notifies, no presence check)")
+    p.add_argument("--mqtt-username", default=e("mqtt_username"), help="user name for the broker")
+    p.add_argument("--mqtt-password", default=None,  # not shown by --help: it may come from the environment
+                   help="password for the broker (prefer RELAY_MQTT_PASSWORD: a command line is visible to others)")
+    p.add_argument("--mqtt-client-id", default=e("mqtt_client_id", ""),
+                   help="MQTT client id of the relay; default: iot-tunnel-relay-<random>, unique per replica")
+    p.add_argument("--mqtt-ca-file", default=e("mqtt_ca_file"), help="CA bundle to verify an mqtts:// broker")
+    p.add_argument("--presence-check", default=e("presence_check", d.presence_check), choices=list(config.PRESENCE_MODES),
+                   help="refuse tunnels to offline devices (409 TUNNEL.409003), as devices announce it over MQTT: "
+                        "strict = only devices that announced 'online'; known = all but those that announced "
+                        "'offline' (devices that never announce, like Huawei's C SDK, still work); off = never. "
+                        "Off whenever there is no broker")
     p.add_argument("--log-level", default=e("log_level", d.log_level), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default=e("log_format", "text"), choices=["text", "json"])
     p.set_defaults(func=_serve)
+
+
+def _add_agent(sub: argparse._SubParsersAction) -> None:
+    from relay.agent.settings import AgentSettings
+
+    d = AgentSettings(device_id="")
+    p = sub.add_parser(
+        "agent",
+        help="run the device agent: serve this device's tunnels with its own SSH server",
+        description="The device agent (docs/device.md). It connects to the MQTT broker as the device, "
+                    "announces it online (a retained 'online' on $oc/devices/DEVICE/sys/presence, with a last "
+                    "will that says 'offline'), and listens on $oc/devices/DEVICE/sys/events/down. On a "
+                    "tunnel_notify it connects to the relay's device-connect address with the token of the "
+                    "notify; each 'connect' logs in to the device's SSH server with the username and password "
+                    "the application sent and opens a shell on a terminal; 'command' data is typed into it and "
+                    "the output goes back as 'command_response' messages. It reconnects with growing delays "
+                    "after network trouble, waits for a new token (it comes over MQTT) when its token was "
+                    "rotated, and stops when the tunnel is closed or expired or another connection replaced "
+                    "it. Tokens and passwords are never logged. Every option can also be set as an "
+                    "environment variable RELAY_AGENT_<OPTION>.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+    def e(name: str, default: str | None = None) -> str | None:
+        return config.env(f"agent_{name}", default)
+
+    p.add_argument("--device-id", default=e("device_id"), required=not e("device_id"),
+                   help="this device's id, as the tunnels name it (1-128 of A-Z a-z 0-9 _ -)")
+    p.add_argument("--mqtt-url", default=e("mqtt_url", d.mqtt_url), help="the broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    p.add_argument("--mqtt-username", default=e("mqtt_username"), help="user name for the broker")
+    p.add_argument("--mqtt-password", default=None,
+                   help="password for the broker (prefer RELAY_AGENT_MQTT_PASSWORD: a command line is visible to others)")
+    p.add_argument("--mqtt-client-id", default=e("mqtt_client_id", ""), help="MQTT client id; default: the device id")
+    p.add_argument("--mqtt-ca-file", default=e("mqtt_ca_file"), help="CA bundle to verify an mqtts:// broker")
+    p.add_argument("--ssh-host", default=e("ssh_host", d.ssh_host), help="the device's SSH server")
+    p.add_argument("--ssh-port", type=_port, default=int(e("ssh_port", str(d.ssh_port)) or d.ssh_port), help="its port")
+    p.add_argument("--ssh-known-hosts", default=e("ssh_known_hosts"),
+                   help="known_hosts file to check the SSH server's host key against; by default it is not "
+                        "checked (the server is the device's own, on loopback)")
+    p.add_argument("--tls-ca-file", default=e("tls_ca_file"), help="CA bundle to verify a wss:// relay")
+    p.add_argument("--tls-insecure", action="store_true", default=e("tls_insecure", "") in ("1", "true", "yes"),
+                   help="do not verify the relay's TLS certificate (Huawei's device SDK does not either)")
+    p.add_argument("--max-message-size", type=_positive_int, default=int(e("max_message_size", str(d.max_message_size)) or 0),
+                   help="largest message sent to the relay, in bytes of JSON (the relay's limit)")
+    p.add_argument("--heartbeat", type=_positive_float, default=float(e("heartbeat", str(d.heartbeat)) or 0),
+                   help="seconds between WebSocket pings to the relay")
+    p.add_argument("--log-level", default=e("log_level", "INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default=e("log_format", "text"), choices=["text", "json"])
+    p.set_defaults(func=_agent)
+
+
+def _agent(args: argparse.Namespace) -> int:
+    import re
+
+    from relay.agent.runner import run
+    from relay.agent.settings import AgentSettings
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", args.device_id or ""):
+        raise ConfigError(f"device id {args.device_id!r} must be 1-128 of A-Z a-z 0-9 _ -")
+    config.parse_mqtt_url(args.mqtt_url)
+    settings = AgentSettings(
+        device_id=args.device_id, mqtt_url=args.mqtt_url, mqtt_username=args.mqtt_username or None,
+        mqtt_password=args.mqtt_password or config.env("agent_mqtt_password") or None,
+        mqtt_client_id=args.mqtt_client_id or "", mqtt_ca_file=args.mqtt_ca_file or None,
+        ssh_host=args.ssh_host, ssh_port=args.ssh_port, ssh_known_hosts=args.ssh_known_hosts or None,
+        tls_ca_file=args.tls_ca_file or None, tls_insecure=args.tls_insecure,
+        max_message_size=args.max_message_size, heartbeat=args.heartbeat,
+    )
+    logs.setup(args.log_level, args.log_format)
+    return asyncio.run(run(settings))
 
 
 def _dev_token_file(db: str) -> Path:
@@ -121,12 +227,35 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
         default_lifetime=args.default_lifetime, min_lifetime=min(args.min_lifetime, args.default_lifetime),
         closed_retention=args.closed_retention, max_tunnels_per_project=args.max_tunnels_per_project,
         max_message_size=args.max_message_size, sweep_interval=args.sweep_interval,
-        heartbeat_interval=args.heartbeat_interval, expose_device_token=not args.hide_device_token,
+        heartbeat_interval=args.heartbeat_interval, handshake_timeout=args.handshake_timeout, expose_device_token=not args.hide_device_token,
         log_level=args.log_level, tls_cert=args.tls_cert or None, tls_key=args.tls_key or None,
+        store_url=args.store_url, replica_id=args.replica_id, internal_port=args.internal_port,
+        internal_host=args.internal_host, internal_address=args.internal_address,
+        drain_seconds=max(0.0, args.drain_seconds), reconcile_interval=args.reconcile_interval,
     )
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+    mqtt_url, managed = _resolve_mqtt_url(args.mqtt_url)
+    settings = dataclasses.replace(
+        settings, mqtt_url=mqtt_url, managed_broker=managed, mqtt_username=args.mqtt_username or None,
+        mqtt_password=args.mqtt_password or config.env("mqtt_password") or None, mqtt_client_id=args.mqtt_client_id or "",
+        mqtt_ca_file=args.mqtt_ca_file or None, presence_check=args.presence_check,
+    )
     return settings, generated
+
+
+def _resolve_mqtt_url(value: str | None) -> tuple[str, bool]:
+    """(broker URL, whether the relay runs it itself) from --mqtt-url."""
+    text = (value or "").strip()
+    if text.lower() in ("", "none", "off"):
+        return "", False
+    if text.lower() == "auto":
+        from relay.broker import find_mosquitto  # standard library only
+        if find_mosquitto():
+            return f"mqtt://127.0.0.1:{MANAGED_BROKER_PORT}", True
+        return "", False
+    config.parse_mqtt_url(text)  # raises ConfigError with an explanation
+    return text, False
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -152,10 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relay",
         description="Self-hostable secure-tunnel relay for IoT fleets, compatible with the Huawei "
-                    "IoTDA v5 tunnel API. Run `relay serve` to start it; `relay COMMAND --help` for details.",
+                    "IoTDA v5 tunnel API. Run `relay serve` to start it, `relay agent` on a device; "
+                    "`relay COMMAND --help` for details.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
+    _add_agent(sub)
     return parser
 
 

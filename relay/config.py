@@ -46,6 +46,25 @@ class Settings:
     log_level: str = "INFO"
     tls_cert: str | None = None           # serve https/wss itself (PEM certificate chain)
     tls_key: str | None = None
+    # Several replicas (docs/scaling.md): a shared Redis store and an internal port for
+    # health checks and replica-to-replica forwarding.
+    store_url: str = ""                   # redis://...; empty: the SQLite file of `db`
+    replica_id: str = ""                  # empty: host name and process id
+    internal_port: int | None = None      # None: no internal listener (a single relay)
+    internal_host: str = "127.0.0.1"
+    internal_address: str = ""            # host:port other replicas use; default internal_host:internal_port
+    drain_seconds: float = 10.0           # on SIGTERM, closes are spread over this long
+    reconcile_interval: float = 2.0       # leases renewed, ended tunnels and lost hints caught up
+    lease_ttl: float = 15.0
+    # The device side (docs/device.md): the MQTT broker that carries tunnel notifies and presence.
+    mqtt_url: str = ""                    # mqtt://HOST[:1883] or mqtts://HOST[:8883]; empty: no broker
+    mqtt_username: str | None = None
+    mqtt_password: str | None = dataclasses.field(default=None, repr=False)
+    mqtt_client_id: str = ""              # empty: "iot-tunnel-relay-" and a random suffix (unique per replica)
+    mqtt_ca_file: str | None = None       # CA bundle for mqtts://; the system's when not given
+    mqtt_reconnect_delay: float = 2.0     # seconds between attempts while the broker is unreachable
+    presence_check: str = "known"         # strict | known | off; off whenever there is no broker
+    managed_broker: bool = False          # the relay runs mosquitto itself on mqtt_url's host and port
 
     @property
     def base_url(self) -> str:
@@ -64,6 +83,24 @@ class Settings:
 
     def tunnel_uri(self, tunnel_id: str, side: str) -> str:
         return f"{self.websocket_base}/v5/iot/tunnels/{tunnel_id}/{side}-connect"
+
+
+PRESENCE_MODES = ("strict", "known", "off")
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of an `mqtt://` or `mqtts://` URL; raises ConfigError otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"the MQTT URL {url!r} must look like mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    if parts.username or parts.password:
+        raise ConfigError("give the MQTT user and password as their own settings, not inside the URL")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ConfigError(f"the MQTT URL {url!r} has a bad port") from None
+    return parts.hostname, port, tls
 
 
 def parse_api_keys(text: str, origin: str) -> list[ApiKey]:

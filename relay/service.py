@@ -17,6 +17,7 @@ from relay import errors
 from relay.clock import Clock
 from relay.config import Settings
 from relay.model import CloseReason, ListQuery, Page, Side, Status, Tunnel
+from relay.presence import Presence
 from relay.store.base import TunnelStore
 from relay.tokens import hash_token, new_token, token_matches
 
@@ -59,6 +60,9 @@ class TunnelService:
         self.settings = settings
         self.clock = clock
         self.listeners: list[TunnelListener] = []
+        # The device side (set by the app when the relay has an MQTT broker, docs/device.md):
+        self.presence: Presence | None = None   # asked before a create; None: no presence check
+        self.notify_devices = False             # queue a notify (in the store's outbox) on create and rotation
 
     # -- queries -------------------------------------------------------------------------
 
@@ -97,6 +101,8 @@ class TunnelService:
         custom_info: str | None = None,
         expires_in: int | None = None,
     ) -> CreatedTunnel:
+        if self.presence is not None:
+            self.presence.require_online(device_id)
         lifetime = self.settings.default_lifetime if expires_in is None else expires_in
         now = self.clock.now()
         source_token, device_token = new_token(), new_token()
@@ -113,7 +119,8 @@ class TunnelService:
         )
         # A tunnel of this device that expired but was not swept yet must not block the new one.
         await self.expire_due()
-        await self.store.insert(tunnel, self.settings.max_tunnels_per_project)
+        await self.store.insert(tunnel, self.settings.max_tunnels_per_project,
+                                device_token if self.notify_devices else None)
         log.info("tunnel created", extra={"tunnel_id": tunnel.tunnel_id, "device_id": device_id})
         for listener in self.listeners:
             listener.tunnel_created(tunnel, device_token)
@@ -146,6 +153,9 @@ class TunnelService:
         )
         if updated is None:
             raise errors.TunnelClosed(f"tunnel {tunnel_id!r} was closed meanwhile; its tokens cannot be rotated")
+        if device_token and self.notify_devices:
+            # The device learns its new token the way it learnt the first one.
+            updated = await self.store.queue_notify(tunnel_id, device_token) or updated
         log.info("tunnel tokens rotated", extra={"tunnel_id": tunnel_id, "sides": sorted(s.value for s in sides)})
         for listener in self.listeners:
             listener.tokens_rotated(updated, sides, device_token)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the test suite starts on loopback. Installs only what is missing.
 set -euo pipefail
-PACKAGES=()
+# mosquitto (+ clients): the MQTT broker and a plain subscriber for tests/device;
+# openssh-server (+ client, for ssh-keygen): the device's SSH server in tests/device.
+PACKAGES=(mosquitto mosquitto-clients openssh-server openssh-client)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

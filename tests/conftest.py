@@ -77,3 +77,11 @@ async def relay_factory(settings_factory) -> AsyncIterator[Callable[..., Any]]:
 @pytest.fixture
 async def relay(relay_factory) -> Relay:
     return await relay_factory()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    from tests.servers import RedisServer
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

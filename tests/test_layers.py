@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "relay"
 LAYERS = [
     {"relay.errors", "relay.config", "relay.clock", "relay.tokens", "relay.model", "relay.logs"},
     {"relay.codec"},
-    {"relay.protocol", "relay.store"},
+    {"relay.protocol", "relay.store", "relay.cluster"},
     {"relay.service", "relay.notifier", "relay.presence", "relay.broker", "relay.outbox"},
     {"relay.web", "relay.agent"},
     {"relay.cli"},

@@ -214,3 +214,21 @@ def test_tls_needs_both_files(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "relay.cli", "serve", "--tls-cert", "x.pem"], cwd=tmp_path,
                           env=clean_env(), capture_output=True, text=True, timeout=20)
     assert proc.returncode == 2 and "--tls-cert and --tls-key go together" in proc.stderr
+
+
+def test_a_stalled_request_is_cut_off(tmp_path):
+    """A client that never finishes its request head (slowloris) loses its socket."""
+    import socket
+    relay = Served(tmp_path, "--db", "relay.db", "--handshake-timeout", "0.5",
+                   env={"RELAY_API_TOKENS": f"p1:tester:{TOKEN}"})
+    try:
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
+            sock.sendall(b"GET /v5/iot/tunnels/x/device-connect HTTP/1.1\r\nHost: x\r\n")  # never ends
+            started = time.monotonic()
+            assert sock.recv(1024) == b""  # closed by the relay
+            assert time.monotonic() - started < 4
+        # a prompt client on the same relay is served
+        status, _ = relay.call("GET", "/v5/iot/p1/tunnels")
+        assert status == 200
+    finally:
+        relay.stop()

@@ -1,4 +1,5 @@
-"""Where tunnels are kept: an interface and its implementations (SQLite; Redis later)."""
+"""Where tunnels are kept: an interface and its implementations (SQLite for one relay,
+Redis for several replicas)."""
 
 from relay.store.base import TunnelStore
 from relay.store.sqlite import SqliteStore
@@ -7,7 +8,11 @@ __all__ = ["TunnelStore", "SqliteStore", "open_store"]
 
 
 def open_store(url: str) -> TunnelStore:
-    """A store from a location: a SQLite file path (or `sqlite:///path`, `:memory:`)."""
+    """A store from a location: `redis://` / `rediss://` / `unix://` for Redis, otherwise a
+    SQLite file path (or `sqlite://PATH`, `:memory:`)."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from relay.store.redis import RedisStore  # redis-py is needed only by replicated deployments
+        return RedisStore(url)
     if url.startswith("sqlite://"):
         url = url.removeprefix("sqlite://")
     return SqliteStore(url)

@@ -5,16 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 
 from aiohttp import web
 
 from relay import errors
+from relay.broker import ManagedBroker
 from relay.clock import Clock
-from relay.config import Settings
+from relay.cluster import Cluster
+from relay.config import Settings, parse_mqtt_url
+from relay.notifier import Notifier
 from relay.service import TunnelService
 from relay.store import TunnelStore, open_store
+from relay.store.redis import RedisStore
 from relay.tokens import hash_token
 from relay.web import openapi, rest, sockets
+from relay.web.bridge import BRIDGE_PATH, Bridges
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +71,16 @@ async def serve_openapi(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings, *, clock: Clock | None = None, store: TunnelStore | None = None) -> web.Application:
     app = web.Application(middlewares=[error_bodies], client_max_size=settings.max_body_bytes)
-    service = TunnelService(store or open_store(settings.db), settings, clock or Clock())
+    clock = clock or Clock()
+    service = TunnelService(store or open_store(settings.store_url or settings.db), settings, clock)
     app[rest.SETTINGS] = settings
     app[rest.SERVICE] = service
     app[rest.API_KEYS] = {hash_token(k.token): k for k in settings.api_keys}
     rest.add_routes(app)
-    hub = sockets.Hub(service)
+    cluster = _cluster(settings, service.store, clock)
+    hub = sockets.Hub(service, cluster, settings)
+    if cluster.distributed:
+        hub.bridges = Bridges(hub, cluster)
     service.listeners.append(hub)
     sockets.add_routes(app, hub)
 
@@ -89,4 +100,75 @@ def create_app(settings: Settings, *, clock: Clock | None = None, store: TunnelS
         await service.store.aclose()
 
     app.cleanup_ctx.append(sweeper)
+
+    async def coordination(app: web.Application):  # type: ignore[no-untyped-def]
+        await cluster.start(hub.on_hint)
+        reconciler = asyncio.create_task(hub.reconcile_forever()) if cluster.distributed else None
+        yield
+        if reconciler is not None:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
+        await cluster.stop()
+
+    app.cleanup_ctx.append(coordination)
+    if settings.mqtt_url:
+        _add_device_side(app, settings, service)
     return app
+
+
+def _cluster(settings: Settings, store: TunnelStore, clock: Clock) -> Cluster:
+    """Alone, or one of several replicas sharing a Redis store (docs/scaling.md)."""
+    if isinstance(store, RedisStore) and settings.internal_port is not None:
+        from relay.store.redis_cluster import RedisCluster
+        replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+        address = settings.internal_address or f"{settings.internal_host}:{settings.internal_port}"
+        return RedisCluster(store, clock, replica_id, address, settings.lease_ttl)
+    return Cluster(store, clock)
+
+
+def create_internal_app(app: web.Application) -> web.Application:
+    """The internal port: liveness, readiness and replica-to-replica bridges. Not for clients."""
+    hub = app[sockets.HUB]
+    internal = web.Application(middlewares=[error_bodies])
+
+    async def live(request: web.Request) -> web.Response:
+        return rest.json_response({"status": "ok"})
+
+    async def ready(request: web.Request) -> web.Response:
+        if not hub.accepting:
+            return rest.json_response({"status": "draining"}, status=503)
+        return rest.json_response({"status": "ready"})
+
+    async def bridge(request: web.Request) -> web.StreamResponse:
+        if hub.bridges is None or not hub.accepting:
+            raise errors.ShuttingDown("this replica takes no bridges")
+        return await hub.bridges.accept(request)
+
+    internal.router.add_get("/livez", live, allow_head=False)
+    internal.router.add_get("/readyz", ready, allow_head=False)
+    internal.router.add_get(BRIDGE_PATH, bridge, allow_head=False)
+    return internal
+
+
+def _add_device_side(app: web.Application, settings: Settings, service: TunnelService) -> None:
+    """MQTT notifies and presence (docs/device.md); with a managed broker, mosquitto too.
+    Added after the sweeper, so it stops before the store closes."""
+    notifier = Notifier(settings, service.store, service.clock)
+    service.notify_devices = True
+    service.presence = notifier.presence
+    service.listeners.append(notifier)
+
+    async def device_side(app: web.Application):  # type: ignore[no-untyped-def]
+        broker = None
+        if settings.managed_broker:
+            host, port, _ = parse_mqtt_url(settings.mqtt_url)
+            broker = ManagedBroker(host, port)
+            await broker.start()
+        await notifier.start()
+        yield
+        await notifier.stop()
+        if broker is not None:
+            await broker.stop()
+
+    app.cleanup_ctx.append(device_side)

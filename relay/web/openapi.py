@@ -44,6 +44,10 @@ SCHEMAS: dict[str, Any] = {
             "custom_info": {"type": ["string", "null"]},
             "source_connect_state": CONNECT_STATE,
             "device_connect_state": CONNECT_STATE,
+            "notify_status": {"enum": ["PENDING", "DELIVERED", None],
+                              "description": "The MQTT tunnel notify to the device: PENDING (waiting in the "
+                                             "outbox for the broker), DELIVERED (acknowledged by the broker), "
+                                             "null (none: no broker, or the tunnel closed before delivery)."},
         },
     },
     "CreateTunnelRequest": {

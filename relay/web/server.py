@@ -13,7 +13,8 @@ from aiohttp import web
 
 from relay.config import Settings
 from relay.errors import ConfigError
-from relay.web.app import create_app
+from relay.web.app import create_app, create_internal_app
+from relay.web.sockets import HUB
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +24,58 @@ async def run(settings: Settings, *, generated_token_file: str | None = None) ->
     sock = _listen(settings.host, settings.port)
     settings = dataclasses.replace(settings, port=sock.getsockname()[1])
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
-    await web.SockSite(runner, sock, ssl_context=_tls_context(settings)).start()
+    loop = asyncio.get_running_loop()
+    assert runner.server is not None
+    listener = await loop.create_server(
+        HandshakeDeadline(runner.server, settings.handshake_timeout), sock=sock, ssl=_tls_context(settings))
+    internal_runner = None
+    if settings.internal_port is not None:
+        internal_runner = web.AppRunner(create_internal_app(app), access_log=None, handle_signals=False)
+        await internal_runner.setup()
+        await web.TCPSite(internal_runner, settings.internal_host, settings.internal_port, reuse_address=True).start()
     _banner(settings, generated_token_file)
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down", extra={"drain_seconds": settings.drain_seconds})
+    listener.close()
+    # Readiness turns false and new upgrades are refused at once; open connections are told
+    # and closed over the drain period, so their clients reconnect to other replicas.
+    await app[HUB].shutdown(settings.drain_seconds)
     await runner.cleanup()
+    if internal_runner is not None:
+        await internal_runner.cleanup()
     return 0
+
+
+class HandshakeDeadline:
+    """Protocol factory around aiohttp's: a connection that has not sent a whole request
+    head within `timeout` seconds is closed, so slow or silent clients (slowloris) cannot
+    hold sockets. Upgraded tunnel connections and keep-alive REST connections are left to
+    their own timers."""
+
+    def __init__(self, factory: web.Server, timeout: float) -> None:
+        self.factory = factory
+        self.timeout = timeout
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        handler = self.factory()
+        asyncio.get_running_loop().call_later(self.timeout, self._check, handler)
+        return handler
+
+    @staticmethod
+    def _check(handler) -> None:  # type: ignore[no-untyped-def]
+        transport = handler.transport
+        if transport is None or transport.is_closing() or transport.get_protocol() is not handler:
+            return
+        # aiohttp counts the request heads it has parsed; none yet means the client stalled.
+        if getattr(handler, "_request_count", 1) == 0:
+            log.info("closing a connection that sent no request in time")
+            transport.close()
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:

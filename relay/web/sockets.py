@@ -17,14 +17,21 @@ import binascii
 import hashlib
 import logging
 import re
+from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
 from relay import codec, errors
-from relay.model import CloseReason, Side, Tunnel
-from relay.protocol import Action, Close, Link, Pairing, Reasons, Send, StateChange
+from relay.cluster import Cluster, Hint
+from relay.config import Settings
+from relay.model import CloseReason, Side, Status, Tunnel
+from relay.protocol import Action, Close, Link, Pairing, Reasons, Send
 from relay.service import TunnelService
+from relay.tokens import hash_token
 from relay.web import rest, validation
+
+if TYPE_CHECKING:
+    from relay.web.bridge import Bridges
 
 log = logging.getLogger(__name__)
 
@@ -37,45 +44,17 @@ WRITE_LOW_WATER = 64 * 1024
 CLOSE_GRACE = 5.0  # seconds a closing connection may take to flush before it is cut
 
 
-class TunnelConnection(asyncio.Protocol):
-    """One upgraded WebSocket connection, one side of one tunnel."""
+class End(asyncio.Protocol):
+    """A connection that relays to a peer End, with end-to-end flow control: a connection
+    whose write buffer is full stops the reading of its peer (and of itself)."""
 
-    __slots__ = ("side", "hub", "pairing", "transport", "decoder", "peer", "closing", "done",
-                 "heard", "pinged", "timer", "own_full", "peer_full", "_aiohttp_protocol")
-
-    def __init__(self, side: Side, hub: Hub, pairing: Pairing, transport: asyncio.Transport,
-                 aiohttp_protocol: asyncio.BaseProtocol) -> None:
-        self.side = side
-        self.hub = hub
-        self.pairing = pairing
-        self.transport = transport
-        self.decoder = pairing.decoders[side]
-        self.peer: TunnelConnection | None = None
-        self.closing = False
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.heard = True
-        self.pinged = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.own_full = False    # our write buffer is over the high-water mark
-        self.peer_full = False   # our peer's write buffer is
-        self._aiohttp_protocol = aiohttp_protocol
-
-    # -- the hot path --------------------------------------------------------------------
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        self.heard = True
-        to_peer, to_sender, close = self.decoder.feed(data)
-        if to_peer:
-            # The decoder only produces bytes for the peer while one is linked.
-            self.peer.transport.write(to_peer)  # type: ignore[union-attr]
-        if to_sender:
-            self.transport.write(to_sender)
-        if close is not None:
-            self.close(close[0], close[1])
-
-    # -- flow control --------------------------------------------------------------------
+    side: Side
+    transport: asyncio.Transport
+    closing: bool
+    peer: End | None
+    own_full: bool    # our write buffer is over the high-water mark
+    peer_full: bool   # our peer's write buffer is
+    __slots__ = ()
 
     def pause_writing(self) -> None:
         self.own_full = True
@@ -100,10 +79,57 @@ class TunnelConnection(asyncio.Protocol):
         elif not self.transport.is_reading():
             self.transport.resume_reading()
 
-    def link(self, peer: TunnelConnection | None) -> None:
+    def link(self, peer: End | None) -> None:
         self.peer = peer
         self.peer_full = peer.own_full if peer is not None else False
         self._update_reading()
+
+    def send_message(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+
+class TunnelConnection(End):
+    """One upgraded WebSocket connection, one side of one tunnel."""
+
+    __slots__ = ("side", "hub", "pairing", "transport", "decoder", "peer", "closing", "done",
+                 "heard", "pinged", "timer", "own_full", "peer_full", "token_hash", "claim", "_aiohttp_protocol")
+
+    def __init__(self, side: Side, hub: Hub, pairing: Pairing, transport: asyncio.Transport,
+                 aiohttp_protocol: asyncio.BaseProtocol, token_hash: str) -> None:
+        self.side = side
+        self.hub = hub
+        self.pairing = pairing
+        self.transport = transport
+        self.decoder = pairing.decoders[side]
+        self.peer: End | None = None
+        self.closing = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.heard = True
+        self.pinged = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.own_full = False
+        self.peer_full = False
+        self.token_hash = token_hash          # to notice a rotation made on another replica
+        self.claim: asyncio.Task[int] | None = None   # the cluster lease; its result is our epoch
+        self._aiohttp_protocol = aiohttp_protocol
+
+    # -- the hot path --------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.heard = True
+        to_peer, to_sender, close = self.decoder.feed(data)
+        if to_peer:
+            # The decoder only produces bytes for the peer while one is linked.
+            self.peer.transport.write(to_peer)  # type: ignore[union-attr]
+        if to_sender:
+            self.transport.write(to_sender)
+        if close is not None:
+            self.close(close[0], close[1])
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -142,6 +168,7 @@ class TunnelConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
         self.hub.detach(self)
+        self.hub.release(self)
         if not self.done.done():
             self.done.set_result(None)
         # Let aiohttp release its side of the connection and finish the request handler.
@@ -171,46 +198,93 @@ class _UpgradeResponse(web.StreamResponse):
 
 
 class Hub:
-    """The tunnels that have live connections on this relay, and the adapter that carries
-    out what the protocol decides."""
+    """The tunnels that have live ends on this relay, and the adapter that carries out what
+    the protocol decides. With several replicas, it also keeps this replica's leases and
+    bridges ends held by different replicas (relay/web/bridge.py)."""
 
-    def __init__(self, service: TunnelService) -> None:
+    def __init__(self, service: TunnelService, cluster: Cluster, settings: Settings) -> None:
         self.service = service
+        self.cluster = cluster
+        self.settings = settings
         self.pairings: dict[str, Pairing] = {}
         self.accepting = True
+        self.bridges: Bridges | None = None   # set when the relay runs as one of several replicas
+        self._tasks: set[asyncio.Task] = set()
 
-    # Listener of the control plane: changes to a tunnel end its sockets at once.
+    def spawn(self, coro) -> asyncio.Task:  # type: ignore[no-untyped-def]
+        """Run background work tied to an end; kept referenced until it finishes."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # Listener of the control plane: changes to a tunnel end its sockets at once, here and,
+    # through a hint, on the other replicas.
     def tunnel_created(self, tunnel: Tunnel, device_token: str) -> None:
         pass
 
     def tunnel_closed(self, tunnel: Tunnel, reason: CloseReason) -> None:
-        why = Reasons.TUNNEL_EXPIRED if reason is CloseReason.EXPIRED else Reasons.TUNNEL_CLOSED
-        self._end(tunnel.tunnel_id, frozenset(Side), why)
+        why = "expired" if reason is CloseReason.EXPIRED else "closed"
+        self.end_sides(tunnel.tunnel_id, frozenset(Side), why)
+        self.spawn(self.cluster.publish(Hint("ended", tunnel.tunnel_id, ("source", "device"), why, self.cluster.replica_id)))
 
     def tokens_rotated(self, tunnel: Tunnel, sides: frozenset[Side], device_token: str | None) -> None:
-        self._end(tunnel.tunnel_id, sides, Reasons.TOKEN_ROTATED)
+        self.end_sides(tunnel.tunnel_id, sides, "rotated")
+        names = tuple(sorted(s.value for s in sides))
+        self.spawn(self.cluster.publish(Hint("ended", tunnel.tunnel_id, names, "rotated", self.cluster.replica_id)))
 
-    def _end(self, tunnel_id: str, sides: frozenset[Side], reason) -> None:  # type: ignore[no-untyped-def]
+    def end_sides(self, tunnel_id: str, sides: frozenset[Side], why: str) -> None:
+        reason = {"expired": Reasons.TUNNEL_EXPIRED, "closed": Reasons.TUNNEL_CLOSED,
+                  "rotated": Reasons.TOKEN_ROTATED}.get(why, Reasons.TUNNEL_CLOSED)
         pairing = self.pairings.get(tunnel_id)
         if pairing is not None:
             self.apply(pairing, pairing.end_sides(sides, reason))
 
+    def on_hint(self, hint: Hint) -> None:
+        """A hint from another replica."""
+        if hint.kind == "ended":
+            self.end_sides(hint.tunnel_id, frozenset(Side(s) for s in hint.sides), hint.reason)
+        elif hint.kind == "attached" and self.bridges is not None:
+            self.bridges.on_attached(hint)
+
+    # -- ends coming and going -------------------------------------------------------------
+
     def attach(self, conn: TunnelConnection) -> None:
         self.apply(conn.pairing, conn.pairing.attach(conn))
+        conn.claim = self.spawn(self._claim(conn))
 
-    def detach(self, conn: TunnelConnection) -> None:
-        pairing = conn.pairing
-        self.apply(pairing, pairing.detach(conn))
+    async def _claim(self, conn: TunnelConnection) -> int:
+        epoch = await self.cluster.claim(conn.pairing.tunnel_id, conn.side)
+        if self.bridges is not None and not conn.closing:
+            await self.bridges.attached_here(conn, epoch)
+        return epoch
+
+    def release(self, conn: TunnelConnection) -> None:
+        async def release() -> None:
+            try:
+                epoch = await conn.claim if conn.claim is not None else None
+            except Exception:
+                return
+            if epoch is not None:
+                await self.cluster.release(conn.pairing.tunnel_id, conn.side, epoch)
+        self.spawn(release())
+
+    def detach(self, end: End) -> None:
+        pairing = end.pairing  # type: ignore[attr-defined]
+        self.apply(pairing, pairing.detach(end))
+        if self.bridges is not None:
+            self.bridges.after_detach(pairing)
         if pairing.empty and self.pairings.get(pairing.tunnel_id) is pairing:
             del self.pairings[pairing.tunnel_id]
 
     def end_connection(self, conn: TunnelConnection, reason) -> None:  # type: ignore[no-untyped-def]
-        self.apply(conn.pairing, conn.pairing.end_sides({conn.side}, reason) if conn.pairing.ends[conn.side] is conn else [])
+        if conn.pairing.ends[conn.side] is conn:
+            self.apply(conn.pairing, conn.pairing.end_sides({conn.side}, reason))
 
-    def pairing_for(self, tunnel_id: str, max_message_size: int) -> Pairing:
+    def pairing_for(self, tunnel_id: str) -> Pairing:
         pairing = self.pairings.get(tunnel_id)
         if pairing is None:
-            pairing = self.pairings[tunnel_id] = Pairing(tunnel_id, max_message_size)
+            pairing = self.pairings[tunnel_id] = Pairing(tunnel_id, self.settings.max_message_size)
         return pairing
 
     def apply(self, pairing: Pairing, actions: list[Action]) -> None:
@@ -221,20 +295,60 @@ class Hub:
                 action.end.close(action.code, action.reason)  # type: ignore[attr-defined]
             elif isinstance(action, Link):
                 action.end.link(action.peer)  # type: ignore[attr-defined]
-            elif isinstance(action, StateChange):
-                asyncio.ensure_future(self._record_state(pairing.tunnel_id, action.side, action.connected))
+            # StateChange: connection states follow the cluster's claims and releases.
 
-    async def _record_state(self, tunnel_id: str, side: Side, connected: bool) -> None:
-        try:
-            await self.service.set_connect_state(tunnel_id, side, connected)
-        except Exception:
-            log.exception("could not record a connection state", extra={"tunnel_id": tunnel_id})
+    def local_ends(self) -> list[TunnelConnection]:
+        return [e for p in self.pairings.values() for e in p.ends.values() if isinstance(e, TunnelConnection)]
 
-    async def shutdown(self) -> None:
-        """Tell every connection the relay is going away, then close them."""
+    # -- keeping this replica's view true --------------------------------------------------
+
+    async def reconcile_forever(self) -> None:
+        """Renew leases, and end what the store or a newer connection says is over. Runs
+        only with several replicas: it is how a lost hint is made good."""
+        interval = self.settings.reconcile_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.warning("reconciliation failed; trying again", exc_info=True)
+
+    async def reconcile(self) -> None:
+        ends = [e for e in self.local_ends() if e.claim is not None and e.claim.done() and not e.closing]
+        held = [(e.pairing.tunnel_id, e.side, e.claim.result()) for e in ends if not e.claim.exception()]  # type: ignore[union-attr]
+        lost = set(await self.cluster.renew(held))
+        for end in ends:
+            if end.closing:
+                continue
+            key = (end.pairing.tunnel_id, end.side, end.claim.result())  # type: ignore[union-attr]
+            if key in lost:
+                self.end_connection(end, Reasons.EVICTED)
+                continue
+            tunnel = await self.service.store.get(end.pairing.tunnel_id)
+            if tunnel is None or tunnel.status is not Status.OPEN or tunnel.expires_at <= self.service.clock.now():
+                expired = tunnel is not None and tunnel.close_reason is CloseReason.EXPIRED
+                self.end_connection(end, Reasons.TUNNEL_EXPIRED if expired else Reasons.TUNNEL_CLOSED)
+            elif tunnel.token_hash(end.side) != end.token_hash:
+                self.end_connection(end, Reasons.TOKEN_ROTATED)
+        if self.bridges is not None:
+            await self.bridges.reconcile()
+
+    async def shutdown(self, drain_seconds: float = 0.0) -> None:
+        """Tell every end the relay is going away and close it, spread over `drain_seconds`
+        so that clients do not all reconnect at the same instant."""
         self.accepting = False
-        for pairing in list(self.pairings.values()):
-            self.apply(pairing, pairing.end_sides(frozenset(Side), Reasons.SHUTTING_DOWN))
+        pairings = list(self.pairings.values())
+        step = drain_seconds / len(pairings) if pairings and drain_seconds > 0 else 0.0
+        for pairing in pairings:
+            local = frozenset(s for s, e in pairing.ends.items() if isinstance(e, TunnelConnection))
+            self.apply(pairing, pairing.end_sides(local, Reasons.SHUTTING_DOWN))
+            for end in list(pairing.ends.values()):
+                if end is not None:
+                    end.close(int(Reasons.SHUTTING_DOWN.close_code), "relay shutting down")  # type: ignore[union-attr, arg-type]
+            if step:
+                await asyncio.sleep(step)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
 
 
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
@@ -313,8 +427,8 @@ async def _connect(request: web.Request, side: Side) -> web.StreamResponse:
         return response
     tail = _TailCatcher()
     aiohttp_protocol.set_parser(tail)  # type: ignore[arg-type]
-    pairing = hub.pairing_for(tunnel_id, settings.max_message_size)
-    conn = TunnelConnection(side, hub, pairing, transport, aiohttp_protocol)  # type: ignore[arg-type]
+    pairing = hub.pairing_for(tunnel_id)
+    conn = TunnelConnection(side, hub, pairing, transport, aiohttp_protocol, hash_token(token))  # type: ignore[arg-type]
     transport.set_protocol(conn)
     transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
     hub.attach(conn)

@@ -1,0 +1,118 @@
+"""The agent's MQTT link (gmqtt): it announces the device's presence and hears its notifies.
+
+On every connection: a last will that publishes a retained `offline` on the presence topic
+if the connection is lost, a subscription to the down topic (QoS 1), then a retained
+`online`. On a clean stop it publishes `offline` itself (a clean disconnect fires no will).
+Like the platform's notifier, it reconnects with a fresh client each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv311
+from gmqtt.mqtt.handler import MQTTConnectError
+
+from relay.agent.settings import AgentSettings
+from relay.config import parse_mqtt_url
+from relay.notify import (OFFLINE, ONLINE, TunnelNotify, down_topic, mqtt_tls_context, parse_notifies, presence_topic,
+                          quiet_gmqtt_logger)
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+KEEPALIVE = 30
+
+
+class _Client(gmqtt.Client):
+    """Reports a lost connection instead of reconnecting by itself."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.lost = asyncio.Event()
+
+    async def reconnect(self, delay=False):  # type: ignore[no-untyped-def]
+        self.lost.set()
+
+
+class DeviceLink:
+    def __init__(self, settings: AgentSettings, on_notify: Callable[[TunnelNotify], None]) -> None:
+        self.settings = settings
+        self.on_notify = on_notify
+        self.host, self.port, _ = parse_mqtt_url(settings.mqtt_url)
+        self.down = down_topic(settings.device_id)
+        self.presence = presence_topic(settings.device_id)
+        self.connected = asyncio.Event()
+        self._client: _Client | None = None
+        self._gmqtt_log = quiet_gmqtt_logger("relay.agent.gmqtt")
+
+    async def run(self) -> None:
+        delay = self.settings.mqtt_reconnect_delay
+        said = False
+        while True:
+            client = self._new_client()
+            try:
+                await asyncio.wait_for(client.connect(
+                    self.host, self.port, ssl=mqtt_tls_context(self.settings.mqtt_url, self.settings.mqtt_ca_file),
+                    keepalive=KEEPALIVE, version=MQTTv311), CONNECT_TIMEOUT)
+            except (OSError, asyncio.TimeoutError, MQTTConnectError) as exc:
+                if not said:
+                    log.warning("MQTT broker %s unreachable (%s); retrying every %s s",
+                                self.settings.mqtt_url, exc or type(exc).__name__, delay)
+                    said = True
+                await _discard(client)
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                await _discard(client)
+                raise
+            said = False
+            self._client = client
+            client.subscribe(self.down, qos=1)
+            client.publish(self.presence, ONLINE, qos=1, retain=True)
+            self.connected.set()
+            log.info("connected to MQTT broker %s as device %s; online", self.settings.mqtt_url, self.settings.device_id)
+            try:
+                await client.lost.wait()
+            finally:
+                self.connected.clear()
+                self._client = None
+            log.warning("lost the MQTT broker; reconnecting")
+            await _discard(client)
+            await asyncio.sleep(min(delay, 1.0))
+
+    async def close(self) -> None:
+        """Say `offline` and disconnect (call before cancelling `run`)."""
+        client = self._client
+        if client is not None and not client.lost.is_set():
+            client.publish(self.presence, OFFLINE, qos=1, retain=True)
+            await _discard(client)
+
+    def _new_client(self) -> _Client:
+        will = gmqtt.Message(self.presence, OFFLINE, qos=1, retain=True)
+        client = _Client(self.settings.client_id, clean_session=True, will_message=will, logger=self._gmqtt_log)
+        if self.settings.mqtt_username:
+            client.set_auth_credentials(self.settings.mqtt_username, self.settings.mqtt_password)
+        client.on_message = self._on_message
+        return client
+
+    def _on_message(self, client, topic, payload, qos, properties):  # type: ignore[no-untyped-def]
+        if topic != self.down:
+            return 0
+        try:
+            notifies = parse_notifies(payload)
+        except ValueError as exc:   # the payload may hold a token: say what is wrong, not what it is
+            log.warning("ignored a message on %s: %s", topic, exc)
+            return 0
+        for notify in notifies:
+            self.on_notify(notify)
+        return 0
+
+
+async def _discard(client: gmqtt.Client) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.disconnect(), 5)

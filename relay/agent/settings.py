@@ -1,0 +1,30 @@
+"""Settings of the device agent (`relay agent`). Standard library only."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentSettings:
+    device_id: str
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_username: str | None = None
+    mqtt_password: str | None = dataclasses.field(default=None, repr=False)
+    mqtt_client_id: str = ""                # empty: the device id (Huawei's devices use theirs)
+    mqtt_ca_file: str | None = None
+    ssh_host: str = "127.0.0.1"
+    ssh_port: int = 22
+    ssh_known_hosts: str | None = None      # None: the host key is not checked (loopback by default)
+    ssh_timeout: float = 15.0
+    tls_ca_file: str | None = None          # to verify a wss:// relay; the system's CAs otherwise
+    tls_insecure: bool = False              # do not verify the relay's certificate (Huawei's SDK does not)
+    max_message_size: int = 10240
+    heartbeat: float = 20.0                 # WebSocket ping period; the relay pings too
+    reconnect_initial: float = 1.0          # backoff after a lost connection: 1, 2, 4, ... seconds
+    reconnect_max: float = 30.0
+    mqtt_reconnect_delay: float = 2.0
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt_client_id or self.device_id

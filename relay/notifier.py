@@ -1,0 +1,248 @@
+"""The platform's MQTT side: tunnel notifies to devices, and device presence. The only module
+of the platform that imports gmqtt.
+
+Delivery is at least once and survives restarts: the service puts every notify in the
+store's outbox (with the tunnel, in one step); this notifier publishes each outbox entry with
+QoS 1 to `$oc/devices/{device_id}/sys/events/down` and removes it when the broker's PUBACK
+comes. While the broker is unreachable entries wait; after every (re)connection everything
+still in the outbox is published again. A tunnel closed before delivery has no entry any
+more, so it is never delivered. The device token in an entry is a secret: it goes into the
+MQTT payload and nowhere else (logs carry tunnel and device ids only).
+
+Presence: the notifier subscribes to `$oc/devices/+/sys/presence` and feeds what it hears to
+`relay.presence.Presence`, which the service asks before creating a tunnel.
+
+Reconnection is ours, not gmqtt's: every connection gets a fresh client, so its state
+(packet ids, in-flight packets, subscriptions) never outlives the connection it belongs to,
+and stopping leaves no gmqtt task behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import uuid
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv311
+from gmqtt.mqtt.handler import MQTTConnectError
+from gmqtt.storage import PersistentStorage
+
+from relay.clock import Clock
+from relay.config import Settings, parse_mqtt_url
+from relay.model import CloseReason, PendingNotify, Side, Status, Tunnel
+from relay.notify import (PRESENCE_FILTER, build_notify, device_of_presence_topic, down_topic, mqtt_tls_context,
+                          quiet_gmqtt_logger)
+from relay.presence import Presence, State
+from relay.store.base import TunnelStore
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 64           # notifies published and not yet acknowledged, per connection
+CONNECT_TIMEOUT = 10.0       # seconds for TCP + TLS + CONNACK
+KEEPALIVE = 30               # MQTT keepalive, seconds
+PRESENCE_SETTLE = 2.0        # seconds after subscribing in which the retained presence arrives
+
+
+class _TrackedStorage(PersistentStorage):
+    """gmqtt's in-flight store, which also tells which packet id a publish got and when the
+    broker acknowledged it (gmqtt's `publish` does not return the id)."""
+
+    def __init__(self, on_ack) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.last_mid: int | None = None
+        self._on_ack = on_ack
+        self._ours: set[int] = set()
+
+    def push_message(self, mid, raw_package):  # type: ignore[no-untyped-def]
+        super().push_message(mid, raw_package)
+        self.last_mid = mid
+        self._ours.add(mid)
+
+    def remove_message_by_mid(self, mid):  # type: ignore[no-untyped-def]
+        super().remove_message_by_mid(mid)   # called on PUBACK
+        if mid in self._ours:
+            self._ours.discard(mid)
+            self._on_ack(mid)
+
+
+class _Client(gmqtt.Client):
+    """A gmqtt client that reports a lost connection instead of reconnecting by itself."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.lost = asyncio.Event()
+
+    async def reconnect(self, delay=False):  # type: ignore[no-untyped-def]  # gmqtt's hook on a lost link
+        self.lost.set()
+
+
+class Notifier:
+    """A TunnelListener: told of creations and rotations, it wakes its delivery loop."""
+
+    def __init__(self, settings: Settings, store: TunnelStore, clock: Clock) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.host, self.port, _ = parse_mqtt_url(settings.mqtt_url)
+        self.client_id = settings.mqtt_client_id or f"iot-tunnel-relay-{uuid.uuid4().hex[:12]}"
+        mode = settings.presence_check
+        self.presence: Presence | None = Presence(mode) if mode in ("strict", "known") else None
+        self.connected = False
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._in_flight: dict[int, PendingNotify] = {}
+        self._acked: list[PendingNotify] = []
+        self._gmqtt_log = quiet_gmqtt_logger("relay.notifier.gmqtt")
+
+    # -- TunnelListener ------------------------------------------------------------------
+
+    def tunnel_created(self, tunnel: Tunnel, device_token: str) -> None:
+        self._wake.set()   # the service has put the notify in the outbox already
+
+    def tunnel_closed(self, tunnel: Tunnel, reason: CloseReason) -> None:
+        pass               # the store dropped its outbox entry; a late PUBACK matches nothing
+
+    def tokens_rotated(self, tunnel: Tunnel, sides: frozenset[Side], device_token: str | None) -> None:
+        if device_token:
+            self._wake.set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="mqtt-notifier")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        delay = self.settings.mqtt_reconnect_delay
+        announced_down = False
+        while True:
+            client = self._new_client()
+            try:
+                await asyncio.wait_for(self._connect(client), CONNECT_TIMEOUT)
+            except (OSError, asyncio.TimeoutError, MQTTConnectError, ssl.SSLError) as exc:
+                if not announced_down:
+                    log.warning("MQTT broker %s unreachable (%s); notifies wait in the outbox, retrying every %s s",
+                                self.settings.mqtt_url, _describe(exc), delay)
+                    announced_down = True
+                await self._discard(client)
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                await self._discard(client)
+                raise
+            announced_down = False
+            log.info("connected to MQTT broker %s as %s", self.settings.mqtt_url, self.client_id)
+            try:
+                await self._serve(client)
+            finally:
+                self.connected = False
+                self._in_flight.clear()
+                await self._discard(client)
+            log.warning("lost the MQTT broker %s; reconnecting", self.settings.mqtt_url)
+            await asyncio.sleep(min(delay, 1.0))
+
+    def _new_client(self) -> _Client:
+        storage = _TrackedStorage(self._acknowledged)
+        client = _Client(self.client_id, clean_session=True, persistent_storage=storage, logger=self._gmqtt_log)
+        client.storage = storage  # type: ignore[attr-defined]
+        if self.settings.mqtt_username:
+            client.set_auth_credentials(self.settings.mqtt_username, self.settings.mqtt_password)
+        client.on_message = self._on_message
+        return client
+
+    async def _connect(self, client: _Client) -> None:
+        tls = mqtt_tls_context(self.settings.mqtt_url, self.settings.mqtt_ca_file)
+        await client.connect(self.host, self.port, ssl=tls, keepalive=KEEPALIVE, version=MQTTv311)
+
+    async def _discard(self, client: _Client) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), 5)
+
+    async def _serve(self, client: _Client) -> None:
+        self.connected = True
+        refresh = None
+        if self.presence is not None:
+            client.subscribe(PRESENCE_FILTER, qos=1)
+            refresh = asyncio.get_running_loop().time() + PRESENCE_SETTLE
+            self.presence.begin_refresh()
+        self._wake.set()   # publish whatever waits in the outbox
+        lost = asyncio.ensure_future(client.lost.wait())
+        try:
+            while not lost.done():
+                woken = asyncio.ensure_future(self._wake.wait())
+                timeout = None if refresh is None else max(0.0, refresh - asyncio.get_running_loop().time())
+                await asyncio.wait({lost, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                if refresh is not None and asyncio.get_running_loop().time() >= refresh:
+                    self.presence.end_refresh()  # type: ignore[union-attr]
+                    refresh = None
+                if lost.done():
+                    break
+                if self._wake.is_set():
+                    self._wake.clear()
+                    await self._record_acks()
+                    await self._publish_pending(client)
+        finally:
+            lost.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lost
+        await self._record_acks()
+
+    def _acknowledged(self, mid: int) -> None:
+        entry = self._in_flight.pop(mid, None)
+        if entry is not None:
+            self._acked.append(entry)
+            self._wake.set()
+
+    async def _record_acks(self) -> None:
+        acked, self._acked = self._acked, []
+        for entry in acked:
+            if await self.store.notify_delivered(entry.tunnel_id, entry.device_token):
+                log.info("tunnel notify delivered", extra={"tunnel_id": entry.tunnel_id})
+
+    async def _publish_pending(self, client: _Client) -> None:
+        waiting = {(e.tunnel_id, e.device_token) for e in self._in_flight.values()}
+        for entry in await self.store.pending_notifies(MAX_IN_FLIGHT):
+            if len(self._in_flight) >= MAX_IN_FLIGHT or client.lost.is_set():
+                return
+            if (entry.tunnel_id, entry.device_token) in waiting:
+                continue
+            tunnel = await self.store.get(entry.tunnel_id)
+            if tunnel is None or tunnel.status is not Status.OPEN:
+                continue   # closing drops the entry; this one is on its way out
+            now = self.clock.now()
+            payload = build_notify(
+                tunnel_uri=self.settings.tunnel_uri(tunnel.tunnel_id, "device"), token=entry.device_token,
+                expires_in=tunnel.remaining_lifetime(now), now=now, custom_info=tunnel.custom_info,
+            )
+            client.publish(down_topic(tunnel.device_id), payload, qos=1)
+            mid = client.storage.last_mid  # type: ignore[attr-defined]
+            if mid is not None:
+                self._in_flight[mid] = entry
+            log.info("tunnel notify published", extra={"tunnel_id": tunnel.tunnel_id, "device_id": tunnel.device_id})
+
+    def _on_message(self, client, topic, payload, qos, properties):  # type: ignore[no-untyped-def]
+        device_id = device_of_presence_topic(topic)
+        if device_id is None or self.presence is None:
+            return 0
+        before = self.presence.state(device_id)
+        after = self.presence.update(device_id, payload, self.clock.now())
+        if after is not before and after is not State.UNKNOWN:
+            log.info("device %s", after.value, extra={"device_id": device_id})
+        return 0
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer"
+    text = str(exc) or type(exc).__name__
+    return text.split("\n", 1)[0][:200]

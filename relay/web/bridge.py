@@ -1,0 +1,231 @@
+"""Bridges: when the two ends of a tunnel are held by different replicas.
+
+The replica holding the device end opens one internal connection to the replica holding the
+source end (an HTTP upgrade to `/internal/bridge` on its internal port, then a plain byte
+stream). Each replica checks what its own end sends, with its own decoder, and writes the
+resulting frames into the bridge; the other replica writes them to its end unchanged. So
+order is kept in each direction, tunnel data never goes through Redis, and flow control is
+the same as for a local pair: a full buffer anywhere stops the reading upstream.
+
+A `BridgeEnd` stands in the `Pairing` for the end held elsewhere. Messages the protocol
+addresses to it are dropped: the replica that holds that end tells it itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+
+from aiohttp import web
+
+from relay import errors
+from relay.cluster import Cluster, Hint, Lease
+from relay.model import Side
+from relay.protocol import Pairing, Reasons
+from relay.web.sockets import End, Hub, TunnelConnection, _TailCatcher, _UpgradeResponse
+
+log = logging.getLogger(__name__)
+
+BRIDGE_PATH = "/internal/bridge"
+
+
+class BridgeEnd(End):
+    """The end of `side` that another replica holds, reached through the bridge."""
+
+    __slots__ = ("side", "pairing", "hub", "transport", "peer", "closing", "own_full", "peer_full",
+                 "remote", "done", "_aiohttp_protocol")
+
+    def __init__(self, side: Side, pairing: Pairing, hub: Hub, transport: asyncio.Transport, remote: Lease,
+                 aiohttp_protocol: asyncio.BaseProtocol | None = None) -> None:
+        self.side = side
+        self.pairing = pairing
+        self.hub = hub
+        self.transport = transport
+        self.remote = remote
+        self.peer: End | None = None
+        self.closing = False
+        self.own_full = False
+        self.peer_full = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._aiohttp_protocol = aiohttp_protocol
+
+    def data_received(self, data: bytes) -> None:
+        # Already checked and framed by the replica that read it from its client.
+        if self.peer is not None and not self.peer.closing:
+            self.peer.transport.write(data)
+
+    def send_message(self, payload: bytes) -> None:
+        pass
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self.closing:
+            self.closing = True
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.hub.detach(self)
+        if not self.done.done():
+            self.done.set_result(None)
+        if self._aiohttp_protocol is not None:
+            self._aiohttp_protocol.connection_lost(exc)
+
+
+class _UpgradeAnswer(asyncio.Protocol):
+    """Reads the answer to the bridge's upgrade request, then steps aside."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.buffer = b""
+        self.answer: asyncio.Future[tuple[bytes, bytes]] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer and not self.answer.done():
+            head, _, rest = self.buffer.partition(b"\r\n\r\n")
+            self.answer.set_result((head, rest))
+
+    def connection_lost(self, exc):  # type: ignore[no-untyped-def]
+        if not self.answer.done():
+            self.answer.set_exception(ConnectionError("the other replica closed the bridge"))
+
+
+class Bridges:
+    def __init__(self, hub: Hub, cluster: Cluster) -> None:
+        self.hub = hub
+        self.cluster = cluster
+        self.connecting: set[str] = set()
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def attached_here(self, conn: TunnelConnection, epoch: int) -> None:
+        tunnel_id = conn.pairing.tunnel_id
+        await self.cluster.publish(Hint("attached", tunnel_id, (conn.side.value,), "", self.cluster.replica_id, epoch))
+        if conn.side is Side.DEVICE:
+            await self.bridge_device(conn.pairing)
+        else:
+            # A device held here may have been bridged to an older source elsewhere.
+            device = conn.pairing.ends[Side.DEVICE]
+            if isinstance(device, BridgeEnd):
+                pass  # the newer source is local: Pairing.attach already relinked the device bridge
+
+    def on_attached(self, hint: Hint) -> None:
+        """Another replica took an end of a tunnel that has an end here."""
+        pairing = self.hub.pairings.get(hint.tunnel_id)
+        if pairing is None or not hint.sides:
+            return
+        side = Side(hint.sides[0])
+        local = pairing.ends[side]
+        if isinstance(local, TunnelConnection) and local.claim is not None and local.claim.done() \
+                and not local.claim.exception() and local.claim.result() < hint.epoch:
+            self.hub.end_connection(local, Reasons.EVICTED)  # the newer connection on another replica wins
+        if side is Side.SOURCE and isinstance(pairing.ends[Side.DEVICE], TunnelConnection):
+            self.hub.spawn(self.bridge_device(pairing))
+
+    def after_detach(self, pairing: Pairing) -> None:
+        """A bridge is only worth keeping while an end here uses it."""
+        if not any(isinstance(e, TunnelConnection) for e in pairing.ends.values()):
+            for end in list(pairing.ends.values()):
+                if isinstance(end, BridgeEnd):
+                    end.close()
+
+    async def reconcile(self) -> None:
+        for pairing in list(self.hub.pairings.values()):
+            if isinstance(pairing.ends[Side.DEVICE], TunnelConnection):
+                await self.bridge_device(pairing)
+
+    # -- the device's replica opens the bridge ----------------------------------------------
+
+    async def bridge_device(self, pairing: Pairing) -> None:
+        tunnel_id = pairing.tunnel_id
+        device = pairing.ends[Side.DEVICE]
+        if not isinstance(device, TunnelConnection) or device.closing or tunnel_id in self.connecting:
+            return
+        lease = await self.cluster.owner(tunnel_id, Side.SOURCE)
+        current = pairing.ends[Side.SOURCE]
+        if lease is None or lease.replica_id == self.cluster.replica_id:
+            return
+        if isinstance(current, BridgeEnd) and current.remote == lease and not current.closing:
+            return
+        if device.claim is None or not device.claim.done() or device.claim.exception():
+            return
+        device_epoch = device.claim.result()
+        self.connecting.add(tunnel_id)
+        try:
+            await self._open(pairing, device, device_epoch, lease)
+        except (OSError, ConnectionError, asyncio.TimeoutError, ValueError) as exc:
+            log.info("could not bridge to the source's replica; will retry",
+                     extra={"tunnel_id": tunnel_id, "replica": lease.replica_id, "error": str(exc)})
+        finally:
+            self.connecting.discard(tunnel_id)
+
+    async def _open(self, pairing: Pairing, device: TunnelConnection, device_epoch: int, lease: Lease) -> None:
+        host, _, port = lease.address.rpartition(":")
+        secret = await self.cluster.bridge_secret()
+        request = (
+            f"GET {BRIDGE_PATH} HTTP/1.1\r\nHost: {lease.address}\r\nConnection: Upgrade\r\n"
+            f"Upgrade: relay-bridge\r\nX-Relay-Secret: {secret}\r\nX-Relay-Tunnel: {pairing.tunnel_id}\r\n"
+            f"X-Relay-Side: device\r\nX-Relay-Epoch: {device_epoch}\r\nX-Relay-Peer-Epoch: {lease.epoch}\r\n"
+            f"X-Relay-Replica: {self.cluster.replica_id}\r\nX-Relay-Address: {self.cluster.address}\r\n\r\n"
+        ).encode()
+        loop = asyncio.get_running_loop()
+        transport, handshake = await asyncio.wait_for(
+            loop.create_connection(lambda: _UpgradeAnswer(request), host.strip("[]"), int(port)), 5)
+        try:
+            head, rest = await asyncio.wait_for(handshake.answer, 5)
+        except BaseException:
+            transport.close()
+            raise
+        if not head.startswith(b"HTTP/1.1 101"):
+            transport.close()
+            raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+        if pairing.ends[Side.DEVICE] is not device or device.closing:
+            transport.close()  # the device left while the bridge was being built
+            return
+        bridge = BridgeEnd(Side.SOURCE, pairing, self.hub, transport, lease)  # type: ignore[arg-type]
+        transport.set_protocol(bridge)
+        self.hub.apply(pairing, pairing.attach(bridge))
+        log.info("bridged", extra={"tunnel_id": pairing.tunnel_id, "to": lease.replica_id})
+        if rest:
+            bridge.data_received(rest)
+
+    # -- the source's replica accepts it --------------------------------------------------------
+
+    async def accept(self, request: web.Request) -> web.StreamResponse:
+        secret = await self.cluster.bridge_secret()
+        if not hmac.compare_digest(request.headers.get("X-Relay-Secret", "").encode(), secret.encode()):
+            raise errors.Forbidden("not a replica of this relay")
+        try:
+            tunnel_id = request.headers["X-Relay-Tunnel"]
+            epoch = int(request.headers["X-Relay-Epoch"])
+            expected = int(request.headers["X-Relay-Peer-Epoch"])
+            remote = Lease(request.headers["X-Relay-Replica"], request.headers["X-Relay-Address"], epoch)
+        except (KeyError, ValueError):
+            raise errors.InvalidParameter("incomplete bridge request") from None
+        pairing = self.hub.pairings.get(tunnel_id)
+        source = pairing.ends[Side.SOURCE] if pairing is not None else None
+        if not isinstance(source, TunnelConnection) or source.closing or source.claim is None \
+                or not source.claim.done() or source.claim.exception() or source.claim.result() != expected:
+            raise errors.TunnelNotFound("the source end is no longer here")
+        device = pairing.ends[Side.DEVICE]  # type: ignore[union-attr]
+        if isinstance(device, TunnelConnection) and device.claim is not None and device.claim.done() \
+                and not device.claim.exception() and device.claim.result() > epoch:
+            raise errors.DeviceBusy("a newer device connection is here")
+        response = _UpgradeResponse(status=101, headers={"Upgrade": "relay-bridge", "Connection": "Upgrade"})
+        await response.prepare(request)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return response
+        tail = _TailCatcher()
+        request.protocol.set_parser(tail)  # type: ignore[arg-type]
+        bridge = BridgeEnd(Side.DEVICE, pairing, self.hub, transport, remote, request.protocol)  # type: ignore[arg-type]
+        transport.set_protocol(bridge)
+        self.hub.apply(pairing, pairing.attach(bridge))  # type: ignore[union-attr]
+        if tail.data:
+            bridge.data_received(tail.data)
+        await bridge.done
+        return response

@@ -1,0 +1,154 @@
+"""The local multi-replica rig: Redis, three relay processes and haproxy, all on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.servers import RedisServer, free_port, wait_for_port
+from tests.test_serve import clean_env
+
+TOKEN = "rig-token-0123456789abcdef0123"
+
+
+class Replica:
+    def __init__(self, name: str, folder: Path, redis_url: str, public_url: str) -> None:
+        self.name = name
+        self.folder = folder
+        self.redis_url = redis_url
+        self.public_url = public_url
+        self.port = free_port()
+        self.internal_port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Replica:
+        env = clean_env(RELAY_API_TOKENS=f"p1:rig:{TOKEN}", RELAY_LOG_LEVEL="INFO")
+        self.log = open(self.folder / f"{self.name}.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay.cli", "serve", "--port", str(self.port), "--public-url", self.public_url,
+             "--store-url", self.redis_url, "--internal-port", str(self.internal_port), "--replica-id", self.name,
+             "--reconcile-interval", "0.5", "--drain-seconds", "1", "--heartbeat-interval", "1"],
+            cwd=self.folder, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
+        wait_for_port(self.internal_port, self.proc, f"relay {self.name}")
+        wait_for_port(self.port, self.proc, f"relay {self.name}")
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def ready(self) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.internal_port}/readyz", timeout=2) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+
+class Haproxy:
+    def __init__(self, folder: Path, replicas: list[Replica]) -> None:
+        self.port = free_port()
+        config = folder / "haproxy.cfg"
+        servers = "\n".join(
+            f"    server {r.name} 127.0.0.1:{r.port} check port {r.internal_port} inter 500ms fall 1 rise 1"
+            for r in replicas)
+        config.write_text(f"""global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout tunnel 1h
+frontend relay
+    bind 127.0.0.1:{self.port}
+    default_backend replicas
+backend replicas
+    balance roundrobin
+    option httpchk GET /readyz
+{servers}
+""")
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        self.proc = subprocess.Popen([binary, "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.proc, "haproxy")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+class Rig:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.redis = RedisServer(folder / "redis")
+        self.redis.start_args = ["--appendonly", "yes"]
+        self.redis.start()
+        public = f"http://127.0.0.1:{free_port()}"  # replaced below once haproxy's port is known
+        self.replicas = [Replica(f"r{i}", folder, self.redis.url, public) for i in (1, 2, 3)]
+        self.lb_port = free_port()
+        for r in self.replicas:
+            r.public_url = f"http://127.0.0.1:{self.lb_port}"
+            r.start()
+        self.haproxy = None
+
+    def start_lb(self) -> Haproxy:
+        self.haproxy = Haproxy(self.folder, self.replicas)
+        return self.haproxy
+
+    def call(self, base: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict | None]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(base + path, data=data, method=method,
+                                     headers={"X-Auth-Token": TOKEN, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def stop(self) -> None:
+        if self.haproxy is not None:
+            self.haproxy.stop()
+        for r in self.replicas:
+            r.stop()
+        self.redis.stop()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    rig = Rig(tmp_path)
+    yield rig
+    rig.stop()
