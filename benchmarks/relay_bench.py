@@ -155,6 +155,7 @@ class Relay:
                     raise RuntimeError(f"{name} exited: {self.proc.stderr.read().decode()}")
                 time.sleep(0.05)
         self.ps = psutil.Process(self.proc.pid)
+        self.source_port = self.device_port = self.port
 
     def cpu(self) -> float:
         t = self.ps.cpu_times()
@@ -196,6 +197,47 @@ class Relay:
             self.proc.stderr.close()
 
 
+class SplitPair:
+    """Two replicas of our relay sharing a Redis: sources connect to one, devices to the
+    other, so every message crosses the bridge. CPU is the sum of both processes."""
+
+    def __init__(self, name: str, local: bool) -> None:
+        import shutil
+        import tempfile
+        self.name, self.ours = name, True
+        self.folder = tempfile.mkdtemp(prefix="relay-bench-")
+        redis_port = free_port()
+        self.redis = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1",
+                                       "--port", str(redis_port), "--save", "", "--appendonly", "no",
+                                       "--dir", self.folder], stdout=subprocess.DEVNULL)
+        time.sleep(0.3)
+        self.replicas = []
+        for i in (1, 2):
+            env = {"RELAY_API_TOKENS": f"bench:bench:{API_TOKEN}", "RELAY_MAX_TUNNELS_PER_PROJECT": "100000",
+                   "RELAY_LOG_LEVEL": "WARNING", "RELAY_STORE_URL": f"redis://127.0.0.1:{redis_port}/0",
+                   "RELAY_INTERNAL_PORT": str(free_port()), "RELAY_REPLICA_ID": f"bench-{i}"}
+            self.replicas.append(Relay(f"{name}-{i}", [sys.executable, "-m", "relay.cli", "serve", "--port", "{port}"],
+                                       env, ours=True))
+        self.port = self.replicas[0].port
+        self.source_port = self.replicas[0].port
+        self.device_port = self.replicas[0].port if local else self.replicas[1].port
+
+    def cpu(self) -> float:
+        return sum(r.cpu() for r in self.replicas)
+
+    def new_tunnels(self, count):  # type: ignore[no-untyped-def]
+        return self.replicas[0].new_tunnels(count)
+
+    def close_tunnels(self, tunnels) -> None:  # type: ignore[no-untyped-def]
+        self.replicas[0].close_tunnels(tunnels)
+
+    def stop(self) -> None:
+        for r in self.replicas:
+            r.stop()
+        self.redis.terminate()
+        self.redis.wait()
+
+
 async def measure(relay: Relay, size: int, tunnels: int, messages: int) -> dict:
     loop = asyncio.get_running_loop()
     ids = relay.new_tunnels(tunnels)
@@ -208,16 +250,18 @@ async def measure(relay: Relay, size: int, tunnels: int, messages: int) -> dict:
     for tunnel_id, source_token, device_token in ids:
         base = f"/v5/iot/tunnels/{tunnel_id}"
         _, source = await loop.create_connection(
-            lambda: Client(upgrade_request(relay.port, base + "/source-connect", source_token), relay.ours), "127.0.0.1", relay.port)
+            lambda: Client(upgrade_request(relay.source_port, base + "/source-connect", source_token), relay.ours),
+            "127.0.0.1", relay.source_port)
         await source.upgraded
         _, device = await loop.create_connection(
-            lambda: Client(upgrade_request(relay.port, base + "/device-connect", device_token), False), "127.0.0.1", relay.port)
+            lambda: Client(upgrade_request(relay.device_port, base + "/device-connect", device_token), False),
+            "127.0.0.1", relay.device_port)
         await device.upgraded
         source.expected = per_tunnel * server_frame_len(len(payload))
         source.finished = loop.create_future()
         pairs.append((source, device))
-    if relay.ours:  # wait for connect_tunnel to have been skipped
-        for _ in range(200):
+    if relay.ours:  # wait for connect_tunnel (sent once the bridge, if any, is up)
+        for _ in range(1000):
             if all(not s.skip_first_frame for s, _ in pairs):
                 break
             await asyncio.sleep(0.01)
@@ -264,8 +308,11 @@ async def run(args: argparse.Namespace) -> list[dict]:
     results = []
     sizes = [256, 10240]
     counts = {256: 20_000 if args.quick else 200_000, 10240: 5_000 if args.quick else 40_000}
-    for name, argv, env, ours in relays(set(args.only or [])):
-        relay = Relay(name, argv, env, ours)
+    chosen = relays(set(args.only or []))
+    if args.replicas:
+        chosen = [("replicas: local pair", [], {}, True), ("replicas: split pair", [], {}, True)]
+    for name, argv, env, ours in chosen:
+        relay = SplitPair(name, local="local" in name) if name.startswith("replicas") else Relay(name, argv, env, ours)
         try:
             for size in sizes:
                 for tunnels in (1, 100):
@@ -284,6 +331,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
     parser.add_argument("--only", action="append", help="run only relays whose name contains this")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--replicas", action="store_true",
+                        help="compare a pair split across two replicas (Redis + bridge) with a local pair")
     args = parser.parse_args()
     import uvloop
     uvloop.install()

@@ -33,8 +33,8 @@ from gmqtt.storage import PersistentStorage
 from relay.clock import Clock
 from relay.config import Settings, parse_mqtt_url
 from relay.model import CloseReason, PendingNotify, Side, Status, Tunnel
-from relay.notify import (PRESENCE_FILTER, build_notify, device_of_presence_topic, down_topic, mqtt_tls_context,
-                          quiet_gmqtt_logger)
+from relay.notify import (PRESENCE_FILTER, build_notify, cancel_and_wait, device_of_presence_topic, down_topic,
+                          mqtt_tls_context, quiet_gmqtt_logger)
 from relay.presence import Presence, State
 from relay.store.base import TunnelStore
 
@@ -92,6 +92,7 @@ class Notifier:
         self.presence: Presence | None = Presence(mode) if mode in ("strict", "known") else None
         self.connected = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._wake = asyncio.Event()
         self._in_flight: dict[int, PendingNotify] = {}
         self._acked: list[PendingNotify] = []
@@ -115,16 +116,15 @@ class Notifier:
         self._task = asyncio.create_task(self._run(), name="mqtt-notifier")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:
         delay = self.settings.mqtt_reconnect_delay
         announced_down = False
-        while True:
+        while not self._stopping:
             client = self._new_client()
             try:
                 await asyncio.wait_for(self._connect(client), CONNECT_TIMEOUT)

@@ -7,6 +7,8 @@ these messages, the device agent parses them, and tests check both against the s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import ssl
@@ -125,3 +127,14 @@ def quiet_gmqtt_logger(name: str) -> logging.Logger:
     for logger_name in ("gmqtt", name):
         logging.getLogger(logger_name).setLevel(logging.WARNING)
     return logging.getLogger(name)
+
+
+async def cancel_and_wait(task: asyncio.Task) -> None:  # type: ignore[type-arg]
+    """Cancel a task and wait for its end. Cancels again while it runs: on Python 3.11 a
+    `wait_for` whose inner work finishes as the cancel arrives swallows the cancel."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()

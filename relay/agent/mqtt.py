@@ -48,12 +48,13 @@ class DeviceLink:
         self.presence = presence_topic(settings.device_id)
         self.connected = asyncio.Event()
         self._client: _Client | None = None
+        self.stopping = False
         self._gmqtt_log = quiet_gmqtt_logger("relay.agent.gmqtt")
 
     async def run(self) -> None:
         delay = self.settings.mqtt_reconnect_delay
         said = False
-        while True:
+        while not self.stopping:
             client = self._new_client()
             try:
                 await asyncio.wait_for(client.connect(
@@ -81,6 +82,8 @@ class DeviceLink:
             finally:
                 self.connected.clear()
                 self._client = None
+            if self.stopping:
+                break
             log.warning("lost the MQTT broker; reconnecting")
             await _discard(client)
             await asyncio.sleep(min(delay, 1.0))

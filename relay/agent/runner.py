@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from relay.agent.mqtt import DeviceLink
 from relay.agent.settings import AgentSettings
 from relay.agent.tunnel import TunnelClient
-from relay.notify import TunnelNotify
+from relay.notify import TunnelNotify, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +20,7 @@ class Agent:
         self.tunnel: TunnelClient | None = None
         self._tunnel_task: asyncio.Task[str] | None = None
         self._link_task: asyncio.Task[None] | None = None
-        self._old: set[asyncio.Task[str]] = set()
+        self._old: set[asyncio.Task[None]] = set()
 
     def on_notify(self, notify: TunnelNotify) -> None:
         extra = {"tunnel_id": notify.tunnel_id, "device_id": self.settings.device_id}
@@ -32,9 +31,9 @@ class Agent:
             return
         if running and self._tunnel_task is not None:
             log.info("a new tunnel replaces the current one", extra=extra)
-            self._tunnel_task.cancel()
-            self._old.add(self._tunnel_task)
-            self._tunnel_task.add_done_callback(self._old.discard)
+            old = asyncio.create_task(cancel_and_wait(self._tunnel_task))
+            self._old.add(old)
+            old.add_done_callback(self._old.discard)
         self.tunnel = TunnelClient(notify, self.settings)
         self._tunnel_task = asyncio.create_task(self.tunnel.run(), name=f"tunnel-{notify.tunnel_id}")
 
@@ -42,13 +41,10 @@ class Agent:
         self._link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
 
     async def stop(self) -> None:
+        self.link.stopping = True
         await self.link.close()
-        tasks = [t for t in (self._link_task, self._tunnel_task, *self._old) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for task in [t for t in (self._link_task, self._tunnel_task, *self._old) if t is not None]:
+            await cancel_and_wait(task)
 
     async def run_until(self, stop: asyncio.Event) -> None:
         await self.start()

@@ -23,7 +23,7 @@ from relay import errors
 from relay.cluster import Cluster, Hint, Lease
 from relay.model import Side
 from relay.protocol import Pairing, Reasons
-from relay.web.sockets import End, Hub, TunnelConnection, _TailCatcher, _UpgradeResponse
+from relay.web.sockets import End, Hub, TunnelConnection, _UpgradeResponse, take_over
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,9 @@ class BridgeEnd(End):
     """The end of `side` that another replica holds, reached through the bridge."""
 
     __slots__ = ("side", "pairing", "hub", "transport", "peer", "closing", "own_full", "peer_full",
-                 "remote", "done", "_aiohttp_protocol")
+                 "remote", "done")
 
-    def __init__(self, side: Side, pairing: Pairing, hub: Hub, transport: asyncio.Transport, remote: Lease,
-                 aiohttp_protocol: asyncio.BaseProtocol | None = None) -> None:
+    def __init__(self, side: Side, pairing: Pairing, hub: Hub, transport: asyncio.Transport, remote: Lease) -> None:
         self.side = side
         self.pairing = pairing
         self.hub = hub
@@ -48,7 +47,6 @@ class BridgeEnd(End):
         self.own_full = False
         self.peer_full = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._aiohttp_protocol = aiohttp_protocol
 
     def data_received(self, data: bytes) -> None:
         # Already checked and framed by the replica that read it from its client.
@@ -68,8 +66,6 @@ class BridgeEnd(End):
         self.hub.detach(self)
         if not self.done.done():
             self.done.set_result(None)
-        if self._aiohttp_protocol is not None:
-            self._aiohttp_protocol.connection_lost(exc)
 
 
 class _UpgradeAnswer(asyncio.Protocol):
@@ -217,15 +213,12 @@ class Bridges:
             raise errors.DeviceBusy("a newer device connection is here")
         response = _UpgradeResponse(status=101, headers={"Upgrade": "relay-bridge", "Connection": "Upgrade"})
         await response.prepare(request)
-        transport = request.transport
-        if transport is None or transport.is_closing():
+        if request.transport is None or request.transport.is_closing():
             return response
-        tail = _TailCatcher()
-        request.protocol.set_parser(tail)  # type: ignore[arg-type]
-        bridge = BridgeEnd(Side.DEVICE, pairing, self.hub, transport, remote, request.protocol)  # type: ignore[arg-type]
-        transport.set_protocol(bridge)
+        bridge, early = take_over(request, lambda t: BridgeEnd(Side.DEVICE, pairing, self.hub, t, remote))  # type: ignore[arg-type]
+        assert isinstance(bridge, BridgeEnd)
         self.hub.apply(pairing, pairing.attach(bridge))  # type: ignore[union-attr]
-        if tail.data:
-            bridge.data_received(tail.data)
-        await bridge.done
+        if early:
+            bridge.data_received(early)
+        response.force_close()
         return response

@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
@@ -95,10 +96,9 @@ class TunnelConnection(End):
     """One upgraded WebSocket connection, one side of one tunnel."""
 
     __slots__ = ("side", "hub", "pairing", "transport", "decoder", "peer", "closing", "done",
-                 "heard", "pinged", "timer", "own_full", "peer_full", "token_hash", "claim", "_aiohttp_protocol")
+                 "heard", "pinged", "timer", "own_full", "peer_full", "token_hash", "claim")
 
-    def __init__(self, side: Side, hub: Hub, pairing: Pairing, transport: asyncio.Transport,
-                 aiohttp_protocol: asyncio.BaseProtocol, token_hash: str) -> None:
+    def __init__(self, side: Side, hub: Hub, pairing: Pairing, transport: asyncio.Transport, token_hash: str) -> None:
         self.side = side
         self.hub = hub
         self.pairing = pairing
@@ -114,7 +114,6 @@ class TunnelConnection(End):
         self.peer_full = False
         self.token_hash = token_hash          # to notice a rotation made on another replica
         self.claim: asyncio.Task[int] | None = None   # the cluster lease; its result is our epoch
-        self._aiohttp_protocol = aiohttp_protocol
 
     # -- the hot path --------------------------------------------------------------------
 
@@ -171,8 +170,7 @@ class TunnelConnection(End):
         self.hub.release(self)
         if not self.done.done():
             self.done.set_result(None)
-        # Let aiohttp release its side of the connection and finish the request handler.
-        self._aiohttp_protocol.connection_lost(exc)
+        log.info("disconnected", extra={"tunnel_id": self.pairing.tunnel_id, "side": self.side.value})
 
 
 class _TailCatcher:
@@ -188,6 +186,27 @@ class _TailCatcher:
 
     def feed_eof(self) -> None:
         pass
+
+
+def take_over(request: web.Request, make: Callable[[asyncio.Transport], asyncio.Protocol]) -> tuple[asyncio.Protocol, bytes]:
+    """Hand an upgraded connection to the relay's own protocol, and make aiohttp forget it.
+
+    aiohttp keeps a request handler, a parser, a task and buffers for every connection,
+    about 15 kB; a relay holding thousands of idle tunnels cannot afford that. So once the
+    101 answer is out, the transport gets our protocol, and aiohttp's protocol is told the
+    connection is gone (after losing its transport, so that it closes nothing). Returns the
+    protocol and any bytes the client sent right after its request (they are not lost).
+    tests/dataplane/test_relay.py checks that aiohttp really lets go."""
+    transport = request.transport
+    old = request.protocol
+    assert transport is not None
+    tail = _TailCatcher()
+    old.set_parser(tail)  # type: ignore[arg-type]
+    protocol = make(transport)  # type: ignore[arg-type]
+    transport.set_protocol(protocol)
+    old.transport = None
+    old.connection_lost(None)
+    return protocol, tail.data
 
 
 class _UpgradeResponse(web.StreamResponse):
@@ -421,24 +440,19 @@ async def _connect(request: web.Request, side: Side) -> web.StreamResponse:
         response.headers[hdrs.SEC_WEBSOCKET_PROTOCOL] = subprotocol
     await response.prepare(request)
 
-    transport = request.transport
-    aiohttp_protocol = request.protocol
-    if transport is None or transport.is_closing():
+    if request.transport is None or request.transport.is_closing():
         return response
-    tail = _TailCatcher()
-    aiohttp_protocol.set_parser(tail)  # type: ignore[arg-type]
     pairing = hub.pairing_for(tunnel_id)
-    conn = TunnelConnection(side, hub, pairing, transport, aiohttp_protocol, hash_token(token))  # type: ignore[arg-type]
-    transport.set_protocol(conn)
-    transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+    conn, early = take_over(request, lambda t: TunnelConnection(side, hub, pairing, t, hash_token(token)))
+    assert isinstance(conn, TunnelConnection)
+    conn.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
     hub.attach(conn)
     log.info("connected", extra={"tunnel_id": tunnel_id, "side": side.value})
-    if tail.data:
-        conn.data_received(tail.data)
+    if early:
+        conn.data_received(early)
     conn._update_reading()  # aiohttp may have paused reading while it parsed the request
     conn.start_heartbeat(settings.heartbeat_interval)
-    await conn.done
-    log.info("disconnected", extra={"tunnel_id": tunnel_id, "side": side.value})
+    response.force_close()  # the connection is the relay's now: aiohttp must not keep it alive
     return response
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import os
+
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,14 +19,15 @@ pytestmark = pytest.mark.skipif(relay.codec.rust_impl is None, reason="relay._co
 PY = relay.codec.python_impl
 RS = relay.codec.rust_impl
 
-SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CODEC_PROPERTY_EXAMPLES=5000 for a longer soak
+SETTINGS = settings(max_examples=int(os.environ.get("CODEC_PROPERTY_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 OPS = ["connect", "command", "disconnect", "ping", "connect_response", "command_response", "pong", "bogus", ""]
 SERVICES = ["ssh", "rdp", "s\\sh", "ssh\x00"]
 
 # ---------------------------------------------------------------- strategies
 
-json_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+json_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
                 | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
@@ -63,7 +66,7 @@ def envelopes(draw: st.DrawFn) -> bytes:
             doc[key] = draw(st.sampled_from(SERVICES) | json_scalars)
         elif key == "request_id":
             doc[key] = draw(st.sampled_from(["1", "2", "3", "r" * 128, "r" * 129, "é" * 64, "é" * 65, ""])
-                            | st.text(max_size=140) | st.integers())
+                            | st.text(max_size=140) | st.integers(-(2**63), 2**63))
         else:
             doc[key] = draw(json_values)
     raw = orjson.dumps(doc)

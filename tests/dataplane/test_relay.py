@@ -450,3 +450,18 @@ async def test_slow_reader_backpressure_bounds_memory_and_loses_nothing(relay, t
         assert orjson.loads(msg.data)["request_id"] == f"r{received}"
         received += 1
     await flooding
+
+
+async def test_aiohttp_lets_go_of_upgraded_connections(relay, tunnel):
+    """After the upgrade the relay owns the socket; aiohttp keeps no per-connection state."""
+    server = relay.client.server.runner.server
+    before = len(server.connections)
+    source, device = await tunnel.pair()
+    await asyncio.sleep(0.05)
+    assert len(server.connections) == before
+    hub = relay.client.server.app[__import__("relay.web.sockets", fromlist=["HUB"]).HUB]
+    ends = hub.pairings[tunnel.tunnel_id].ends.values()
+    assert all(end.transport.get_protocol() is end for end in ends)
+    # and the pair still works
+    await source.send_str(message("command", "c1", "x"))
+    assert orjson.loads((await device.receive(timeout=5)).data)["data"] == "x"
