@@ -50,6 +50,10 @@ class TunnelStore(abc.ABC):
         """Ids of OPEN tunnels whose lifetime has run out."""
 
     @abc.abstractmethod
+    async def count_by_status(self) -> dict[str, int]:
+        """How many tunnels are OPEN and CLOSED, across projects (for metrics)."""
+
+    @abc.abstractmethod
     async def purge_closed(self, closed_before: float) -> int:
         """Delete tunnels closed before the given time; returns how many."""
 

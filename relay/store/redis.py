@@ -220,6 +220,13 @@ class RedisStore(TunnelStore):
     async def due_for_expiry(self, now: float) -> list[str]:
         return list(await self._call(self.redis.zrangebyscore(self._k("expiry"), "-inf", now)))
 
+    async def count_by_status(self) -> dict[str, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(self._k("expiry"))
+        pipe.zcard(self._k("closed"))
+        open_, closed = await self._call(pipe.execute())
+        return {"OPEN": int(open_), "CLOSED": int(closed)}
+
     async def purge_closed(self, closed_before: float) -> int:
         ids = await self._call(self.redis.zrangebyscore(self._k("closed"), "-inf", f"({closed_before!r}"))
         purged = 0

@@ -208,6 +208,10 @@ class SqliteStore(TunnelStore):
         ).fetchall()
         return [r[0] for r in rows]
 
+    async def count_by_status(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT status, COUNT(*) FROM tunnels GROUP BY status").fetchall()
+        return {"OPEN": 0, "CLOSED": 0, **{status: n for status, n in rows}}
+
     async def purge_closed(self, closed_before: float) -> int:
         cur = self._db.execute(
             "DELETE FROM tunnels WHERE status='CLOSED' AND closed_time<?", (closed_before,)

@@ -20,7 +20,7 @@ from relay.service import TunnelService
 from relay.store import TunnelStore, open_store
 from relay.store.redis import RedisStore
 from relay.tokens import hash_token
-from relay.web import openapi, rest, sockets
+from relay.web import metrics, openapi, rest, sockets
 from relay.web.bridge import BRIDGE_PATH, Bridges
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,11 @@ def create_internal_app(app: web.Application) -> web.Application:
             raise errors.ShuttingDown("this replica takes no bridges")
         return await hub.bridges.accept(request)
 
+    async def metrics_page(request: web.Request) -> web.Response:
+        text = await metrics.render(hub, app[rest.SERVICE].store)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    internal.router.add_get("/metrics", metrics_page, allow_head=False)
     internal.router.add_get("/livez", live, allow_head=False)
     internal.router.add_get("/readyz", ready, allow_head=False)
     internal.router.add_get(BRIDGE_PATH, bridge, allow_head=False)

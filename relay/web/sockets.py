@@ -30,6 +30,7 @@ from relay.protocol import Action, Close, Link, Pairing, Reasons, Send
 from relay.service import TunnelService
 from relay.tokens import hash_token
 from relay.web import rest, validation
+from relay.web.metrics import Counters
 
 if TYPE_CHECKING:
     from relay.web.bridge import Bridges
@@ -140,6 +141,7 @@ class TunnelConnection(End):
         if self.closing:
             return
         self.closing = True
+        self.hub.counters.closes[code] += 1
         self.transport.write(codec.encode_close(code, reason))
         self.transport.close()
         # A reader that never drains its buffer cannot hold the connection open.
@@ -228,6 +230,7 @@ class Hub:
         self.pairings: dict[str, Pairing] = {}
         self.accepting = True
         self.bridges: Bridges | None = None   # set when the relay runs as one of several replicas
+        self.counters = Counters()
         self._tasks: set[asyncio.Task] = set()
 
     def spawn(self, coro) -> asyncio.Task:  # type: ignore[no-untyped-def]
@@ -295,6 +298,9 @@ class Hub:
             self.bridges.after_detach(pairing)
         if pairing.empty and self.pairings.get(pairing.tunnel_id) is pairing:
             del self.pairings[pairing.tunnel_id]
+            for side, decoder in pairing.decoders.items():
+                self.counters.retired_messages[side.value] += decoder.messages
+                self.counters.retired_bytes[side.value] += decoder.bytes
 
     def end_connection(self, conn: TunnelConnection, reason) -> None:  # type: ignore[no-untyped-def]
         if conn.pairing.ends[conn.side] is conn:

@@ -153,3 +153,11 @@ async def test_closing_drops_an_undelivered_notify(store):
     assert await store.pending_notifies(10) == []
     assert (await store.get(t.tunnel_id)).notify_status is None
     assert await store.queue_notify(t.tunnel_id, "tok2") is None
+
+
+async def test_count_by_status(store):
+    a, b = tunnel("a"), tunnel("b")
+    await store.insert(a, 10)
+    await store.insert(b, 10)
+    await store.close(a.tunnel_id, 1001.0, CloseReason.CLOSED)
+    assert await store.count_by_status() == {"OPEN": 1, "CLOSED": 1}

@@ -1,0 +1,68 @@
+"""Prometheus metrics, in the text exposition format, served at /metrics on the internal
+port. Counting costs nothing on the hot path: the decoders count what they relay, and the
+rest is read when Prometheus scrapes."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from typing import Any
+
+from relay.model import Side
+from relay.store.base import TunnelStore
+
+
+class Counters:
+    """Events of the data plane, counted as they happen (none per message)."""
+
+    def __init__(self) -> None:
+        self.closes: Counter[int] = Counter()            # close codes the relay sent
+        self.retired_messages: Counter[str] = Counter()   # counts of decoders no longer in use
+        self.retired_bytes: Counter[str] = Counter()
+
+
+def _line(name: str, value: float, **labels: str) -> str:
+    if labels:
+        inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        return f"{name}{{{inner}}} {value}"
+    return f"{name} {value}"
+
+
+async def render(hub: Any, store: TunnelStore) -> str:
+    """`hub` is the data plane's Hub (relay.web.sockets), passed in to keep imports one-way."""
+    counters = hub.counters
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[float, dict[str, str]]]) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(_line(name, value, **labels) for value, labels in samples)
+
+    connections = Counter(e.side.value for e in hub.local_ends())
+    metric("relay_connections", "gauge", "WebSocket connections held by this replica, by side.",
+           [(connections[s.value], {"side": s.value}) for s in Side])
+    pairs = sum(1 for p in hub.pairings.values() if all(e is not None for e in p.ends.values()))
+    metric("relay_tunnels_active", "gauge", "Tunnels with at least one end on this replica.", [(len(hub.pairings), {})])
+    metric("relay_tunnels_paired", "gauge", "Tunnels whose two ends are connected (here or through a bridge).", [(pairs, {})])
+    bridges = sum(1 for p in hub.pairings.values() for e in p.ends.values() if e is not None and not hasattr(e, "decoder"))
+    metric("relay_bridges", "gauge", "Ends reached through another replica (cross-replica forwarding).", [(bridges, {})])
+
+    messages: Counter[str] = Counter(counters.retired_messages)
+    volume: Counter[str] = Counter(counters.retired_bytes)
+    for pairing in hub.pairings.values():
+        for side, decoder in pairing.decoders.items():
+            messages[side.value] += decoder.messages
+            volume[side.value] += decoder.bytes
+    metric("relay_messages_total", "counter", "Messages accepted from clients of this replica, by sending side.",
+           [(messages[s.value], {"side": s.value}) for s in Side])
+    metric("relay_message_bytes_total", "counter", "Payload bytes of accepted messages, by sending side.",
+           [(volume[s.value], {"side": s.value}) for s in Side])
+    metric("relay_closes_total", "counter",
+           "Connections closed by the relay, by close code (4000 = evicted, 44xx and 1002-1009 = rejected input).",
+           [(n, {"code": str(code)}) for code, n in sorted(counters.closes.items())])
+
+    by_status = await store.count_by_status()
+    metric("relay_tunnels", "gauge", "Tunnels in the store, by status.", [(n, {"status": s}) for s, n in sorted(by_status.items())])
+    pending = await store.pending_notifies(100_000)
+    metric("relay_notify_outbox_depth", "gauge", "Tunnel notifies waiting for the MQTT broker.", [(len(pending), {})])
+    return "\n".join(out) + "\n"
