@@ -143,7 +143,8 @@ class Relay:
         self.name, self.ours = name, ours
         self.port = free_port()
         argv = [a.replace("{port}", str(self.port)) for a in argv]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})},
+        env = {"RELAY_MQTT_URL": "none", **(env or {})}  # the relay alone: no MQTT broker
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 
 from relay.errors import ConfigError
@@ -72,6 +75,7 @@ class ManagedBroker:
         self.process = await asyncio.create_subprocess_exec(
             self.binary, "-c", conf,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         self._log_task = asyncio.create_task(self._forward_log(), name="mosquitto-log")
         loop = asyncio.get_running_loop()
@@ -113,6 +117,21 @@ class ManagedBroker:
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, have the kernel stop mosquitto when the relay dies
+    without cleaning up (SIGKILL, a crash), so no orphan broker keeps the port. The kernel
+    forgets this when mosquitto changes its user, which it does when started as root (it
+    drops to the `mosquitto` user): then an orphan may stay, and the next relay finds the
+    port answering and uses that broker."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def config_text(host: str, port: int) -> str:

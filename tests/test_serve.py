@@ -26,6 +26,7 @@ SRC = str(Path(relay_package.__file__).resolve().parent.parent)
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    env["RELAY_MQTT_URL"] = "none"  # no broker unless a test asks for one (tests/device does)
     env.update(extra)
     return env
 
@@ -107,6 +108,7 @@ def test_expiry_holds_across_a_restart(tmp_path):
 
 def test_defaults_generate_a_token_and_say_how_to_use_it(tmp_path):
     env = clean_env()
+    del env["RELAY_MQTT_URL"]  # the real defaults, managed MQTT broker included
     port = unused_port()
     proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "serve", "--port", str(port)], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -9,7 +9,7 @@ use crate::frame::{
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 pub const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
-pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
+pub use crate::envelope::CLOSE_INVALID_PAYLOAD;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// An append-only output buffer that can be rolled back (for rejected or answered messages).
@@ -45,9 +45,16 @@ impl Out for Vec<u8> {
 
 #[inline]
 fn out_header<O: Out>(out: &mut O, opcode: u8, len: usize) {
-    let mut h = Vec::with_capacity(10);
-    write_header(&mut h, opcode, len);
-    out.put(&h);
+    let b0 = 0x80 | opcode;
+    if len < 126 {
+        out.put(&[b0, len as u8]);
+    } else if len <= 0xFFFF {
+        let l = (len as u16).to_be_bytes();
+        out.put(&[b0, 126, l[0], l[1]]);
+    } else {
+        let l = (len as u64).to_be_bytes();
+        out.put(&[b0, 127, l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]);
+    }
 }
 
 fn valid_close_code(code: u16) -> bool {
@@ -268,15 +275,9 @@ impl Decoder {
 
     /// Validate the complete message written at `to_peer[body..]` (its frame starts at `start`).
     fn message<O: Out>(&mut self, to_peer: &mut O, start: usize, body: usize, to_sender: &mut Vec<u8>) -> Result<(), Violation> {
-        let n;
-        let outcome = {
-            let bytes = to_peer.tail_mut(body);
-            n = bytes.len();
-            match std::str::from_utf8(bytes) {
-                Err(_) => Err(Violation::new(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in text message")),
-                Ok(text) => self.policy.check(text, self.peer_connected, to_sender),
-            }
-        };
+        let bytes = to_peer.tail_mut(body);
+        let n = bytes.len();
+        let outcome = self.policy.check(bytes, self.peer_connected, to_sender);
         match outcome {
             Ok(o) => {
                 if o != Outcome::Forward {

@@ -8,6 +8,7 @@ use crate::json::{self, Doc, Field};
 pub const SOURCE: u8 = 0;
 pub const DEVICE: u8 = 1;
 
+pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 pub const CLOSE_INVALID_ENVELOPE: u16 = 4400;
 pub const CLOSE_NOT_ALLOWED: u16 = 4403;
 pub const CLOSE_REQUEST_ID_REUSED: u16 = 4409;
@@ -141,9 +142,14 @@ impl Policy {
         Policy { side, services, request_ids: RequestIds::new(request_id_window) }
     }
 
-    /// Check one complete, UTF-8-valid text message. Replies go to `to_sender`.
-    pub fn check(&mut self, text: &str, peer_connected: bool, to_sender: &mut Vec<u8>) -> Result<Outcome, Violation> {
+    /// Check one complete text message (UTF-8 first, then JSON, then the envelope).
+    /// Replies go to `to_sender`.
+    pub fn check(&mut self, text: &[u8], peer_connected: bool, to_sender: &mut Vec<u8>) -> Result<Outcome, Violation> {
         let env = match json::parse(text) {
+            // the parser validates UTF-8 on the way; on failure tell the two apart (1007 wins)
+            Err(_) if std::str::from_utf8(text).is_err() => {
+                return Err(Violation::new(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in text message"))
+            }
             Err(_) => return Err(Violation::new(CLOSE_INVALID_ENVELOPE, "invalid JSON")),
             Ok(Doc::NotObject) => return Err(Violation::new(CLOSE_INVALID_ENVELOPE, "message must be a JSON object")),
             Ok(Doc::Object(env)) => env,
@@ -205,8 +211,8 @@ mod tests {
         Policy::new(side, vec!["ssh".into()], 3)
     }
 
-    fn env(op: &str, rid: &str) -> String {
-        format!(r#"{{"operation_type":"{op}","tunnel_service_type":"ssh","request_id":"{rid}","data":null}}"#)
+    fn env(op: &str, rid: &str) -> Vec<u8> {
+        format!(r#"{{"operation_type":"{op}","tunnel_service_type":"ssh","request_id":"{rid}","data":null}}"#).into_bytes()
     }
 
     #[test]
@@ -219,12 +225,12 @@ mod tests {
         let v = p.check(&env("connect_response", "2"), true, &mut out).unwrap_err();
         assert_eq!((v.code, v.reason.as_str()), (4403, "operation_type 'connect_response' is not allowed from the source side"));
         assert!(out.is_empty());
-        let v = p.check("[]", true, &mut out).unwrap_err();
+        let v = p.check(b"[]", true, &mut out).unwrap_err();
         assert_eq!((v.code, v.reason.as_str()), (4400, "message must be a JSON object"));
-        let v = p.check("{", true, &mut out).unwrap_err();
+        let v = p.check(b"{", true, &mut out).unwrap_err();
         assert_eq!((v.code, v.reason.as_str()), (4400, "invalid JSON"));
         let v = p
-            .check(r#"{"operation_type":"connect","tunnel_service_type":"rdp","request_id":"x"}"#, true, &mut out)
+            .check(br#"{"operation_type":"connect","tunnel_service_type":"rdp","request_id":"x"}"#, true, &mut out)
             .unwrap_err();
         assert_eq!(v.reason, "tunnel_service_type 'rdp' is not supported");
         let long = "r".repeat(129);

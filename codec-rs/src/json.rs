@@ -56,18 +56,24 @@ static STOP: [bool; 256] = {
     t
 };
 
+// string scanner stops: STOP plus every non-ASCII byte (validated as UTF-8 runs)
+static STR_STOP: [bool; 256] = {
+    let mut t = STOP;
+    let mut i = 0x80;
+    while i < 256 {
+        t[i] = true;
+        i += 1;
+    }
+    t
+};
+
 /// Index of the first byte at or after `i` that is '"', '\\' or < 0x20 (or `b.len()`).
 #[inline(always)]
 fn find_stop(b: &[u8], mut i: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        if avx2_available() {
-            // SAFETY: the CPU supports AVX2 (checked at run time).
-            i = unsafe { find_stop_avx2(b, i) };
-        } else {
-            // SAFETY: SSE2 is part of the x86_64 baseline.
-            i = unsafe { find_stop_sse2(b, i) };
-        }
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        i = unsafe { find_stop_sse2(b, i) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -77,22 +83,6 @@ fn find_stop(b: &[u8], mut i: usize) -> usize {
         i += 1;
     }
     i
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn avx2_available() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static STATE: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
-    match STATE.load(Ordering::Relaxed) {
-        2 => true,
-        1 => false,
-        _ => {
-            let yes = std::is_x86_feature_detected!("avx2");
-            STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-            yes
-        }
-    }
 }
 
 /// SSE2 scan; returns a position whose byte is a stop byte, or where fewer than 16 bytes remain.
@@ -118,44 +108,65 @@ unsafe fn find_stop_sse2(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// AVX2 scan, 64 bytes per step in the bulk; same contract as the SSE2 one.
+/// For the 32 bytes at `p`: (bit k set when `p[k]` is '"', '\\' or a control character,
+/// bit k set when `p[k]` is not ASCII). SSE2 (x86_64 baseline).
+///
+/// # Safety
+/// `p..p+32` must be readable.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn find_stop_avx2(b: &[u8], mut i: usize) -> usize {
+#[inline(always)]
+unsafe fn string_masks32(p: *const u8) -> (u32, u32) {
     use std::arch::x86_64::*;
-    let q = _mm256_set1_epi8(b'"' as i8);
-    let bs = _mm256_set1_epi8(b'\\' as i8);
-    let c1f = _mm256_set1_epi8(0x1f);
-    let p = b.as_ptr();
-    #[inline(always)]
-    unsafe fn classify(v: __m256i, q: __m256i, bs: __m256i, c1f: __m256i) -> __m256i {
-        let ctl = _mm256_cmpeq_epi8(_mm256_min_epu8(v, c1f), v);
-        _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(v, q), _mm256_cmpeq_epi8(v, bs)), ctl)
-    }
-    while i + 64 <= b.len() {
-        let v0 = _mm256_loadu_si256(p.add(i) as *const __m256i);
-        let v1 = _mm256_loadu_si256(p.add(i + 32) as *const __m256i);
-        let m0 = classify(v0, q, bs, c1f);
-        let m1 = classify(v1, q, bs, c1f);
-        if _mm256_testz_si256(_mm256_or_si256(m0, m1), _mm256_or_si256(m0, m1)) == 0 {
-            let k0 = _mm256_movemask_epi8(m0) as u32;
-            if k0 != 0 {
-                return i + k0.trailing_zeros() as usize;
+    let q = _mm_set1_epi8(b'"' as i8);
+    let bs = _mm_set1_epi8(b'\\' as i8);
+    let c1f = _mm_set1_epi8(0x1f);
+    let v0 = _mm_loadu_si128(p as *const __m128i);
+    let v1 = _mm_loadu_si128(p.add(16) as *const __m128i);
+    let m0 = _mm_or_si128(
+        _mm_or_si128(_mm_cmpeq_epi8(v0, q), _mm_cmpeq_epi8(v0, bs)),
+        _mm_cmpeq_epi8(_mm_min_epu8(v0, c1f), v0),
+    );
+    let m1 = _mm_or_si128(
+        _mm_or_si128(_mm_cmpeq_epi8(v1, q), _mm_cmpeq_epi8(v1, bs)),
+        _mm_cmpeq_epi8(_mm_min_epu8(v1, c1f), v1),
+    );
+    let stop = (_mm_movemask_epi8(m0) as u32 & 0xffff) | ((_mm_movemask_epi8(m1) as u32) << 16);
+    let high = (_mm_movemask_epi8(v0) as u32 & 0xffff) | ((_mm_movemask_epi8(v1) as u32) << 16);
+    (stop, high)
+}
+
+/// Validate the run of non-ASCII bytes starting at `b[k]` as UTF-8 (RFC 3629: no overlongs, no
+/// surrogates, nothing above U+10FFFF); returns the index of the first ASCII byte after it (or the end).
+/// Runs are bounded by ASCII bytes, so checking every run checks the whole input.
+#[inline]
+fn utf8_run(b: &[u8], mut k: usize) -> Result<usize, JsonError> {
+    while k < b.len() {
+        let c = b[k];
+        if c < 0x80 {
+            return Ok(k);
+        }
+        let (n, lo, hi) = match c {
+            0xC2..=0xDF => (1, 0x80, 0xBF),
+            0xE0 => (2, 0xA0, 0xBF),
+            0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
+            0xED => (2, 0x80, 0x9F),
+            0xF0 => (3, 0x90, 0xBF),
+            0xF1..=0xF3 => (3, 0x80, 0xBF),
+            0xF4 => (3, 0x80, 0x8F),
+            _ => return Err(JsonError),
+        };
+        let c1 = *b.get(k + 1).ok_or(JsonError)?;
+        if c1 < lo || c1 > hi {
+            return Err(JsonError);
+        }
+        for t in 2..=n {
+            if *b.get(k + t).ok_or(JsonError)? & 0xC0 != 0x80 {
+                return Err(JsonError);
             }
-            let k1 = _mm256_movemask_epi8(m1) as u32;
-            return i + 32 + k1.trailing_zeros() as usize;
         }
-        i += 64;
+        k += n + 1;
     }
-    while i + 32 <= b.len() {
-        let v = _mm256_loadu_si256(p.add(i) as *const __m256i);
-        let k = _mm256_movemask_epi8(classify(v, q, bs, c1f)) as u32;
-        if k != 0 {
-            return i + k.trailing_zeros() as usize;
-        }
-        i += 32;
-    }
-    i
+    Ok(k)
 }
 
 /// Portable SWAR scan (8 bytes per step).
@@ -214,8 +225,17 @@ fn field_of(key: &str) -> u8 {
     }
 }
 
+#[inline(always)]
+fn field_of_raw(key: &[u8]) -> u8 {
+    match key {
+        b"operation_type" => FIELD_OP,
+        b"tunnel_service_type" => FIELD_SERVICE,
+        b"request_id" => FIELD_RID,
+        _ => FIELD_NONE,
+    }
+}
+
 struct Parser<'a> {
-    s: &'a str,
     b: &'a [u8],
     i: usize,
 }
@@ -235,14 +255,60 @@ impl<'a> Parser<'a> {
 
     /// Validate a string whose opening quote is at `self.i`; on return `self.i` is past the closing
     /// quote. Returns the raw content range and whether it contained an escape.
+    ///
+    /// Scans 32 bytes at a time for '"', '\\' and control characters; escapes found in a block are
+    /// handled without leaving the block (command output has an escape every few dozen bytes).
     #[inline(always)]
     fn string(&mut self) -> Result<(usize, usize, bool), JsonError> {
         let b = self.b;
         let start = self.i + 1;
         let mut i = start;
         let mut escaped = false;
+        #[cfg(target_arch = "x86_64")]
+        {
+            'block: while i + 32 <= b.len() {
+                // SAFETY: i + 32 <= b.len()
+                let (mut m, mut h) = unsafe { string_masks32(b.as_ptr().add(i)) };
+                while (m | h) != 0 {
+                    let pm = m.trailing_zeros();
+                    let ph = h.trailing_zeros();
+                    if ph < pm {
+                        // a run of non-ASCII bytes: validate it as UTF-8
+                        let e = utf8_run(b, i + ph as usize)?;
+                        let adv = e - i;
+                        if adv >= 32 {
+                            i = e;
+                            continue 'block;
+                        }
+                        h &= !0u32 << adv;
+                        continue;
+                    }
+                    let p = i + pm as usize;
+                    match b[p] {
+                        b'"' => {
+                            self.i = p + 1;
+                            return Ok((start, p, escaped));
+                        }
+                        b'\\' => {
+                            escaped = true;
+                            let j = Self::escape(b, p)?;
+                            let adv = j - i;
+                            if adv >= 32 {
+                                i = j;
+                                continue 'block;
+                            }
+                            m &= !0u32 << adv; // forget the escaped bytes (all ASCII)
+                        }
+                        _ => return Err(JsonError),
+                    }
+                }
+                i += 32;
+            }
+        }
         loop {
-            i = find_stop(b, i);
+            while i < b.len() && !STR_STOP[b[i] as usize] {
+                i += 1;
+            }
             match b.get(i) {
                 Some(b'"') => {
                     self.i = i + 1;
@@ -252,13 +318,14 @@ impl<'a> Parser<'a> {
                     escaped = true;
                     i = Self::escape(b, i)?;
                 }
+                Some(0x80..=0xff) => i = utf8_run(b, i)?,
                 _ => return Err(JsonError), // control character or end of input
             }
         }
     }
 
     /// Validate the escape at `b[i] == '\\'`, return the index after it.
-    #[inline]
+    #[inline(always)]
     fn escape(b: &[u8], i: usize) -> Result<usize, JsonError> {
         match b.get(i + 1) {
             Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(i + 2),
@@ -285,7 +352,7 @@ impl<'a> Parser<'a> {
 
     /// Decoded string value for a validated raw range.
     fn decoded(&self, start: usize, end: usize, escaped: bool) -> Result<Cow<'a, str>, JsonError> {
-        let raw = self.s.get(start..end).ok_or(JsonError)?;
+        let raw = std::str::from_utf8(self.b.get(start..end).ok_or(JsonError)?).map_err(|_| JsonError)?;
         if !escaped {
             return Ok(Cow::Borrowed(raw));
         }
@@ -380,7 +447,7 @@ impl<'a> Parser<'a> {
         self.i = i;
         // below 10^308 without an exponent the double is always finite
         if exp || int_digits > 308 {
-            let text = self.s.get(start..i).ok_or(JsonError)?;
+            let text = std::str::from_utf8(&self.b[start..i]).map_err(|_| JsonError)?;
             match text.parse::<f64>() {
                 Ok(v) if v.is_finite() => {}
                 _ => return Err(JsonError),
@@ -407,7 +474,13 @@ impl<'a> Parser<'a> {
             return Err(JsonError);
         }
         let (s, e, esc) = self.string()?;
-        let f = if top { field_of(&self.decoded(s, e, esc)?) } else { FIELD_NONE };
+        let f = if !top {
+            FIELD_NONE
+        } else if !esc {
+            field_of_raw(&self.b[s..e])
+        } else {
+            field_of(&self.decoded(s, e, esc)?)
+        };
         self.skip_ws();
         if self.peek() != Some(b':') {
             return Err(JsonError);
@@ -514,18 +587,19 @@ impl<'a> Parser<'a> {
     }
 }
 
-/// Parse a UTF-8 document; `Doc::Object` carries the envelope fields of a top-level object.
-pub fn parse(s: &str) -> Result<Doc<'_>, JsonError> {
-    let mut p = Parser { s, b: s.as_bytes(), i: 0 };
+/// Parse a document; `Doc::Object` carries the envelope fields of a top-level object.
+///
+/// UTF-8 is validated on the way (non-ASCII bytes are only legal inside strings, where each run of
+/// them is checked), so `Ok` also means `b` is valid UTF-8. On `Err` the input is invalid JSON
+/// *or* invalid UTF-8: callers that must tell them apart run `std::str::from_utf8` then.
+pub fn parse(b: &[u8]) -> Result<Doc<'_>, JsonError> {
+    let mut p = Parser { b, i: 0 };
     p.document()
 }
 
-/// True when `b` is a JSON document orjson would accept (UTF-8 checked too).
+/// True when `b` is valid UTF-8 and a JSON document orjson would accept.
 pub fn is_valid(b: &[u8]) -> bool {
-    match std::str::from_utf8(b) {
-        Ok(s) => parse(s).is_ok(),
-        Err(_) => false,
-    }
+    parse(b).is_ok()
 }
 
 /// Append `s` as a JSON string exactly as `orjson.dumps(s)` encodes it.
@@ -633,7 +707,7 @@ mod tests {
     #[test]
     fn envelope_fields() {
         let s = r#"{"operation_type":"connect","tunnel_service_type":"ssh","request_id":"r\u0031","data":{"x":[1,2]},"request_id":"r2"}"#;
-        match parse(s).unwrap() {
+        match parse(s.as_bytes()).unwrap() {
             Doc::Object(e) => {
                 assert_eq!(e.operation_type, Field::Str("connect".into()));
                 assert_eq!(e.tunnel_service_type, Field::Str("ssh".into()));
@@ -642,16 +716,16 @@ mod tests {
             _ => panic!(),
         }
         let s = r#"{"operation\u005ftype":1,"x":{"request_id":"nested"}}"#;
-        match parse(s).unwrap() {
+        match parse(s.as_bytes()).unwrap() {
             Doc::Object(e) => {
                 assert_eq!(e.operation_type, Field::NotStr);
                 assert_eq!(e.request_id, Field::Absent);
             }
             _ => panic!(),
         }
-        assert_eq!(parse("[1]").unwrap(), Doc::NotObject);
+        assert_eq!(parse(b"[1]").unwrap(), Doc::NotObject);
         let s = r#"{"request_id":"\ud83d\ude00\n\"\\\/\b\f\r\t\u00e9"}"#;
-        match parse(s).unwrap() {
+        match parse(s.as_bytes()).unwrap() {
             Doc::Object(e) => assert_eq!(e.request_id, Field::Str("😀\n\"\\/\u{8}\u{c}\r\té".into())),
             _ => panic!(),
         }
@@ -664,5 +738,32 @@ mod tests {
         write_str(&mut out, &s);
         let want = "\"\\u0000\\u0001\\u0002\\u0003\\u0004\\u0005\\u0006\\u0007\\b\\t\\n\\u000b\\f\\r\\u000e\\u000f\\u0010\\u0011\\u0012\\u0013\\u0014\\u0015\\u0016\\u0017\\u0018\\u0019\\u001a\\u001b\\u001c\\u001d\\u001e\\u001f \x7f\u{2028}/\\\"\\\\é😀\"";
         assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    #[test]
+    fn utf8_checked_inside_strings() {
+        // every 1-4 byte sequence prefix class, at every offset around the 32-byte blocks
+        let seqs: &[&[u8]] = &[
+            b"\xc3\xa9", b"\xe2\x82\xac", b"\xf0\x9f\x98\x80", b"\xf4\x8f\xbf\xbf", b"\xed\x9f\xbf",
+            b"\xee\x80\x80", b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80", b"\xed\xa0\x80", b"\xf0\x80\x80\x80",
+            b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff", b"\x80", b"\xc3", b"\xe2\x82", b"\xc3\xa9\xa9",
+            b"\xe2\x82\xac\xe2\x82\xac\xc3\xa9",
+        ];
+        for seq in seqs {
+            for pad in 0..70 {
+                for tail in [0usize, 1, 40] {
+                    let mut doc = b"{\"k\":\"".to_vec();
+                    doc.extend(std::iter::repeat_n(b'a', pad));
+                    doc.extend_from_slice(seq);
+                    doc.extend(std::iter::repeat_n(b'b', tail));
+                    doc.extend_from_slice(b"\"}");
+                    let want = std::str::from_utf8(&doc).is_ok();
+                    assert_eq!(is_valid(&doc), want, "{seq:?} pad {pad} tail {tail}");
+                }
+            }
+        }
+        // non-ASCII outside strings is never valid
+        assert!(!is_valid("{\"a\":\u{e9}}".as_bytes()));
+        assert!(!is_valid("\u{a0}{}".as_bytes()));
     }
 }

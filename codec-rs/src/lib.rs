@@ -134,6 +134,9 @@ mod bindings {
         Ok(n as usize)
     }
 
+    /// (to_peer, to_sender, close)
+    type FeedResult<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Option<(u16, String)>);
+
     /// Per-connection decoder of client->server WebSocket frames (see relay.codec).
     #[pyclass(name = "Decoder", module = "relay._codec_rs")]
     struct Decoder {
@@ -180,7 +183,7 @@ mod bindings {
             &mut self,
             py: Python<'py>,
             data: &[u8],
-        ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Option<(u16, String)>)> {
+        ) -> PyResult<FeedResult<'py>> {
             let empty = PyBytes::new(py, b"");
             if self.inner.closed() || data.is_empty() {
                 return Ok((empty.clone(), empty, None));

@@ -112,7 +112,10 @@ class DeviceLink:
             log.warning("ignored a message on %s: %s", topic, exc)
             return 0
         for notify in notifies:
-            self.on_notify(notify)
+            try:
+                self.on_notify(notify)
+            except Exception:
+                log.exception("could not act on a tunnel notify")
         return 0
 
 

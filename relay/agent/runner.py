@@ -36,6 +36,7 @@ class Agent:
             old.add_done_callback(self._old.discard)
         self.tunnel = TunnelClient(notify, self.settings)
         self._tunnel_task = asyncio.create_task(self.tunnel.run(), name=f"tunnel-{notify.tunnel_id}")
+        self._tunnel_task.add_done_callback(_report_failure)
 
     async def start(self) -> None:
         self._link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
@@ -52,6 +53,11 @@ class Agent:
             await stop.wait()
         finally:
             await self.stop()
+
+
+def _report_failure(task: asyncio.Task[str]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the tunnel client failed", exc_info=task.exception())
 
 
 async def run(settings: AgentSettings) -> int:

@@ -64,9 +64,13 @@ class Shell:
     async def read(self) -> bytes:
         """Terminal output (stdout and stderr share the PTY); b"" at the end."""
         try:
-            return await self._process.stdout.read(READ_SIZE)
+            data = await self._process.stdout.read(READ_SIZE)
         except (asyncssh.Error, OSError):
-            return b""
+            data = b""
+        if not data:   # the exit status may come just after the end of output: give it a moment
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._process.wait_closed(), 2)
+        return data
 
     @property
     def exit_status(self) -> int | None:

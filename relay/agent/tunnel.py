@@ -110,14 +110,13 @@ class TunnelClient:
         log.info("tunnel done: %s", why, extra=self.extra())
         return why
 
-    def _ssl_context(self) -> ssl.SSLContext | bool | None:
-        if not self._uri.startswith("wss://"):
-            return None
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        """aiohttp's `ssl=`: True verifies with the system's CAs (ws:// ignores it)."""
         if self.settings.tls_insecure:
             return False
         if self.settings.tls_ca_file:
             return ssl.create_default_context(cafile=self.settings.tls_ca_file)
-        return None
+        return True
 
     # -- one connection ------------------------------------------------------------------
 

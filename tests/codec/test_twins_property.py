@@ -27,8 +27,10 @@ SERVICES = ["ssh", "rdp", "s\\sh", "ssh\x00"]
 
 # ---------------------------------------------------------------- strategies
 
+# floats built from mantissa and exponent (finite, spanning the double range)
+floats = st.builds(lambda m, e: m * 10.0**e, st.integers(-(10**6), 10**6), st.integers(-320, 300))
 json_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+                | floats | st.text(max_size=20))
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 
@@ -57,27 +59,39 @@ def escapes(draw: st.DrawFn) -> bytes:
 def envelopes(draw: st.DrawFn) -> bytes:
     doc: dict[str, Any] = {}
     keys = draw(st.permutations(["operation_type", "tunnel_service_type", "request_id", "data"]))
+    if draw(st.sampled_from([True] * 3 + [False] * 2)):  # well-formed envelope, valid or not for the side
+        for key in keys:
+            if key == "operation_type":
+                doc[key] = draw(st.sampled_from(OPS[:6]))
+            elif key == "tunnel_service_type":
+                doc[key] = "ssh"
+            elif key == "request_id":
+                doc[key] = draw(st.sampled_from(["1", "2", "3", "4"]) | st.text(min_size=1, max_size=12))
+            elif draw(st.booleans()):
+                doc[key] = draw(json_values)
+        return orjson.dumps(doc)
     for key in keys:
-        if draw(st.integers(0, 9)) == 0:
+        if draw(st.integers(0, 9)) == 9:
             continue  # missing
         if key == "operation_type":
-            doc[key] = draw(st.sampled_from(OPS) | json_scalars)
+            doc[key] = draw(st.one_of(st.sampled_from(OPS), st.sampled_from(OPS), json_scalars))
         elif key == "tunnel_service_type":
-            doc[key] = draw(st.sampled_from(SERVICES) | json_scalars)
+            doc[key] = draw(st.one_of(st.just("ssh"), st.sampled_from(SERVICES), json_scalars))
         elif key == "request_id":
-            doc[key] = draw(st.sampled_from(["1", "2", "3", "r" * 128, "r" * 129, "é" * 64, "é" * 65, ""])
-                            | st.text(max_size=140) | st.integers(-(2**63), 2**63))
+            doc[key] = draw(st.one_of(
+                st.sampled_from(["1", "2", "3", "r" * 128, "r" * 129, "é" * 64, "é" * 65, ""]),
+                st.text(min_size=1, max_size=140), st.integers(-(2**63), 2**63)))
         else:
             doc[key] = draw(json_values)
     raw = orjson.dumps(doc)
     tweak = draw(st.integers(0, 9))
-    if tweak == 0 and raw != b"{}":  # duplicate key appended
+    if tweak == 9 and raw != b"{}":  # duplicate key appended
         key = draw(st.sampled_from(["operation_type", "tunnel_service_type", "request_id"]))
         raw = raw[:-1] + b',"' + key.encode() + b'":' + orjson.dumps(draw(st.sampled_from(OPS) | json_scalars)) + b"}"
-    elif tweak == 1:  # odd value spliced into data
+    elif tweak == 8:  # odd value spliced into data
         value = draw(numbers() | escapes())
         raw = raw[:-1] + (b"," if raw != b"{}" else b"") + b'"data":' + value + b"}"
-    elif tweak == 2:  # whitespace around
+    elif tweak == 7:  # whitespace around
         raw = draw(st.sampled_from([b" ", b"\n", b"\t", b"\x0c", b""])) + raw + draw(st.sampled_from([b" ", b"\r\n", b"x", b""]))
     return raw
 
@@ -97,7 +111,7 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
     return bytes(data)
 
 
-messages = (envelopes() | mutated(envelopes()) | st.text(alphabet=JSONISH, max_size=60).map(str.encode)
+messages = (envelopes() | envelopes() | envelopes() | mutated(envelopes()) | st.text(alphabet=JSONISH, max_size=60).map(str.encode)
             | st.binary(max_size=40) | numbers() | escapes())
 
 

@@ -4,6 +4,7 @@ process), OpenSSH's sshd, and an application's WebSocket on the source side."""
 from __future__ import annotations
 
 import asyncio
+import platform
 import re
 
 import aiohttp
@@ -64,7 +65,8 @@ async def login(source, sshd, request_id="c1", password=None) -> dict:  # type: 
         assert answer["operation_type"] == "command_response"   # nothing else may come first
 
 
-async def test_create_notify_connect_command_output(setup, http):
+async def test_create_notify_connect_command_output(setup, http, caplog):
+    caplog.set_level("DEBUG")
     relay, start_agent, sshd = setup
     agent = await start_agent()
     created, source = await open_source(http, relay)
@@ -74,15 +76,18 @@ async def test_create_notify_connect_command_output(setup, http):
         answer = await login(source, sshd)
         assert answer["request_id"] == "c1"
         assert answer["data"]["status_code"] == "200"
-        await source.send_str(message("command", "k1", "uname -a\n"))
-        text, _ = await until_output(source, "k1", "Linux")
-        text += (await until_output(source, "k1", "\n", timeout=5))[0] if not re.search(r"Linux.*\r\n", text) else ""
-        import platform
-        assert platform.node() in text or "Linux" in text
+        await source.send_str(message("command", "k1", "uname -a; echo END-$((2+3))\n"))
+        text, _ = await until_output(source, "k1", "END-5")
+        uname = platform.uname()
+        assert re.search(rf"Linux {re.escape(uname.node)} {re.escape(uname.release)} .*\r\n", text), text
         info = (await relay.call("GET", f"/v5/iot/proj-a/tunnels/{created['tunnel_id']}"))[1]
         assert info["device_connect_state"]["status"] == "CONNECTED"
         assert info["notify_status"] == "DELIVERED"
         assert agent.tunnel is not None and agent.tunnel.tunnel_id == created["tunnel_id"]
+        secrets = (created["device_access_token"], created["tunnel_access_token"], sshd.password)
+        for record in caplog.records:   # not even at DEBUG
+            text = record.getMessage() + repr(record.__dict__)
+            assert not any(secret in text for secret in secrets), record.getMessage()
     finally:
         await source.close()
 

@@ -184,3 +184,4 @@ def relay_notifier(relay):  # type: ignore[no-untyped-def]
 
     service = relay.client.server.app[rest.SERVICE]
     return next(listener for listener in service.listeners if isinstance(listener, Notifier))
+

@@ -1,0 +1,94 @@
+"""Codec hot path: Rust vs the Python twin, 16 pipelined masked client frames per feed() call.
+
+Run:  pytest benchmarks/test_codec_bench.py --benchmark-enable
+(the project's pytest config passes --benchmark-disable, which runs each benchmark once as a test).
+Per-message time = the per-call time / 16 (also in each result's extra_info).
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import orjson
+import pytest
+
+import relay.codec
+
+PIPELINE = 16
+MASK = b"\x5a\x13\xc4\x7e"
+
+IMPLS = [pytest.param(relay.codec.python_impl, id="python"),
+         pytest.param(relay.codec.rust_impl, id="rust",
+                      marks=pytest.mark.skipif(relay.codec.rust_impl is None, reason="relay._codec_rs not built"))]
+
+_LINES = [
+    "drwxr-xr-x  2 root root   4096 Nov 24 16:20 benchmarks",
+    "-rw-r--r--  1 root root   1217 Nov 24 16:25 pyproject.toml",
+    "\x1b[01;34mrelay\x1b[0m\tcodec-rs\tdocs\ttests",
+    "  PID TTY          TIME CMD",
+    " 4711 pts/0    00:00:03 température-sensor --interval=5 ✓",
+]
+
+
+def shell_output(n: int) -> str:
+    out, i = [], 0
+    while sum(map(len, out)) < n:
+        out.append(_LINES[i % len(_LINES)] + "\n")
+        i += 1
+    return "".join(out)
+
+
+def command_response(size: int, rid: int = 1) -> bytes:
+    """A device command_response envelope of about ``size`` bytes whose data is shell output
+    (below 100 bytes: the smallest envelope, no data)."""
+    if size < 100:
+        return orjson.dumps({"operation_type": "command_response", "tunnel_service_type": "ssh",
+                             "request_id": f"{rid:x}"})
+    def doc(text: str) -> bytes:
+        return orjson.dumps({"operation_type": "command_response", "tunnel_service_type": "ssh",
+                             "request_id": f"req-{rid:08d}", "data": {"exit_code": 0, "stdout": text}})
+    base = len(doc(""))
+    text = ""
+    if size > base:
+        text = shell_output(size)  # grow then trim to the size wanted (escapes make the JSON longer)
+        while len(doc(text)) > size:
+            text = text[:-max(1, (len(doc(text)) - size) // 2)]
+    return doc(text)
+
+
+def client_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+    key = (MASK * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+    return head + MASK + masked
+
+
+SIZES = {"80B": 80, "1KB": 1024, "10KB": 10240}  # the smallest envelope is ~80 bytes
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("size", list(SIZES))
+def test_feed(benchmark, impl: ModuleType, size: str) -> None:
+    msgs = [command_response(SIZES[size], rid) for rid in range(PIPELINE)]
+    buf = b"".join(client_frame(m) for m in msgs)
+    decoder = impl.Decoder(impl.DEVICE)
+    decoder.peer_connected = True
+    expected = b"".join(impl.encode_text(m) for m in msgs)
+    benchmark.group = f"feed {PIPELINE} x {size}"
+    benchmark.extra_info.update(message_bytes=len(msgs[0]), messages_per_call=PIPELINE)
+    out = benchmark(decoder.feed, buf)
+    assert out == (expected, b"", None)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and os.environ.get("CODEC_BENCH_PRINT"):
+        mean = stats.stats.mean
+        print(f"\n{impl.IMPLEMENTATION} {size}: {mean / PIPELINE * 1e9:.0f} ns/message, "
+              f"{len(buf) / mean / 1e9:.2f} GB/s")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_encode_text(benchmark, impl: ModuleType) -> None:
+    payload = command_response(10240)
+    benchmark.group = "encode_text 10KB"
+    assert benchmark(impl.encode_text, payload)[4:] == payload
