@@ -13,7 +13,8 @@
 #
 # Without kubectl or kustomize the overlays cannot be rendered: the script then validates the
 # plain resource files of deploy/k8s/base and deploy/k8s/components directly, and says so.
-# Needs the PyPI packages kubernetes-validate and yamllint (in the virtualenv or on PATH).
+# Needs the PyPI packages kubernetes-validate and yamllint (in the virtualenv, or for the
+# Python in $PYTHON). KUBERNETES_VERSIONS overrides the versions validated against.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,7 +27,7 @@ OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -50,8 +51,10 @@ failures=0
 fail() { echo "FAILED: $*" >&2; failures=$((failures + 1)); }
 
 # --- 1. render ----------------------------------------------------------------------------------
+# RENDER=none forces the fallback below (to try it on a machine that has kubectl).
 render=""
-if command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
+if [ "${RENDER:-}" = none ]; then :
+elif command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
   render="kubectl kustomize"
 elif command -v kustomize >/dev/null 2>&1; then
   render="kustomize build"
