@@ -166,12 +166,13 @@ async def test_first_frame_in_the_upgrade_packet_is_not_lost(tunnel):
         with sock:
             head, rest = _read_response_head(sock)
             assert head.startswith(b"HTTP/1.1 101")
-            # wait until the source has read the message, then leave
+            # wait until the source has read the message and left (the relay then tells us)
+            sock.settimeout(20)
             sock.recv(1)
 
     thread = asyncio.create_task(asyncio.to_thread(device_side))
-    assert (await receive_json(source))["operation_type"] == "connect_tunnel"
-    got = await receive_json(source)
+    assert (await receive_json(source, timeout=15))["operation_type"] == "connect_tunnel"
+    got = await receive_json(source, timeout=15)
     assert got["data"] == "early bird"
     await source.close()
     await thread
