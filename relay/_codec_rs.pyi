@@ -1,20 +1,21 @@
 """Type stub for the Rust codec extension ``relay._codec_rs`` (same API as ``relay.codec._py``).
 
-Belongs at ``relay/_codec_rs.pyi`` next to the built extension; kept here because that path is
-outside the codec's files (see docs/codec.md).
+Checked against the built module by tests/codec/test_stub.py (mypy.stubtest).
 """
 
-from typing import Final
+from collections.abc import Iterable
+from typing import Final, final
 
-__all__: list[str]
+__all__ = ["SOURCE", "DEVICE", "IMPLEMENTATION", "Decoder", "encode_text", "encode_close", "encode_ping"]
 
 SOURCE: Final[int]
 DEVICE: Final[int]
 IMPLEMENTATION: Final[str]
 
+@final
 class Decoder:
-    def __init__(self, side: int, max_message_size: int = 10240, services: tuple[str, ...] | None = ...,
-                 request_id_window: int = 1024) -> None: ...
+    def __new__(cls, side: int, max_message_size: int = 10240, services: Iterable[str] | None = None,
+                request_id_window: int = 1024) -> Decoder: ...
     def feed(self, data: bytes) -> tuple[bytes, bytes, tuple[int, str] | None]: ...
     def reset(self) -> None: ...
     @property
@@ -30,4 +31,4 @@ class Decoder:
 
 def encode_text(payload: bytes) -> bytes: ...
 def encode_close(code: int, reason: str = "") -> bytes: ...
-def encode_ping(payload: bytes = b"") -> bytes: ...
+def encode_ping(payload: bytes = ...) -> bytes: ...
