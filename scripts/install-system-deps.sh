@@ -4,7 +4,9 @@ set -euo pipefail
 # mosquitto (+ clients): the MQTT broker and a plain subscriber for tests/device;
 # openssh-server (+ client, for ssh-keygen): the device's SSH server in tests/device.
 # redis-server and haproxy: the multi-replica rig in tests/scale; openssl: test certificates.
-PACKAGES=(mosquitto mosquitto-clients openssh-server openssh-client redis-server haproxy openssl)
+# chromium and a font: the web console's browser tests (driven by Playwright).
+PACKAGES=(mosquitto mosquitto-clients openssh-server openssh-client redis-server haproxy openssl
+          chromium fonts-dejavu-core)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

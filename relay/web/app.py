@@ -20,7 +20,7 @@ from relay.service import TunnelService
 from relay.store import TunnelStore, open_store
 from relay.store.redis import RedisStore
 from relay.tokens import hash_token
-from relay.web import metrics, openapi, rest, sockets
+from relay.web import console, metrics, openapi, rest, sockets
 from relay.web.bridge import BRIDGE_PATH, Bridges
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, store: TunnelS
     app.on_shutdown.append(end_sockets)
     app.router.add_get("/openapi.json", serve_openapi, allow_head=False)
     app.router.add_get("/healthz", health, allow_head=False)
+    console.add_routes(app)  # the web console (docs/console.md)
 
     async def sweeper(app: web.Application):  # type: ignore[no-untyped-def]
         task = asyncio.create_task(service.run_sweeper(), name="tunnel-sweeper")

@@ -1,0 +1,177 @@
+// A small terminal for the console: a screen model that a <pre> shows, and the keys a
+// terminal sends. Not a full emulator: it handles \r, \n, backspace, tabs, erase-in-line and
+// cursor left/right, and strips every other escape sequence (colours, titles, modes).
+
+const MAX_LINES = 3000;
+
+export class Screen {
+  constructor(pre) {
+    this.pre = pre;
+    this.lines = [""];
+    this.row = 0;
+    this.col = 0;
+    this.pending = "";     // an escape sequence cut in two by the end of a message
+    this.scheduled = false;
+  }
+
+  clear() {
+    this.lines = [""];
+    this.row = 0;
+    this.col = 0;
+    this.pending = "";
+    this.render();
+  }
+
+  // Terminal output, as the device sends it (command_response data).
+  write(text) {
+    let data = this.pending + text;
+    this.pending = "";
+    let i = 0;
+    while (i < data.length) {
+      const ch = data[i];
+      if (ch === "\x1b") {
+        const used = this.escape(data, i);
+        if (used === 0) {            // incomplete: keep it for the next message
+          this.pending = data.slice(i);
+          break;
+        }
+        i += used;
+        continue;
+      }
+      i += 1;
+      if (ch === "\r") this.col = 0;
+      else if (ch === "\n") this.newline();
+      else if (ch === "\b") this.col = Math.max(0, this.col - 1);
+      else if (ch === "\t") this.put(" ".repeat(8 - (this.col % 8)));
+      else if (ch === "\x07" || ch < " " || ch === "\x7f") continue;   // bell, other controls
+      else this.put(ch);
+    }
+    this.schedule();
+  }
+
+  // Line text written at the cursor, overwriting what is there (as a terminal does).
+  put(text) {
+    const line = this.lines[this.row];
+    const padded = line.length < this.col ? line + " ".repeat(this.col - line.length) : line;
+    this.lines[this.row] = padded.slice(0, this.col) + text + padded.slice(this.col + text.length);
+    this.col += text.length;
+  }
+
+  newline() {
+    this.row += 1;
+    this.col = 0;
+    if (this.row >= this.lines.length) this.lines.push("");
+    if (this.lines.length > MAX_LINES) {
+      const drop = this.lines.length - MAX_LINES;
+      this.lines.splice(0, drop);
+      this.row -= drop;
+    }
+  }
+
+  // The length of the escape sequence at data[i], 0 when it is not complete yet.
+  escape(data, i) {
+    if (i + 1 >= data.length) return 0;
+    const kind = data[i + 1];
+    if (kind === "[") {                               // CSI: ESC [ params final
+      let j = i + 2;
+      while (j < data.length && !(data[j] >= "@" && data[j] <= "~")) j += 1;
+      if (j >= data.length) return 0;
+      this.csi(data.slice(i + 2, j), data[j]);
+      return j - i + 1;
+    }
+    if (kind === "]" || kind === "P" || kind === "_" || kind === "^") {   // OSC, DCS...: until BEL or ESC \
+      for (let j = i + 2; j < data.length; j += 1) {
+        if (data[j] === "\x07") return j - i + 1;
+        if (data[j] === "\x1b" && j + 1 < data.length && data[j + 1] === "\\") return j - i + 2;
+      }
+      return 0;
+    }
+    if (kind === "(" || kind === ")" || kind === "#") return i + 2 < data.length ? 3 : 0;   // charsets
+    return 2;                                         // ESC =, ESC >, ESC 7, ...
+  }
+
+  csi(params, final) {
+    const n = parseInt(params, 10);
+    const count = Number.isNaN(n) || n < 1 ? 1 : n;
+    if (final === "K") {                              // erase in line
+      const line = this.lines[this.row];
+      if (params === "" || params === "0") this.lines[this.row] = line.slice(0, this.col);
+      else if (params === "1") this.lines[this.row] = " ".repeat(Math.min(this.col, line.length)) + line.slice(this.col);
+      else if (params === "2") this.lines[this.row] = "";
+    } else if (final === "C") {
+      this.col += count;
+    } else if (final === "D") {
+      this.col = Math.max(0, this.col - count);
+    } else if (final === "G") {
+      this.col = count - 1;
+    } else if (final === "P") {                       // delete characters
+      const line = this.lines[this.row];
+      this.lines[this.row] = line.slice(0, this.col) + line.slice(this.col + count);
+    } else if (final === "@") {                       // insert blanks
+      const line = this.lines[this.row];
+      if (this.col < line.length) this.lines[this.row] = line.slice(0, this.col) + " ".repeat(count) + line.slice(this.col);
+    } else if (final === "J" && params === "2") {     // clear screen (`clear`): start a fresh page
+      this.newline();
+    }
+    // colours (m), modes (h, l) and everything else: stripped
+  }
+
+  schedule() {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    requestAnimationFrame(() => {
+      this.scheduled = false;
+      this.render();
+    });
+  }
+
+  // The text as plain nodes (never HTML), with the cursor as a span.
+  render() {
+    const before = this.lines.slice(0, this.row);
+    const line = this.lines[this.row];
+    const head = before.join("\n") + (before.length ? "\n" : "") + line.slice(0, this.col);
+    const under = this.col < line.length ? line[this.col] : " ";
+    const tail = line.slice(this.col + 1) + (this.row + 1 < this.lines.length ? "\n" + this.lines.slice(this.row + 1).join("\n") : "");
+    const cursor = document.createElement("span");
+    cursor.className = "cursor";
+    cursor.textContent = under;
+    this.pre.replaceChildren(document.createTextNode(head), cursor, document.createTextNode(tail));
+    this.pre.scrollTop = this.pre.scrollHeight;
+  }
+
+  text() {
+    return this.lines.join("\n");
+  }
+}
+
+const KEYS = {
+  Enter: "\r",           // what a terminal sends; the device's PTY turns it into a newline
+  Backspace: "\x7f",
+  Tab: "\t",
+  Escape: "\x1b",
+  ArrowUp: "\x1b[A",
+  ArrowDown: "\x1b[B",
+  ArrowRight: "\x1b[C",
+  ArrowLeft: "\x1b[D",
+  Home: "\x1b[H",
+  End: "\x1b[F",
+  Delete: "\x1b[3~",
+  PageUp: "\x1b[5~",
+  PageDown: "\x1b[6~",
+};
+
+// What a key press sends to the shell, or null for keys the terminal leaves to the browser.
+export function keyToText(event) {
+  if (event.metaKey) return null;
+  if (event.ctrlKey && !event.altKey) {
+    if (event.shiftKey && (event.key === "C" || event.key === "V")) return null;   // copy / paste
+    const key = event.key.length === 1 ? event.key.toLowerCase() : "";
+    if (key >= "a" && key <= "z") return String.fromCharCode(key.charCodeAt(0) - 96);   // Ctrl-C: \x03
+    if (key === "[") return "\x1b";
+    if (key === "\\") return "\x1c";
+    return null;
+  }
+  if (event.key in KEYS) return KEYS[event.key];
+  if (event.key.length === 1) return event.altKey ? "\x1b" + event.key : event.key;
+  return null;
+}
