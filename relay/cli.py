@@ -277,16 +277,133 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+# -- the application side: relay tunnel, relay ssh, relay exec (docs/cli.md) -----------------
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    """Where the relay is and who we are: shared by `tunnel`, `ssh` and `exec`.
+
+    The API token has no default shown by --help (it may come from the environment)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("relay connection (each also from the environment)")
+    g.add_argument("--url", default=config.env("url", "http://127.0.0.1:8080"),
+                   help="the relay's base URL, http(s)://HOST[:PORT] (RELAY_URL; default http://127.0.0.1:8080)")
+    g.add_argument("--token", default=None,
+                   help="the API token (prefer RELAY_API_TOKEN: a command line is visible to others)")
+    g.add_argument("--token-file", default=None,
+                   help="a file holding the API token, bare or as PROJECT:NAME:TOKEN lines like the one "
+                        "`relay serve` generates (RELAY_API_TOKEN_FILE)")
+    g.add_argument("--project", default=config.env("project", "default"),
+                   help="the project id of the API paths (RELAY_PROJECT; default 'default')")
+    g.add_argument("--instance-id", default=config.env("instance_id"),
+                   help="sent as the Instance-Id header, for relays run with --instance-id (RELAY_INSTANCE_ID)")
+    g.add_argument("--ca-file", default=config.env("ca_file"), help="CA bundle to verify an https:// relay (RELAY_CA_FILE)")
+    g.add_argument("--insecure", action="store_true", help="do not verify the relay's TLS certificate")
+    g.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds to wait for each REST call (default 30)")
+    return p
+
+
+def _add_tunnel(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from relay.client import commands
+
+    p = sub.add_parser(
+        "tunnel", help="create, list, show, close, delete tunnels and rotate their tokens (REST API)",
+        description="Manage tunnels through a relay's REST API (docs/api.md, docs/cli.md). Tables for people; "
+                    "--json prints the API's answers for scripts. An API error is one line on stderr with its "
+                    "error code, and exit status 1.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--json", action="store_true", help="print the API's answer as JSON")
+
+    c = actions.add_parser("create", parents=[common, out], help="open a tunnel to a device; prints its tokens")
+    c.add_argument("device_id", metavar="DEVICE_ID")
+    c.add_argument("--description", help="for people (at most 1024 characters)")
+    c.add_argument("--custom-info", help="for the device: sent along with the MQTT notify")
+    c.add_argument("--expires-in", type=_positive_int, help="lifetime in seconds (default: the relay's)")
+
+    ls = actions.add_parser("list", parents=[common, out], help="list tunnels (a table, or --json)")
+    ls.add_argument("--device-id", help="only this device's tunnels")
+    ls.add_argument("--status", type=str.upper, choices=["OPEN", "CLOSED"], help="only tunnels in this state")
+    ls.add_argument("--limit", type=_positive_int, help="tunnels per page, 1-50 (the relay's default: 10)")
+    ls.add_argument("--marker", help="start after this marker (page.marker of the previous page)")
+    ls.add_argument("--offset", type=int, help="skip this many tunnels")
+    ls.add_argument("--all", action="store_true", help="every matching tunnel, page after page")
+
+    sh = actions.add_parser("show", parents=[common, out], help="show one tunnel")
+    sh.add_argument("tunnel_id", metavar="TUNNEL_ID")
+
+    for name, verb in (("close", "close"), ("delete", "delete (closed tunnels only)")):
+        b = actions.add_parser(name, parents=[common, out],
+                               help=f"{verb} tunnels; several ids use the batch endpoint (100 per call)")
+        b.add_argument("tunnel_ids", metavar="TUNNEL_ID", nargs="+")
+
+    r = actions.add_parser("rotate", parents=[common, out],
+                           help="replace a tunnel's tokens (the old ones stop working at once); prints the new ones")
+    r.add_argument("tunnel_id", metavar="TUNNEL_ID")
+    r.add_argument("--side", choices=["source", "device", "all"], default="source",
+                   help="whose token: source (the application's, default), device, or all")
+    p.set_defaults(func=lambda args: commands.tunnel(args) if args.action else _help(p))
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _add_remote(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from relay.client import commands
+
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("device_id", metavar="DEVICE_ID")
+    shared.add_argument("-l", "--user", default=config.env("ssh_user"), required=not config.env("ssh_user"),
+                        help="the user to log in as on the device's SSH server (RELAY_SSH_USER)")
+    shared.add_argument("--password-stdin", action="store_true",
+                        help="read the SSH password from the first line of standard input; otherwise "
+                             "RELAY_SSH_PASSWORD, otherwise it is asked for on the terminal")
+    shared.add_argument("--keep", action="store_true", help="leave the tunnel open on exit (it is closed otherwise)")
+    shared.add_argument("--wait", type=_positive_float, default=60.0,
+                        help="seconds to wait for the device to connect and log in (default 60)")
+    shared.add_argument("--expires-in", type=_positive_int, help="lifetime of a new tunnel, in seconds")
+    shared.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr (errors still)")
+
+    s = sub.add_parser(
+        "ssh", parents=[shared, common], help="an interactive shell on a device, through a tunnel",
+        description="Open (or reuse) the device's tunnel, wait for the device, log in to its SSH server and "
+                    "give an interactive terminal: every key goes to the remote shell (Ctrl-C included), its "
+                    "output comes back as it is produced. A reused tunnel gets a new source token, which cuts "
+                    "off any other application connected to it. The tunnel is closed on exit unless --keep. "
+                    "The remote terminal is 128x30 (the protocol has no resize message; see --set-size). "
+                    "Exit status: the remote shell's, or 255 when the relay, the tunnel or the login failed.")
+    s.add_argument("--set-size", action="store_true",
+                   help="after login, type `stty cols C rows R` (this terminal's size) into the remote shell once")
+    s.set_defaults(func=commands.remote, mode="ssh")
+
+    e = sub.add_parser(
+        "exec", parents=[shared, common], help="run one command on a device and exit with its status",
+        description="Run COMMAND in the device's shell (after `--`; the words are joined with spaces and the "
+                    "remote shell splits them again, as ssh does) and print its output. The exit status is the "
+                    "command's, read from a marker the shell prints after it (docs/cli.md); 255 when the relay, "
+                    "the tunnel or the login failed. Needs a POSIX shell on the device.")
+    e.add_argument("command", metavar="COMMAND", nargs="+", help="the command and its arguments, after --")
+    e.add_argument("--command-timeout", dest="timeout_command", type=_positive_float,
+                   help="give up (status 255) if the command has not finished after this many seconds")
+    e.add_argument("--crlf", action="store_true", help="keep the terminal's CRLF line ends (default: plain LF)")
+    e.set_defaults(func=commands.remote, mode="exec", set_size=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relay",
         description="Self-hostable secure-tunnel relay for IoT fleets, compatible with the Huawei "
-                    "IoTDA v5 tunnel API. Run `relay serve` to start it, `relay agent` on a device; "
-                    "`relay COMMAND --help` for details.",
+                    "IoTDA v5 tunnel API. Run `relay serve` to start it, `relay agent` on a device, "
+                    "`relay tunnel`, `relay ssh` and `relay exec` to use it; `relay COMMAND --help` for details.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
     _add_agent(sub)
+    common = _connection_options()
+    _add_tunnel(sub, common)
+    _add_remote(sub, common)
     return parser
 
 

@@ -22,6 +22,7 @@ from relay import codec
 from relay.model import Side
 
 SERVICE_SSH = "ssh"
+SERVICES = ("ssh", "tcp")  # Huawei's SSH service, and TCP forwarding (docs/forwarding.md)
 
 
 class CloseCode(enum.IntEnum):
@@ -127,7 +128,7 @@ class Pairing:
         self.ends: dict[Side, End | None] = {Side.SOURCE: None, Side.DEVICE: None}
         # One decoder per side for the tunnel's whole life: the source's request ids must be
         # unique in the tunnel, across reconnections.
-        self.decoders = {side: codec.Decoder(_CODEC_SIDE[side], max_message_size) for side in Side}
+        self.decoders = {side: codec.Decoder(_CODEC_SIDE[side], max_message_size, SERVICES) for side in Side}
 
     @property
     def empty(self) -> bool:

@@ -15,7 +15,7 @@ LAYERS = [
     {"relay.codec"},
     {"relay.protocol", "relay.store", "relay.cluster"},
     {"relay.service", "relay.notifier", "relay.presence", "relay.broker", "relay.outbox"},
-    {"relay.web", "relay.agent"},
+    {"relay.web", "relay.agent", "relay.client"},
     {"relay.cli"},
 ]
 

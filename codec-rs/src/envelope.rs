@@ -98,12 +98,21 @@ fn side_name(side: u8) -> &'static str {
     }
 }
 
+/// The `ssh` service's operations (Huawei's), then TCP forwarding's (docs/forwarding.md).
 fn allowed(side: u8, op: &str) -> bool {
-    if side == SOURCE {
-        matches!(op, "connect" | "command" | "disconnect" | "ping")
-    } else {
-        matches!(op, "connect_response" | "command_response" | "disconnect" | "ping")
+    if matches!(op, "disconnect" | "ping" | "forward_data" | "forward_ack" | "forward_close") {
+        return true;
     }
+    if side == SOURCE {
+        matches!(op, "connect" | "command" | "forward_open")
+    } else {
+        matches!(op, "connect_response" | "command_response" | "forward_open_response")
+    }
+}
+
+/// Requests that start something: their request_id must be new in the tunnel.
+fn needs_fresh_id(op: &str) -> bool {
+    matches!(op, "connect" | "command" | "forward_open")
 }
 
 /// Append a text frame whose payload is
@@ -181,7 +190,7 @@ impl Policy {
                 format!("operation_type '{op}' is not allowed from the {} side", side_name(self.side)),
             ));
         }
-        if self.side == SOURCE && (op == "connect" || op == "command") {
+        if self.side == SOURCE && needs_fresh_id(op) {
             if self.request_ids.contains(rid) {
                 return Err(Violation::new(CLOSE_REQUEST_ID_REUSED, "request_id reused"));
             }

@@ -25,10 +25,14 @@ MAX_CLOSE_REASON = 123
 MAX_CONTROL_PAYLOAD = 125
 MAX_REQUEST_ID_BYTES = 128
 
+# The `ssh` service's operations (Huawei's), then TCP forwarding's (docs/forwarding.md).
+_FORWARDING = ("forward_data", "forward_ack", "forward_close")
 _ALLOWED = {
-    SOURCE: frozenset(("connect", "command", "disconnect", "ping")),
-    DEVICE: frozenset(("connect_response", "command_response", "disconnect", "ping")),
+    SOURCE: frozenset(("connect", "command", "disconnect", "ping", "forward_open", *_FORWARDING)),
+    DEVICE: frozenset(("connect_response", "command_response", "disconnect", "ping", "forward_open_response", *_FORWARDING)),
 }
+# Requests that start something: their request_id must be new in the tunnel.
+_FRESH_ID_OPS = frozenset(("connect", "command", "forward_open"))
 _SIDE_NAME = {SOURCE: "source", DEVICE: "device"}
 _NOT_CONNECTED = {SOURCE: "device is not connected", DEVICE: "source is not connected"}
 
@@ -307,7 +311,7 @@ class Decoder:
             return 4400, "request_id must be 1 to 128 bytes"
         if op not in _ALLOWED[self._side]:
             return 4403, f"operation_type '{op}' is not allowed from the {_SIDE_NAME[self._side]} side"
-        if self._side == SOURCE and op in ("connect", "command"):
+        if self._side == SOURCE and op in _FRESH_ID_OPS:
             if rid in self._ids:
                 return 4409, "request_id reused"
             self._remember(rid)

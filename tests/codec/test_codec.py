@@ -571,3 +571,34 @@ def test_depth_limit_is_1024(codec: ModuleType) -> None:
 def test_document_boundaries(codec: ModuleType, doc: bytes, ok: bool) -> None:
     reason = "operation_type must be a string" if ok else "invalid JSON"
     assert make(codec).feed(frame(doc))[2] == (4400, reason)
+
+
+# ---------------------------------------------------------------- TCP forwarding operations
+
+@pytest.mark.parametrize("side_name, allowed, refused", [
+    ("SOURCE", ["forward_open", "forward_data", "forward_ack", "forward_close"], ["forward_open_response"]),
+    ("DEVICE", ["forward_open_response", "forward_data", "forward_ack", "forward_close"], ["forward_open"]),
+])
+def test_forwarding_operations_by_side(codec: ModuleType, side_name: str, allowed: list, refused: list) -> None:
+    side = getattr(codec, side_name)
+    for i, op in enumerate(allowed):
+        d = make(codec, side, services=("ssh", "tcp"))
+        msg = envelope(op, f"c{i}", service="tcp")
+        assert d.feed(frame(msg)) == (server_text(msg), b"", None)
+    for op in refused:
+        d = make(codec, side, services=("ssh", "tcp"))
+        assert close_code(d.feed(frame(envelope(op, "x", service="tcp")))) == 4403
+
+
+def test_forward_open_needs_a_fresh_connection_id_but_data_reuses_it(codec: ModuleType) -> None:
+    d = make(codec, codec.SOURCE, services=("ssh", "tcp"))
+    stream = b"".join(frame(envelope(op, "conn-1", service="tcp"))
+                      for op in ("forward_open", "forward_data", "forward_data", "forward_ack", "forward_close"))
+    to_peer, _, close = d.feed(stream)
+    assert close is None and d.messages == 5
+    assert close_code(d.feed(frame(envelope("forward_open", "conn-1", service="tcp")))) == 4409
+
+
+def test_tcp_service_only_when_enabled(codec: ModuleType) -> None:
+    d = make(codec, codec.SOURCE)
+    assert close_code(d.feed(frame(envelope("forward_open", "c", service="tcp")))) == 4400

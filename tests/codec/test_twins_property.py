@@ -22,7 +22,8 @@ RS = relay.codec.rust_impl
 # CODEC_PROPERTY_EXAMPLES=5000 for a longer soak
 SETTINGS = settings(max_examples=int(os.environ.get("CODEC_PROPERTY_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-OPS = ["connect", "command", "disconnect", "ping", "connect_response", "command_response", "pong", "bogus", ""]
+OPS = ["connect", "command", "disconnect", "ping", "connect_response", "command_response", "forward_open",
+       "forward_open_response", "forward_data", "forward_ack", "forward_close", "pong", "bogus", ""]
 SERVICES = ["ssh", "rdp", "s\\sh", "ssh\x00"]
 
 # ---------------------------------------------------------------- strategies
@@ -62,7 +63,7 @@ def envelopes(draw: st.DrawFn) -> bytes:
     if draw(st.sampled_from([True] * 3 + [False] * 2)):  # well-formed envelope, valid or not for the side
         for key in keys:
             if key == "operation_type":
-                doc[key] = draw(st.sampled_from(OPS[:6]))
+                doc[key] = draw(st.sampled_from(OPS[:11]))
             elif key == "tunnel_service_type":
                 doc[key] = "ssh"
             elif key == "request_id":

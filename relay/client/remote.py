@@ -1,0 +1,225 @@
+"""The source end's I/O: find or create the tunnel, connect its source-connect WebSocket
+(aiohttp's client), and drive a `SourceSession` with it for `relay ssh` and `relay exec`.
+The decisions are session.py's; this module only moves messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ssl as ssl_
+from collections.abc import Callable
+
+import aiohttp
+
+from relay.client.api import ApiError, ClientError, RelayApi, source_uri
+from relay.client.session import Ended, Event, ExecFraming, Output, Phase, Send, SourceSession
+from relay.client.terminal import Terminal
+
+EXIT_FAILURE = 255   # like ssh: the relay, the tunnel or the login failed, not the remote command
+
+# docs/protocol.md, "Handshake": a refused upgrade is a plain HTTP answer.
+_REFUSALS = {
+    401: "the relay refused the tunnel's source token (401): it was rotated, or it is not this tunnel's",
+    404: "the relay knows no such tunnel (404)",
+    410: "the tunnel is closed or expired (410)",
+    503: "the relay is shutting down (503): try again",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Opened:
+    tunnel_id: str
+    uri: str
+    token: str = dataclasses.field(repr=False)
+    created: bool
+
+
+async def open_tunnel(api: RelayApi, device_id: str, notice: Callable[[str], None], *,
+                      description: str | None = None, expires_in: int | None = None) -> Opened:
+    """A tunnel to `device_id` with a source token we hold: a new one, or the device's open
+    tunnel with its source token rotated (the token is only returned by create and rotate;
+    rotating it cuts off any other application connected to that tunnel)."""
+    for attempt in range(2):
+        page = await api.list_page(device_id=device_id, status="OPEN", limit=1)
+        if page.get("tunnels"):
+            tunnel_id = page["tunnels"][0]["tunnel_id"]
+            notice(f"reusing the open tunnel {tunnel_id} of {device_id} (rotating its source token)...")
+            rotated = await api.rotate(tunnel_id, "source")
+            return Opened(tunnel_id, source_uri(api.url, tunnel_id), rotated["tunnel_access_token"], created=False)
+        notice(f"creating a tunnel to {device_id}...")
+        try:
+            made = await api.create(device_id, description=description, expires_in=expires_in)
+        except ApiError as exc:
+            if exc.code == "TUNNEL.409000" and attempt == 0:
+                continue   # someone opened one between our list and our create: use it
+            raise
+        return Opened(made["tunnel_id"], made["tunnel_uri"], made["tunnel_access_token"], created=True)
+    raise ClientError(f"could not open a tunnel to {device_id}")   # pragma: no cover (two races in a row)
+
+
+async def connect(http: aiohttp.ClientSession, opened: Opened, ssl: ssl_.SSLContext | bool = True) -> aiohttp.ClientWebSocketResponse:
+    try:
+        return await http.ws_connect(opened.uri, headers={"tunnel_access_token": opened.token}, ssl=ssl,
+                                     autoping=True, autoclose=True, max_msg_size=0)
+    except aiohttp.WSServerHandshakeError as exc:
+        raise ClientError(_REFUSALS.get(exc.status, f"the relay refused the connection (HTTP {exc.status})")) from None
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        raise ClientError(f"cannot connect to {opened.uri}: {type(exc).__name__} {exc}".rstrip()) from None
+
+
+class Link:
+    """A source WebSocket and its session: incoming messages become events for `sink`."""
+
+    def __init__(self, session: SourceSession, ws: aiohttp.ClientWebSocketResponse,
+                 sink: Callable[[Event], None]) -> None:
+        self.session = session
+        self.ws = ws
+        self.sink = sink
+        self.ended = asyncio.Event()
+        self.changed = asyncio.Event()   # set at every phase change
+        self._reader: asyncio.Task[None] | None = None
+
+    async def dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Send):
+                if not self.ws.closed:
+                    with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                        await self.ws.send_str(event.payload)
+            else:
+                self.sink(event)
+            if isinstance(event, Ended):
+                self.ended.set()
+        self.changed.set()
+
+    async def __aenter__(self) -> Link:
+        await self.dispatch(self.session.start())
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.dispatch(self.session.close())
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), 5)
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await self.dispatch(self.session.received(msg.data))
+                if self.session.phase is Phase.ENDED:
+                    break
+        await self.dispatch(self.session.connection_closed(self.ws.close_code))
+
+    async def until_open(self, timeout: float) -> None:
+        """Wait for the device and the login; the session ends with a clear reason if they
+        take longer than `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.session.phase not in (Phase.OPEN, Phase.ENDED):
+            self.changed.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                reason = ("the device did not connect within {:g} s: is it online, and does it run `relay agent`?"
+                          if self.session.phase is Phase.WAITING else
+                          "the device did not answer the login within {:g} s").format(timeout)
+                await self.dispatch(self.session.give_up(reason))
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
+
+    async def type(self, data: str | bytes) -> None:
+        await self.dispatch(self.session.typed(data))
+
+
+async def interactive(http: aiohttp.ClientSession, opened: Opened, session: SourceSession, terminal: Terminal, *,
+                      wait: float, ssl: ssl_.SSLContext | bool = True, set_size: bool = False) -> int:
+    """`relay ssh`: the local terminal in raw mode, keys to the device's shell, its output back."""
+    terminal.notice("connecting to the relay...")
+    ws = await connect(http, opened, ssl)
+    ended: list[Ended] = []
+
+    def sink(event: Event) -> None:
+        if isinstance(event, Output):
+            terminal.write(event.text)
+        elif isinstance(event, Ended):
+            ended.append(event)
+        elif hasattr(event, "text"):
+            terminal.notice(event.text)   # Notice, LoggedIn
+
+    async with Link(session, ws, sink) as link:
+        await link.until_open(wait)
+        if session.phase is Phase.OPEN:
+            if set_size:
+                columns, rows = terminal.size()
+                await link.type(f" stty cols {columns} rows {rows}\n")
+            queue: asyncio.Queue[bytes] = asyncio.Queue()
+            with terminal.raw_mode(), terminal.reading(queue):
+                ended_wait = asyncio.create_task(link.ended.wait())
+                try:
+                    while not link.ended.is_set():
+                        getter = asyncio.create_task(queue.get())
+                        await asyncio.wait({getter, ended_wait}, return_when=asyncio.FIRST_COMPLETED)
+                        if not getter.done():
+                            getter.cancel()
+                            break
+                        data = getter.result()
+                        if not data:   # end of stdin: Ctrl-D, as a terminal would send it
+                            await link.type("\x04")
+                            await link.ended.wait()
+                            break
+                        await link.type(data)
+                finally:
+                    ended_wait.cancel()
+    end = ended[0] if ended else Ended("the session ended", error=False)
+    if end.error:
+        terminal.error(end.reason)
+        return EXIT_FAILURE
+    terminal.notice(end.reason)
+    return end.exit_status if end.exit_status is not None else 0
+
+
+async def execute(http: aiohttp.ClientSession, opened: Opened, session: SourceSession, terminal: Terminal,
+                  command: str, *, wait: float, ssl: ssl_.SSLContext | bool = True, timeout: float | None = None,
+                  crlf: bool = False) -> int:
+    """`relay exec`: one command, its output on stdout, its exit status as ours."""
+    framing = ExecFraming(command, crlf=crlf)
+    terminal.notice("connecting to the relay...")
+    ws = await connect(http, opened, ssl)
+    ended: list[Ended] = []
+    finished = asyncio.Event()
+
+    def sink(event: Event) -> None:
+        if isinstance(event, Output):
+            out = framing.feed(event.text)
+            if out:
+                terminal.write(out)
+            if framing.done:
+                finished.set()
+        elif isinstance(event, Ended):
+            ended.append(event)
+            if not framing.done and event.exit_status is not None:
+                rest = framing.shell_ended(event.exit_status)   # the command ran `exit N` itself
+                if rest:
+                    terminal.write(rest)
+            finished.set()
+        elif hasattr(event, "text") and not isinstance(event, Output):
+            terminal.notice(event.text)
+
+    async with Link(session, ws, sink) as link:
+        await link.until_open(wait)
+        if session.phase is Phase.OPEN:
+            await link.type(framing.line)
+            try:
+                await asyncio.wait_for(finished.wait(), timeout)
+            except asyncio.TimeoutError:
+                terminal.error(f"the command did not finish within {timeout:g} s")
+                return EXIT_FAILURE
+    if framing.exit_status is not None:
+        return framing.exit_status
+    end = ended[0] if ended else Ended("the session ended before the command finished")
+    terminal.error(end.reason if end.error else f"{end.reason}, before the command finished")
+    return EXIT_FAILURE

@@ -1,0 +1,331 @@
+"""The source (application) end of a tunnel: sans-I/O, no socket, no event loop.
+
+`SourceSession` is fed the text of each message the relay delivers, and what the user
+types; it returns events for the I/O layer to carry out in order: send a message, show
+terminal output, tell the user something, the session is over. The rules it follows are
+docs/protocol.md (the relay's) and docs/device.md (the agent's answers):
+
+1. wait for `connect_tunnel` (the device is there), then send `connect` {username, password};
+2. `connect_response` with status "200" opens the session; another status ends it;
+3. typed text goes out as `command` messages, each with a new `request_id` (the relay
+   refuses a reused one with 4409) and at most `max_message_size` bytes of JSON;
+   `command_response` data is terminal output;
+4. `disconnect` ends the session, except 499 (the device went away: wait for it to come
+   back and log in again, when `relogin` allows) and 404 (a message found no device).
+
+`ExecFraming` wraps one command for `relay exec`: it types a line that prints a begin
+marker, runs the command, prints an end marker with `$?`, and exits; and it cuts the
+terminal output down to what the command printed and its exit status.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import enum
+import re
+import secrets
+import shlex
+import uuid
+from collections.abc import Callable
+from typing import Any, Union
+
+import orjson
+
+SERVICE = "ssh"
+MAX_ESCAPED = 6   # the most bytes one character takes in JSON text ("\u001b"; UTF-8 is at most 4)
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Send:
+    payload: str   # one JSON text message
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Output:
+    text: str      # terminal output from the device
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Notice:
+    text: str      # progress or status, for people (stderr)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoggedIn:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ended:
+    """The session is over. `exit_status`: the remote shell's, when the device said it;
+    `error`: whether it ended by a failure (login refused, tunnel closed, ...)."""
+    reason: str
+    exit_status: int | None = None
+    error: bool = True
+
+
+Event = Union[Send, Output, Notice, LoggedIn, Ended]
+
+
+class Phase(str, enum.Enum):
+    WAITING = "waiting for the device"
+    LOGGING_IN = "logging in"
+    OPEN = "open"
+    ENDED = "ended"
+
+
+def message(operation_type: str, request_id: str, data: Any = None) -> str:
+    return orjson.dumps({"operation_type": operation_type, "tunnel_service_type": SERVICE,
+                         "request_id": request_id, "data": data}).decode()
+
+
+# docs/protocol.md, "Close codes": what each one means to the person at the keyboard.
+CLOSE_REASONS = {
+    1000: "the tunnel is over (closed or expired)",
+    1001: "the relay is shutting down",
+    1002: "WebSocket protocol error",
+    1003: "the relay refused a binary message",
+    1006: "the connection to the relay was lost",
+    1007: "the relay refused a message that is not UTF-8",
+    1009: "a message was over the relay's size limit",
+    4000: "another application connected to this tunnel and replaced this one",
+    4001: "the tunnel's source token was rotated",
+    4008: "the relay heard nothing from this client (heartbeat)",
+    4400: "the relay refused a malformed message",
+    4403: "the relay refused a message this end may not send",
+    4409: "the relay refused a reused request_id",
+}
+
+# docs/protocol.md, "Disconnect messages from the relay": the ones that end the connection.
+_FINAL_DISCONNECTS = {"409", "410", "408", "401", "503", "504"}
+_EXIT_STATUS = re.compile(r"exit status (\d+)")
+
+
+def describe_close(code: int | None) -> str:
+    if code is None:
+        return "the connection to the relay ended"
+    return f"{CLOSE_REASONS.get(code, 'the relay closed the connection')} (close code {code})"
+
+
+class SourceSession:
+    """One source connection's protocol state."""
+
+    def __init__(self, username: str, password: str, *, max_message_size: int = 10240,
+                 relogin: bool = True, new_id: Callable[[], str] | None = None) -> None:
+        self.username = username
+        self._password = password
+        self.max_message_size = max_message_size
+        self.relogin = relogin
+        self._new_id = new_id or (lambda: uuid.uuid4().hex)
+        self.phase = Phase.WAITING
+        self._connect_id: str | None = None
+        self._logged_in_once = False
+        self.ended: Ended | None = None
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        overhead = len(message("command", self._new_id_sample(), ""))
+        self._chunk = max(1, (max_message_size - overhead) // MAX_ESCAPED)
+
+    def _new_id_sample(self) -> str:
+        return "x" * 128   # the longest request_id, so the chunk size holds for every id
+
+    def __repr__(self) -> str:   # never the password
+        return f"SourceSession(user={self.username!r}, phase={self.phase.value})"
+
+    # -- from the relay ------------------------------------------------------------------
+
+    def start(self) -> list[Event]:
+        """The WebSocket is open."""
+        return [Notice("waiting for the device...")]
+
+    def received(self, text: str | bytes) -> list[Event]:
+        if self.phase is Phase.ENDED:
+            return []
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return []
+        if not isinstance(msg, dict):
+            return []
+        op = msg.get("operation_type")
+        data = msg.get("data")
+        if op == "connect_tunnel":
+            return self._device_here()
+        if op == "connect_response":
+            return self._connect_response(msg.get("request_id"), data)
+        if op == "command_response":
+            return [Output(data)] if isinstance(data, str) and data else []
+        if op == "disconnect":
+            return self._disconnect(data)
+        return []   # ping is the relay's business, pong needs nothing, others are not for a source
+
+    def _device_here(self) -> list[Event]:
+        if self.phase is Phase.WAITING:
+            if self._logged_in_once and not self.relogin:
+                return self._end("the device reconnected, but its SSH session was lost")
+            self.phase = Phase.LOGGING_IN
+            self._connect_id = self._new_id()
+            payload = message("connect", self._connect_id, {"username": self.username, "password": self._password})
+            return [Notice(f"the device is connected; logging in as {self.username}..."), Send(payload)]
+        return []   # a repeated connect_tunnel while logging in or open: nothing new
+
+    def _connect_response(self, request_id: Any, data: Any) -> list[Event]:
+        if self.phase is not Phase.LOGGING_IN or request_id != self._connect_id:
+            return []
+        code, text = _status(data)
+        if code == "200":
+            self.phase = Phase.OPEN
+            self._logged_in_once = True
+            return [LoggedIn(text or "logged in")]
+        return self._end(f"login failed ({code or 'no status'}): {text or 'the device gave no reason'}")
+
+    def _disconnect(self, data: Any) -> list[Event]:
+        code, text = _status(data)
+        if code == "499":   # the device went away; the relay keeps us connected and waits
+            if self.phase is Phase.WAITING:
+                return []
+            self.phase = Phase.WAITING
+            return [Notice(f"{text or 'the device disconnected'}; waiting for it to come back...")]
+        if code == "404":   # something we sent found no device: it is not there (yet)
+            if self.phase is Phase.OPEN and not self.relogin:
+                return self._end("the device is not connected")
+            self.phase = Phase.WAITING
+            return [Notice("the device is not connected; waiting for it...")]
+        if code == "200":   # the agent: the shell ended by itself
+            found = _EXIT_STATUS.search(text)
+            return self._end(text or "the SSH session ended", int(found.group(1)) if found else None, error=False)
+        where = "the relay" if code in _FINAL_DISCONNECTS else "the device"
+        return self._end(f"{where} ended the session ({code or 'no status'}): {text or 'no reason given'}")
+
+    def connection_closed(self, code: int | None) -> list[Event]:
+        """The WebSocket ended (close frame `code`, or None when the network dropped)."""
+        return self._end(describe_close(code))
+
+    def give_up(self, reason: str) -> list[Event]:
+        """The I/O layer stops waiting (the device did not come in time, ...)."""
+        return self._end(reason)
+
+    def _end(self, reason: str, exit_status: int | None = None, error: bool = True) -> list[Event]:
+        if self.phase is Phase.ENDED:
+            return []
+        self.phase = Phase.ENDED
+        self.ended = Ended(reason, exit_status, error)
+        return [self.ended]
+
+    # -- from the user -------------------------------------------------------------------
+
+    def typed(self, data: str | bytes) -> list[Event]:
+        """What the user typed (bytes from a raw terminal, or text): `command` messages."""
+        text = self._decoder.decode(data) if isinstance(data, bytes) else data
+        if not text or self.phase is not Phase.OPEN:
+            return []   # nothing is sent while there is no shell (the device would refuse it)
+        return [Send(message("command", self._new_id(), text[i:i + self._chunk]))
+                for i in range(0, len(text), self._chunk)]
+
+    def close(self, reason: str = "the user left") -> list[Event]:
+        """The user is leaving: end the device's SSH session if one is open."""
+        events: list[Event] = []
+        if self.phase in (Phase.OPEN, Phase.LOGGING_IN):
+            events.append(Send(message("disconnect", self._new_id(), {"status_code": "200", "status_msg": reason})))
+        events += self._end(reason, error=False)
+        return events
+
+
+def _status(data: Any) -> tuple[str, str]:
+    if not isinstance(data, dict):
+        return "", ""
+    code = data.get("status_code")
+    text = data.get("status_msg")
+    return (str(code) if isinstance(code, (str, int)) else "",
+            " ".join(str(text).split()) if isinstance(text, str) else "")
+
+
+# -- relay exec ----------------------------------------------------------------------------
+
+
+class ExecFraming:
+    """One command typed into the device's shell, and its output cut out of the terminal's.
+
+    The line typed is, for a nonce N and the command C::
+
+        stty -echo; printf '__RELAY_%s_BEGIN__\\n' N; (eval 'C'); printf '__RELAY_%s_END:%d__\\n' N $?; exit
+
+    The terminal echoes the line as typed, but the echo holds `%s` and N apart, so only the
+    printf output forms a marker. Everything before the begin marker (banner, prompt,
+    echo) is dropped; what follows it up to the end marker is the command's output; the
+    end marker carries the exit status. `eval` keeps a syntax error in C inside the
+    command (status 2) instead of leaving the shell waiting for more lines; the subshell
+    keeps an `exit 3` in C from ending the login shell before the end marker (and from
+    its "logout"). Should the shell end anyway (killed), the agent's `disconnect` says
+    "exit status N", which the caller passes to `shell_ended`. Output comes with the terminal's
+    CRLF line ends; `crlf=False` gives plain LF, as a non-terminal `ssh host cmd` would.
+    """
+
+    def __init__(self, command: str, *, nonce: str | None = None, crlf: bool = False) -> None:
+        self.nonce = nonce or secrets.token_hex(8)
+        self.command = command
+        self.crlf = crlf
+        self._begin = f"__RELAY_{self.nonce}_BEGIN__"
+        self._end_head = f"__RELAY_{self.nonce}_END:"
+        self._end = re.compile(rf"__RELAY_{self.nonce}_END:(\d+)__(\r?\n)?")
+        self._buffer = ""
+        self.begun = False
+        self.done = False
+        self.exit_status: int | None = None
+
+    @property
+    def line(self) -> str:
+        n = self.nonce
+        return (f" stty -echo 2>/dev/null; printf '__RELAY_%s_BEGIN__\\n' {n}; (eval {shlex.quote(self.command)}); "
+                f"printf '__RELAY_%s_END:%d__\\n' {n} $?; exit\n")
+
+    def feed(self, text: str) -> str:
+        """Terminal output in; the part of it that is the command's output out."""
+        if self.done:
+            return ""
+        self._buffer += text
+        if not self.begun:
+            at = self._buffer.find(self._begin)
+            if at < 0:
+                keep = len(self._begin) + 2
+                self._buffer = self._buffer[-keep:]   # a marker may be split across messages
+                return ""
+            rest = self._buffer[at + len(self._begin):]
+            if rest in ("", "\r"):
+                return ""   # wait for the line end after the marker
+            self.begun = True
+            self._buffer = rest[2:] if rest.startswith("\r\n") else rest[1:] if rest.startswith("\n") else rest
+        found = self._end.search(self._buffer)
+        if found:
+            self.done = True
+            self.exit_status = int(found.group(1))
+            out, self._buffer = self._buffer[:found.start()], ""
+            return self._clean(out)
+        hold = self._partial_end(self._buffer)
+        out, self._buffer = self._buffer[:hold], self._buffer[hold:]
+        if out.endswith("\r"):   # its "\n" may be in the next message
+            out, self._buffer = out[:-1], "\r" + self._buffer
+        return self._clean(out)
+
+    def _partial_end(self, text: str) -> int:
+        """Where a suffix of `text` that may grow into the end marker starts (len(text): none)."""
+        for at in range(max(0, len(text) - len(self._end_head) - 16), len(text)):
+            tail = text[at:]
+            if self._end_head.startswith(tail) or (
+                    tail.startswith(self._end_head) and re.fullmatch(r"\d*_?", tail[len(self._end_head):])):
+                return at
+        return len(text)
+
+    def shell_ended(self, exit_status: int | None) -> str:
+        """The shell ended before the end marker (the command ran `exit`): the rest."""
+        if not self.done:
+            self.done = True
+            self.exit_status = exit_status
+        out, self._buffer = (self._buffer if self.begun else ""), ""
+        return self._clean(out)
+
+    def _clean(self, text: str) -> str:
+        return text if self.crlf else text.replace("\r\n", "\n")
