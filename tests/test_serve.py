@@ -113,7 +113,7 @@ def test_defaults_generate_a_token_and_say_how_to_use_it(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "serve", "--port", str(port)], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        lines = [proc.stdout.readline() for _ in range(3)]
+        lines = [proc.stdout.readline() for _ in range(6)]
         assert lines[0].strip() == f"relay listening on http://127.0.0.1:{port}"
         token_file = tmp_path / "var" / "api-tokens.txt"
         assert str(token_file) in "".join(lines)

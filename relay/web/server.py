@@ -106,7 +106,10 @@ def _listen(host: str, port: int) -> socket.socket:
 def _banner(settings: Settings, token_file: str | None) -> None:
     base = settings.base_url
     project = settings.api_keys[0].project_id if settings.api_keys else "PROJECT"
-    lines = [f"relay listening on {base}", f"  OpenAPI document: {base}/openapi.json"]
+    lines = [f"relay listening on {base}", f"  OpenAPI document: {base}/openapi.json",
+             f"  web console: {base}/console"]
+    if settings.mqtt_url:
+        lines.append(f"  devices: MQTT broker {settings.mqtt_url}; run `relay agent --help` on a device (docs/device.md)")
     if token_file:
         lines += [
             f"  API token (project '{project}'): stored in {token_file}",
