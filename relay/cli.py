@@ -82,6 +82,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="tunnels (open or closed, not deleted) a project may hold")
     p.add_argument("--max-message-size", type=_positive_int, default=int(e("max_message_size", str(d.max_message_size))),
                    help="largest WebSocket message relayed, in bytes")
+    p.add_argument("--max-connections-per-address", type=int,
+                   default=int(e("max_connections_per_address", str(d.max_connections_per_address))),
+                   help="tunnel WebSocket connections one client IP address may hold at once (0: no limit; "
+                        "behind a load balancer every client shares its address, so leave it off there)")
     p.add_argument("--sweep-interval", type=_positive_float, default=float(e("sweep_interval", str(d.sweep_interval))),
                    help="seconds between expiry and retention sweeps")
     p.add_argument("--heartbeat-interval", type=_positive_float,
@@ -197,7 +201,7 @@ def _agent(args: argparse.Namespace) -> int:
         mqtt_client_id=args.mqtt_client_id or "", mqtt_ca_file=args.mqtt_ca_file or None,
         ssh_host=args.ssh_host, ssh_port=args.ssh_port, ssh_known_hosts=args.ssh_known_hosts or None,
         tls_ca_file=args.tls_ca_file or None, tls_insecure=args.tls_insecure,
-        max_message_size=args.max_message_size, heartbeat=args.heartbeat,
+        max_message_size=args.max_message_size, max_connections_per_address=max(0, args.max_connections_per_address), heartbeat=args.heartbeat,
     )
     logs.setup(args.log_level, args.log_format)
     return asyncio.run(run(settings))

@@ -39,6 +39,7 @@ class Settings:
     max_tunnels_per_project: int = 1000
     max_body_bytes: int = 64 * 1024
     max_message_size: int = 10240
+    max_connections_per_address: int = 0  # tunnel WebSockets one client address may hold; 0: no limit
     sweep_interval: float = 1.0           # how often expiry and retention are enforced
     heartbeat_interval: float = 20.0      # WebSocket ping period; a peer silent for two is dropped
     handshake_timeout: float = 10.0

@@ -97,7 +97,7 @@ class TunnelConnection(End):
     """One upgraded WebSocket connection, one side of one tunnel."""
 
     __slots__ = ("side", "hub", "pairing", "transport", "decoder", "peer", "closing", "done",
-                 "heard", "pinged", "timer", "own_full", "peer_full", "token_hash", "claim")
+                 "heard", "pinged", "timer", "own_full", "peer_full", "token_hash", "claim", "address")
 
     def __init__(self, side: Side, hub: Hub, pairing: Pairing, transport: asyncio.Transport, token_hash: str) -> None:
         self.side = side
@@ -115,6 +115,7 @@ class TunnelConnection(End):
         self.peer_full = False
         self.token_hash = token_hash          # to notice a rotation made on another replica
         self.claim: asyncio.Task[int] | None = None   # the cluster lease; its result is our epoch
+        self.address: str = ""                         # the client's IP, for the per-address limit
 
     # -- the hot path --------------------------------------------------------------------
 
@@ -170,6 +171,7 @@ class TunnelConnection(End):
             self.timer.cancel()
         self.hub.detach(self)
         self.hub.release(self)
+        self.hub.forget_address(self.address)
         if not self.done.done():
             self.done.set_result(None)
         log.info("disconnected", extra={"tunnel_id": self.pairing.tunnel_id, "side": self.side.value})
@@ -231,6 +233,7 @@ class Hub:
         self.accepting = True
         self.bridges: Bridges | None = None   # set when the relay runs as one of several replicas
         self.counters = Counters()
+        self.per_address: dict[str, int] = {}
         self._tasks: set[asyncio.Task] = set()
 
     def spawn(self, coro) -> asyncio.Task:  # type: ignore[no-untyped-def]
@@ -301,6 +304,23 @@ class Hub:
             for side, decoder in pairing.decoders.items():
                 self.counters.retired_messages[side.value] += decoder.messages
                 self.counters.retired_bytes[side.value] += decoder.bytes
+
+    def check_address(self, address: str) -> None:
+        """Refuse a new connection from an address that holds the most allowed."""
+        limit = self.settings.max_connections_per_address
+        held = self.per_address.get(address, 0)
+        if limit and held >= limit:
+            raise errors.TooManyConnections(f"this address already holds {held} tunnel connections, the most allowed")
+
+    def count_address(self, address: str) -> None:
+        self.per_address[address] = self.per_address.get(address, 0) + 1
+
+    def forget_address(self, address: str) -> None:
+        held = self.per_address.get(address, 0)
+        if held <= 1:
+            self.per_address.pop(address, None)
+        else:
+            self.per_address[address] = held - 1
 
     def end_connection(self, conn: TunnelConnection, reason) -> None:  # type: ignore[no-untyped-def]
         if conn.pairing.ends[conn.side] is conn:
@@ -437,6 +457,8 @@ async def _connect(request: web.Request, side: Side) -> web.StreamResponse:
             "send the tunnel's access token in the tunnel_access_token header (or Authorization: Bearer)")
     if not _TOKEN_RE.match(token):
         raise errors.Unauthenticated("the access token must be 1-256 printable characters")
+    address = request.remote or ""
+    hub.check_address(address)
     await hub.service.authenticate_socket(tunnel_id, side, token)
 
     response = _UpgradeResponse(status=101, headers={
@@ -448,9 +470,11 @@ async def _connect(request: web.Request, side: Side) -> web.StreamResponse:
 
     if request.transport is None or request.transport.is_closing():
         return response
+    hub.count_address(address)
     pairing = hub.pairing_for(tunnel_id)
     conn, early = take_over(request, lambda t: TunnelConnection(side, hub, pairing, t, hash_token(token)))
     assert isinstance(conn, TunnelConnection)
+    conn.address = address
     conn.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
     hub.attach(conn)
     log.info("connected", extra={"tunnel_id": tunnel_id, "side": side.value})

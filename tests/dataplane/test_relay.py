@@ -466,3 +466,23 @@ async def test_aiohttp_lets_go_of_upgraded_connections(relay, tunnel):
     # and the pair still works
     await source.send_str(message("command", "c1", "x"))
     assert orjson.loads((await device.receive(timeout=5)).data)["data"] == "x"
+
+
+async def test_connections_per_address_can_be_limited(relay_factory, tunnel_factory):
+    relay = await relay_factory(max_connections_per_address=3)
+    first = await tunnel_factory("dev-a", relay_=relay)
+    second = await tunnel_factory("dev-b", relay_=relay)
+    await first.pair()
+    extra = await second.connect("device")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await second.connect("source")
+    assert err.value.status == 429
+    await extra.close()  # a connection that goes frees its place
+    for _ in range(50):
+        hub = relay.client.server.app[__import__("relay.web.sockets", fromlist=["HUB"]).HUB]
+        if sum(hub.per_address.values()) == 2:
+            break
+        await asyncio.sleep(0.02)
+    source = await second.connect("source")
+    await source.send_str(message("ping", "p"))
+    assert (await receive_json(source))["operation_type"] == "pong"
