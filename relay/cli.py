@@ -201,7 +201,7 @@ def _agent(args: argparse.Namespace) -> int:
         mqtt_client_id=args.mqtt_client_id or "", mqtt_ca_file=args.mqtt_ca_file or None,
         ssh_host=args.ssh_host, ssh_port=args.ssh_port, ssh_known_hosts=args.ssh_known_hosts or None,
         tls_ca_file=args.tls_ca_file or None, tls_insecure=args.tls_insecure,
-        max_message_size=args.max_message_size, max_connections_per_address=max(0, args.max_connections_per_address), heartbeat=args.heartbeat,
+        max_message_size=args.max_message_size, heartbeat=args.heartbeat,
     )
     logs.setup(args.log_level, args.log_format)
     return asyncio.run(run(settings))
@@ -231,6 +231,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
         default_lifetime=args.default_lifetime, min_lifetime=min(args.min_lifetime, args.default_lifetime),
         closed_retention=args.closed_retention, max_tunnels_per_project=args.max_tunnels_per_project,
         max_message_size=args.max_message_size, sweep_interval=args.sweep_interval,
+        max_connections_per_address=max(0, args.max_connections_per_address),
         heartbeat_interval=args.heartbeat_interval, handshake_timeout=args.handshake_timeout, expose_device_token=not args.hide_device_token,
         log_level=args.log_level, tls_cert=args.tls_cert or None, tls_key=args.tls_key or None,
         store_url=args.store_url, replica_id=args.replica_id, internal_port=args.internal_port,
