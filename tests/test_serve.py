@@ -234,3 +234,25 @@ def test_a_stalled_request_is_cut_off(tmp_path):
         assert status == 200
     finally:
         relay.stop()
+
+
+@pytest.mark.parametrize("command", ["agent", "tunnel", "ssh", "exec"])
+def test_every_command_explains_itself(command):
+    proc = subprocess.run([sys.executable, "-m", "relay.cli", command, "--help"], env=clean_env(),
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 0 and "usage: relay " + command in proc.stdout
+
+
+def test_agent_starts_from_the_command_line_and_stops_on_sigterm(tmp_path):
+    """The agent's options are wired: it starts (no broker reachable, it keeps retrying) and stops cleanly."""
+    proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "agent", "--device-id", "dev-1",
+                             "--mqtt-url", f"mqtt://127.0.0.1:{unused_port()}"], cwd=tmp_path, env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode in (0, 130, -signal.SIGTERM), err
+    assert "Traceback" not in err
