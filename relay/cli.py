@@ -39,6 +39,19 @@ def _port(text: str) -> int:
     return value
 
 
+def _port_list(text: str) -> tuple[int, ...]:
+    """`22,8080` (or `none`/empty: no ports)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    ports = []
+    for part in text.split(","):
+        port = _port(part.strip())
+        if port == 0:
+            raise argparse.ArgumentTypeError("port 0 cannot be forwarded")
+        ports.append(port)
+    return tuple(dict.fromkeys(ports))
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -174,6 +187,11 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ssh-known-hosts", default=e("ssh_known_hosts"),
                    help="known_hosts file to check the SSH server's host key against; by default it is not "
                         "checked (the server is the device's own, on loopback)")
+    p.add_argument("--forward-ports", type=_port_list, default=e("forward_ports", "22"),
+                   help="TCP forwarding (docs/forwarding.md): the device ports a tunnel's source may connect "
+                        "to, comma-separated ('none': no forwarding)")
+    p.add_argument("--forward-host", default=e("forward_host", ""),
+                   help="the host the forwarded ports are on (default: --ssh-host)")
     p.add_argument("--tls-ca-file", default=e("tls_ca_file"), help="CA bundle to verify a wss:// relay")
     p.add_argument("--tls-insecure", action="store_true", default=e("tls_insecure", "") in ("1", "true", "yes"),
                    help="do not verify the relay's TLS certificate (Huawei's device SDK does not either)")
@@ -200,6 +218,7 @@ def _agent(args: argparse.Namespace) -> int:
         mqtt_password=args.mqtt_password or config.env("agent_mqtt_password") or None,
         mqtt_client_id=args.mqtt_client_id or "", mqtt_ca_file=args.mqtt_ca_file or None,
         ssh_host=args.ssh_host, ssh_port=args.ssh_port, ssh_known_hosts=args.ssh_known_hosts or None,
+        forward_ports=args.forward_ports, forward_host=args.forward_host or "",
         tls_ca_file=args.tls_ca_file or None, tls_insecure=args.tls_insecure,
         max_message_size=args.max_message_size, heartbeat=args.heartbeat,
     )
@@ -396,12 +415,39 @@ def _add_remote(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     e.set_defaults(func=commands.remote, mode="exec", set_size=False)
 
 
+def _add_forward(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from relay.client.forward import forward_command
+
+    f = sub.add_parser(
+        "forward", parents=[common], help="forward a local TCP port to a port on a device, through a tunnel",
+        description="Open (or reuse) the device's tunnel, wait for the device, then listen on --listen; every "
+                    "local TCP connection is forwarded to --port on the device (the agent's --forward-ports "
+                    "allow-list decides which ports may be reached). Several connections at once, each "
+                    "independent, with flow control (docs/forwarding.md). Runs until Ctrl-C; the tunnel is "
+                    "closed on exit unless --keep. Example: relay forward my-device --listen 127.0.0.1:2222 "
+                    "--port 22, then ssh -p 2222 pi@127.0.0.1.")
+    f.add_argument("device_id", metavar="DEVICE_ID", nargs="?", help="the device (not needed with --tunnel)")
+    f.add_argument("--listen", default="127.0.0.1:2222",
+                   help="local HOST:PORT to listen on (default 127.0.0.1:2222; port 0: any free port, printed)")
+    f.add_argument("--port", type=_port, default=22, help="the port on the device (default 22)")
+    f.add_argument("--tunnel", metavar="TUNNEL_ID",
+                   help="use this tunnel (its source token is rotated, unless --source-token-stdin gives it)")
+    f.add_argument("--source-token-stdin", action="store_true",
+                   help="read the tunnel's source token from the first line of standard input (with --tunnel)")
+    f.add_argument("--keep", action="store_true", help="leave the tunnel open on exit (it is closed otherwise)")
+    f.add_argument("--wait", type=_positive_float, default=60.0,
+                   help="seconds to wait for the device to connect, and for it to answer each connection (default 60)")
+    f.add_argument("--expires-in", type=_positive_int, help="lifetime of a new tunnel, in seconds")
+    f.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr (errors still)")
+    f.set_defaults(func=forward_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relay",
         description="Self-hostable secure-tunnel relay for IoT fleets, compatible with the Huawei "
                     "IoTDA v5 tunnel API. Run `relay serve` to start it, `relay agent` on a device, "
-                    "`relay tunnel`, `relay ssh` and `relay exec` to use it; `relay COMMAND --help` for details.",
+                    "`relay tunnel`, `relay ssh`, `relay exec` and `relay forward` to use it; `relay COMMAND --help` for details.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
@@ -409,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _connection_options()
     _add_tunnel(sub, common)
     _add_remote(sub, common)
+    _add_forward(sub, common)
     return parser
 
 

@@ -14,7 +14,7 @@ LAYERS = [
     {"relay.errors", "relay.config", "relay.clock", "relay.tokens", "relay.model", "relay.logs"},
     {"relay.codec"},
     {"relay.protocol", "relay.store", "relay.cluster"},
-    {"relay.service", "relay.notifier", "relay.presence", "relay.broker", "relay.outbox"},
+    {"relay.service", "relay.forward", "relay.notifier", "relay.presence", "relay.broker", "relay.outbox"},
     {"relay.web", "relay.agent", "relay.client"},
     {"relay.cli"},
 ]

@@ -17,6 +17,8 @@ class AgentSettings:
     ssh_port: int = 22
     ssh_known_hosts: str | None = None      # None: the host key is not checked (loopback by default)
     ssh_timeout: float = 15.0
+    forward_ports: tuple[int, ...] = (22,)  # TCP forwarding (docs/forwarding.md): the ports a source may reach
+    forward_host: str = ""                  # where they are; empty: ssh_host
     tls_ca_file: str | None = None          # to verify a wss:// relay; the system's CAs otherwise
     tls_insecure: bool = False              # do not verify the relay's certificate (Huawei's SDK does not)
     max_message_size: int = 10240

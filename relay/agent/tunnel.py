@@ -10,6 +10,8 @@ import ssl
 
 import aiohttp
 
+from relay import forward
+from relay.agent.forwarding import ForwardHost
 from relay.agent.session import (Backoff, CloseShell, DeviceSession, Effect, Next, OpenShell,
                                  ReconnectPolicy, Send, WriteShell)
 from relay.agent.settings import AgentSettings
@@ -33,6 +35,7 @@ class TunnelClient:
         self._backoff = Backoff(settings.reconnect_initial, settings.reconnect_max)
         self._shell: Shell | None = None
         self._pump: asyncio.Task[None] | None = None
+        self.forwards: ForwardHost | None = None   # the current connection's forwarded TCP connections
         self.outcome: str | None = None   # why run() returned, for logs and tests
 
     def extra(self) -> dict[str, str]:
@@ -122,16 +125,27 @@ class TunnelClient:
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> int | None:
         session = DeviceSession(self.settings.max_message_size)
+        forwards = ForwardHost(self.settings, ws.send_str, self.extra())
+        self.forwards = forwards
         try:
             while True:
                 msg = await ws.receive()
                 if msg.type is aiohttp.WSMsgType.TEXT:
+                    # The `tcp` service goes to the forwarding host; `ssh` to the session as before.
+                    # The relay's own `disconnect` (499: the source left) concerns both.
+                    parsed = forward.parse(msg.data)
+                    if parsed is not None and parsed.service == forward.SERVICE:
+                        await forwards.received(parsed)
+                        continue
+                    if parsed is not None and parsed.op == "disconnect":
+                        await forwards.relay_disconnect(parsed)
                     await self._apply(session, ws, session.received(msg.data))
                 elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
                                   aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                     break
                 # binary frames are not part of the protocol; the relay never sends them
         finally:
+            await forwards.close("the tunnel's WebSocket ended")
             await self._apply(session, ws, session.connection_lost())
             await self._close_shell()
         return ws.close_code

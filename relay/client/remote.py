@@ -45,8 +45,7 @@ async def open_tunnel(api: RelayApi, device_id: str, notice: Callable[[str], Non
         if page.get("tunnels"):
             tunnel_id = page["tunnels"][0]["tunnel_id"]
             notice(f"reusing the open tunnel {tunnel_id} of {device_id} (rotating its source token)...")
-            rotated = await api.rotate(tunnel_id, "source")
-            return Opened(tunnel_id, source_uri(api.url, tunnel_id), rotated["tunnel_access_token"], created=False)
+            return await take_over(api, tunnel_id)
         notice(f"creating a tunnel to {device_id}...")
         try:
             made = await api.create(device_id, description=description, expires_in=expires_in)
@@ -56,6 +55,13 @@ async def open_tunnel(api: RelayApi, device_id: str, notice: Callable[[str], Non
             raise
         return Opened(made["tunnel_id"], made["tunnel_uri"], made["tunnel_access_token"], created=True)
     raise ClientError(f"could not open a tunnel to {device_id}")   # pragma: no cover (two races in a row)
+
+
+async def take_over(api: RelayApi, tunnel_id: str) -> Opened:
+    """An existing tunnel, with a new source token (which cuts off the application that
+    held the old one): the source token is only returned by create and rotate."""
+    rotated = await api.rotate(tunnel_id, "source")
+    return Opened(tunnel_id, source_uri(api.url, tunnel_id), rotated["tunnel_access_token"], created=False)
 
 
 async def connect(http: aiohttp.ClientSession, opened: Opened, ssl: ssl_.SSLContext | bool = True) -> aiohttp.ClientWebSocketResponse:

@@ -1,0 +1,348 @@
+"""`relay forward`: TCP port forwarding through a tunnel, the source end (docs/forwarding.md).
+
+It acquires the tunnel as `relay ssh` does (relay/client/remote.py), connects the source
+end, waits for `connect_tunnel`, then listens on a local address; every accepted TCP
+connection becomes a forwarded connection (`forward_open` to the device's port, then a
+`Pipe` of relay/forward.py). Connections are independent: one ending does not touch the
+others. When the device goes away (499) or the WebSocket ends, the open connections are
+aborted with a line on stderr; the listener stays, and new connections wait for the device
+(a lost WebSocket is reconnected with growing delays)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import ssl as ssl_
+import sys
+from collections.abc import Callable
+
+import aiohttp
+
+from relay import forward
+from relay.client.api import ClientError, RelayApi, source_uri, ssl_context
+from relay.client.remote import EXIT_FAILURE, Opened, connect, open_tunnel, take_over
+from relay.client.session import describe_close
+from relay.client.terminal import Terminal
+from relay.errors import ConfigError
+
+# docs/protocol.md: the relay's disconnects that end the connection, and the close codes
+# after which reconnecting makes sense (the relay restarting, the network).
+_FINAL_DISCONNECTS = {"409", "410", "408", "401", "503", "504"}
+_RECONNECT_CODES = {None, 1001, 1006, 1011, 1012, 1013, 1014, 4008}
+MAX_RECONNECTS = 10
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[IPv6]:PORT` or `PORT` (on 127.0.0.1)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"--listen {text!r}: expected HOST:PORT") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"--listen {text!r}: port outside 0-65535")
+    return host, number
+
+
+class Forwarder:
+    """The source end of forwarding for one tunnel: one local listener, one WebSocket at a time."""
+
+    def __init__(self, http: aiohttp.ClientSession, opened: Opened, *, port: int, listen: tuple[str, int],
+                 wait: float, ssl: ssl_.SSLContext | bool, notice: Callable[[str], None],
+                 error: Callable[[str], None], announce: Callable[[str], None]) -> None:
+        self.http = http
+        self.opened = opened
+        self.port = port
+        self.listen = listen
+        self.wait = wait
+        self.ssl = ssl
+        self.notice, self.error, self.announce = notice, error, announce
+        self.pipes = forward.Pipes()
+        self.device_ready = asyncio.Event()
+        self.address: tuple[str, int] | None = None   # where it listens, once it does
+        self.listening = asyncio.Event()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._responses: dict[str, asyncio.Future[tuple[str, str]]] = {}
+        self._final: str | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def send(self, payload: str) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise ConnectionResetError("the tunnel's WebSocket is not connected")
+        await ws.send_str(payload)
+
+    # -- the WebSocket, reconnected -------------------------------------------------------
+
+    async def run(self) -> int:
+        server: asyncio.Server | None = None
+        delay, attempts = 1.0, 0
+        try:
+            while True:
+                try:
+                    self._ws = await connect(self.http, self.opened, self.ssl)
+                except ClientError as exc:
+                    if server is None or attempts >= MAX_RECONNECTS or not _retryable(exc):
+                        raise
+                    attempts += 1
+                    self.error(f"{exc}; retrying in {delay:g} s")
+                    await asyncio.sleep(delay)
+                    delay = min(30.0, delay * 2)
+                    continue
+                self.notice("waiting for the device...")
+                reader = asyncio.create_task(self._read(self._ws))
+                if server is None:
+                    ready = asyncio.create_task(self.device_ready.wait())
+                    await asyncio.wait({reader, ready}, timeout=self.wait, return_when=asyncio.FIRST_COMPLETED)
+                    ready.cancel()
+                    if not self.device_ready.is_set():
+                        reader.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await reader
+                        self.error(self._final or f"the device did not connect within {self.wait:g} s: "
+                                   "is it online, and does it run `relay agent`?")
+                        return EXIT_FAILURE
+                    server = await asyncio.start_server(self._accept, self.listen[0], self.listen[1])
+                    host, port = server.sockets[0].getsockname()[:2]
+                    self.address = (host, port)
+                    self.listening.set()
+                    self.announce(f"forwarding {_hostport(host, port)} -> device port {self.port}")
+                code = await reader
+                started_ok = self.device_ready.is_set()
+                self.device_ready.clear()
+                n = await self.pipes.abort_all("the tunnel's WebSocket ended")
+                if n:
+                    self.error(f"the connection to the relay ended: aborted {n} forwarded connection(s)")
+                if self._final is not None:
+                    self.error(self._final)
+                    return EXIT_FAILURE
+                if code not in _RECONNECT_CODES:
+                    self.error(f"the relay ended the session: {describe_close(code)}")
+                    return EXIT_FAILURE
+                if started_ok:
+                    delay, attempts = 1.0, 0
+                attempts += 1
+                if attempts > MAX_RECONNECTS:
+                    self.error(f"{describe_close(code)}; giving up after {MAX_RECONNECTS} attempts")
+                    return EXIT_FAILURE
+                self.error(f"{describe_close(code)}; reconnecting in {delay:g} s")
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
+        finally:
+            if server is not None:
+                server.close()
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        """Stopping: tell the device about every open connection, then end them."""
+        for pipe in list(self.pipes.by_id.values()):
+            await pipe.abort("relay forward stopped")
+        for task in list(self._handlers):
+            task.cancel()
+        for task in list(self._handlers):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.pipes.abort_all("relay forward stopped")
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 5)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> int | None:
+        async for frame in ws:
+            if frame.type != aiohttp.WSMsgType.TEXT:
+                continue
+            msg = forward.parse(frame.data)
+            if msg is None:
+                continue
+            if msg.op == "connect_tunnel":
+                if not self.device_ready.is_set():
+                    self.device_ready.set()
+                    self.notice("the device is connected")
+            elif msg.op == forward.OPEN_RESPONSE:
+                future = self._responses.pop(msg.conn_id, None)
+                if future is not None and not future.done():
+                    future.set_result(forward.status_of(msg.data))
+            elif msg.op in (forward.DATA, forward.ACK, forward.CLOSE):
+                await self.pipes.route(msg)   # a late message for a finished connection: nothing to do
+            elif msg.op == "disconnect":
+                if await self._disconnect(msg):
+                    break
+        return ws.close_code
+
+    async def _disconnect(self, msg: forward.Message) -> bool:
+        """The relay's disconnect; True when it ends this WebSocket."""
+        code, text = forward.status_of(msg.data)
+        if code == "499":
+            self.device_ready.clear()
+            n = await self.pipes.abort_all("the device disconnected")
+            self.error(f"{text or 'the device disconnected'}: aborted {n} forwarded connection(s); "
+                       "waiting for it to come back")
+            return False
+        if code == "404":
+            self.device_ready.clear()
+            future = self._responses.pop(msg.conn_id, None)
+            if future is not None and not future.done():
+                future.set_result((code, text or "the device is not connected"))
+            pipe = self.pipes.by_id.get(msg.conn_id)
+            if pipe is not None:
+                self.error(f"connection {msg.conn_id} aborted: {text or 'the device is not connected'}")
+                await pipe.abort("the device is not connected", tell_peer=False)
+            return False
+        if code in _FINAL_DISCONNECTS:
+            self._final = f"the relay ended the session ({code}): {text}"
+            return True
+        return False
+
+    # -- local connections ----------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await self._handle(reader, writer)
+        finally:
+            self._handlers.discard(task)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _hostport(*writer.get_extra_info("peername")[:2])
+        if not self.device_ready.is_set():
+            self.notice(f"connection from {peer}: waiting for the device...")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.device_ready.wait(), self.wait)
+            if not self.device_ready.is_set():
+                self.error(f"connection from {peer} closed: the device did not connect within {self.wait:g} s")
+                writer.close()
+                return
+        conn_id = forward.new_connection_id()
+        pipe = forward.Pipe(forward.Connection(conn_id), reader, writer, self.send)
+        future: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+        self._responses[conn_id] = future
+        self.pipes.add(pipe)   # before forward_open: data may follow the answer at once
+        try:
+            await self.send(forward.open_message(conn_id, self.port))
+            code, text = await asyncio.wait_for(future, self.wait)
+        except asyncio.TimeoutError:
+            code, text = "504", f"the device did not answer within {self.wait:g} s"
+            with contextlib.suppress(Exception):
+                await self.send(forward.close_message(conn_id, "error: no answer to forward_open"))
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            code, text = "502", f"the tunnel is not connected ({type(exc).__name__})"
+        finally:
+            self._responses.pop(conn_id, None)
+        if code != "200":
+            self.error(f"connection from {peer} closed: the device refused port {self.port} "
+                       f"({code or 'no status'}: {text or 'no reason given'})")
+            pipe.close(f"refused: {code} {text}")
+            return
+        self.notice(f"connection {conn_id} from {peer} -> device port {self.port}: open")
+        pipe.start()
+        await pipe.wait_closed()
+        c = pipe.conn
+        how = f"aborted ({c.aborted})" if c.aborted else "closed"
+        self.notice(f"connection {conn_id} {how}: {c.bytes_out} bytes sent, {c.bytes_in} received")
+
+
+def _retryable(exc: ClientError) -> bool:
+    """The relay could not be reached, or is restarting; not a refusal of the tunnel or token."""
+    text = str(exc)
+    return text.startswith("cannot connect to") or "(503)" in text
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def forward_command(args: argparse.Namespace) -> int:
+    token = None
+    if args.source_token_stdin:
+        if not args.tunnel:
+            raise ConfigError("--source-token-stdin goes with --tunnel TUNNEL_ID")
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise ConfigError("--source-token-stdin: standard input is empty")
+    if not args.tunnel and not args.device_id:
+        raise ConfigError("give the DEVICE_ID, or --tunnel TUNNEL_ID")
+    listen = parse_listen(args.listen)
+    terminal = Terminal(quiet=args.quiet)
+    return asyncio.run(forward_async(args, terminal, listen, token))
+
+
+async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tuple[str, int], token: str | None,
+                        *, stop: asyncio.Event | None = None,
+                        started: Callable[[Forwarder], None] | None = None) -> int:
+    """Until `stop` (SIGINT or SIGTERM by default) or the tunnel ends. `started` sees the
+    Forwarder before it connects (tests read its counters)."""
+    from relay.client.commands import _after, make_api   # the settings and the close-on-exit of ssh/exec
+
+    stop = stop or _stop_on_signals()
+    api: RelayApi | None = None if (args.tunnel and token and args.keep) else make_api(args)
+
+    def announce(text: str) -> None:
+        print(text, flush=True)
+
+    async with contextlib.AsyncExitStack() as stack:
+        if api is not None:
+            await stack.enter_async_context(api)
+            http, ssl = api.http, api.ssl
+        else:
+            http = await stack.enter_async_context(aiohttp.ClientSession())
+            ssl = ssl_context(args.ca_file, args.insecure)
+        assert http is not None
+        opened: Opened | None = None
+        try:
+            if args.tunnel and token:
+                opened = Opened(args.tunnel, source_uri(args.url, args.tunnel), token, created=False)
+            elif args.tunnel:
+                assert api is not None
+                terminal.notice(f"rotating the source token of the tunnel {args.tunnel}...")
+                opened = await take_over(api, args.tunnel)
+            else:
+                assert api is not None
+                opened = await open_tunnel(api, args.device_id, terminal.notice, expires_in=args.expires_in,
+                                           description=f"relay forward to port {args.port}")
+            terminal.notice("connecting to the relay...")
+            forwarder = Forwarder(http, opened, port=args.port, listen=listen, wait=args.wait, ssl=ssl,
+                                  notice=terminal.notice, error=terminal.error, announce=announce)
+            if started is not None:
+                started(forwarder)
+            main = asyncio.create_task(forwarder.run())
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopper.cancel()
+                if not main.done():
+                    main.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await main
+            if not main.cancelled():
+                return main.result()
+            terminal.notice("stopped")
+            return 0
+        except OSError as exc:   # the local listener
+            terminal.error(f"relay: cannot listen on {_hostport(*listen)}: {exc.strerror or exc}")
+            return EXIT_FAILURE
+        except ClientError as exc:
+            terminal.error(f"relay: {exc}")
+            return EXIT_FAILURE
+        finally:
+            if opened is not None and api is not None:
+                await _after(api, args, opened, terminal)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
