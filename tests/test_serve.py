@@ -256,3 +256,35 @@ def test_agent_starts_from_the_command_line_and_stops_on_sigterm(tmp_path):
         out, err = proc.communicate(timeout=15)
     assert proc.returncode in (0, 130, -signal.SIGTERM), err
     assert "Traceback" not in err
+
+
+def test_json_logs_carry_tunnel_and_side_and_no_secret(tmp_path):
+    import asyncio
+
+    import aiohttp
+
+    relay = Served(tmp_path, "--db", "relay.db", "--log-format", "json",
+                   env={"RELAY_API_TOKENS": f"p1:tester:{TOKEN}"})
+    try:
+        status, created = relay.call("POST", "/v5/iot/p1/tunnels", body={"device_id": "dev-json"})
+        assert status == 201
+
+        async def pair() -> None:
+            async with aiohttp.ClientSession() as session:
+                source = await session.ws_connect(created["tunnel_uri"], headers={"tunnel_access_token": created["tunnel_access_token"]})
+                device = await session.ws_connect(created["device_tunnel_uri"], headers={"tunnel_access_token": created["device_access_token"]})
+                await source.receive(timeout=5)
+                await device.close()
+                await source.close()
+
+        asyncio.run(pair())
+        relay.call("PUT", f"/v5/iot/p1/tunnels/{created['tunnel_id']}")
+    finally:
+        log = relay.stop()
+    records = [json.loads(line) for line in log.splitlines() if line.strip()]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    connected = [r for r in records if r["message"] == "connected"]
+    assert {(r["tunnel_id"], r["side"]) for r in connected} == {(created["tunnel_id"], "source"), (created["tunnel_id"], "device")}
+    assert any(r["message"] == "tunnel closed" and r["tunnel_id"] == created["tunnel_id"] for r in records)
+    for secret in (TOKEN, created["tunnel_access_token"], created["device_access_token"]):
+        assert secret not in log
