@@ -50,6 +50,12 @@ class Reasons:
         Side.SOURCE: Reason("499", "the device disconnected", None),
         Side.DEVICE: Reason("499", "the source disconnected", None),
     }
+    # The peer's session belonged to the replaced connection: it must end too (a new source
+    # must never inherit an SSH login made by the one it replaced).
+    PEER_REPLACED = {
+        Side.SOURCE: Reason("499", "the device was replaced by a newer connection", None),
+        Side.DEVICE: Reason("499", "the source was replaced by a newer connection", None),
+    }
     EVICTED = Reason("409", "replaced by a newer connection", CloseCode.REPLACED)
     TUNNEL_CLOSED = Reason("410", "the tunnel was closed", CloseCode.NORMAL)
     TUNNEL_EXPIRED = Reason("408", "the tunnel expired", CloseCode.NORMAL)
@@ -139,8 +145,11 @@ class Pairing:
         side, actions = end.side, []
         old = self.ends[side]
         if old is not None:
-            # The replacement takes over at once, so the peer is not told that this side left.
             actions += self._end_one(old, Reasons.EVICTED, tell_peer=False)
+            peer = self.ends[other(side)]
+            if peer is not None:
+                # The session on the old connection is over: its peer ends its side of it.
+                actions.append(Send(peer, disconnect_message(Reasons.PEER_REPLACED[other(side)])))
         self.ends[side] = end
         decoder = self.decoders[side]
         decoder.reset()

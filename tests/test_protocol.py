@@ -66,11 +66,24 @@ def test_eviction_closes_the_old_end_with_4000_and_relinks():
     assert closes(actions, old) == [(CloseCode.REPLACED, "replaced by a newer connection")]
     assert links(actions, new) == [src]
     assert links(actions, src)[-1] is new
-    # the source is not told that the device left, only that a device is there again
-    assert [m["operation_type"] for m in sends(actions, src)] == ["connect_tunnel"]
+    # the source's session ended with the old device; a new device is there
+    told = sends(actions, src)
+    assert [m["operation_type"] for m in told] == ["disconnect", "connect_tunnel"]
+    assert told[0]["data"] == {"status_code": "499", "status_msg": "the device was replaced by a newer connection"}
     # the evicted end going away later changes nothing
     assert p.detach(old) == []
     assert p.ends[Side.DEVICE] is new
+
+
+def test_a_replaced_source_ends_the_device_session():
+    """A new source must not inherit the SSH login of the one it replaced: the device is told."""
+    p = Pairing("t")
+    old, dev, new = FakeEnd(Side.SOURCE, "old"), FakeEnd(Side.DEVICE, "dev"), FakeEnd(Side.SOURCE, "new")
+    p.attach(old)
+    p.attach(dev)
+    actions = p.attach(new)
+    assert sends(actions, dev)[0]["data"]["status_msg"] == "the source was replaced by a newer connection"
+    assert [m["operation_type"] for m in sends(actions, new)] == ["connect_tunnel"]
 
 
 def test_detach_tells_the_peer_and_keeps_it():

@@ -297,7 +297,9 @@ async def test_new_device_connection_evicts_the_old_one(tunnel):
     assert got["operation_type"] == "disconnect" and got["data"]["status_code"] == "409"
     code, reason = await receive_close(old)
     assert code == 4000 and "newer connection" in reason
-    # the source is paired with the new device
+    # the source's session ended with the old device, and it is paired with the new one
+    ended = await receive_json(source)
+    assert ended["operation_type"] == "disconnect" and ended["data"]["status_code"] == "499"
     assert (await receive_json(source))["operation_type"] == "connect_tunnel"
     await source.send_str(message("command", "c1", "uptime"))
     assert orjson.loads((await new.receive(timeout=5)).data)["request_id"] == "c1"
@@ -310,6 +312,9 @@ async def test_new_source_connection_evicts_the_old_one(tunnel):
     new = await tunnel.connect("source")
     assert (await receive_json(old))["data"]["status_code"] == "409"
     assert (await receive_close(old))[0] == 4000
+    # the device ends the old source's session: the new source cannot inherit its login
+    told = await receive_json(device)
+    assert told["data"] == {"status_code": "499", "status_msg": "the source was replaced by a newer connection"}
     assert (await receive_json(new))["operation_type"] == "connect_tunnel"
     await device.send_str(message("command_response", "x", "hello"))
     assert orjson.loads((await new.receive(timeout=5)).data)["data"] == "hello"
