@@ -246,3 +246,32 @@ async def test_a_lost_agent_is_offline_by_its_last_will(relay_factory, mosquitto
             proc.kill()
             proc.wait(timeout=10)
         proc.stderr.close()
+
+
+async def test_a_new_source_does_not_inherit_the_old_sources_ssh_login(setup, http):
+    """Source A logs in; source B takes the tunnel over (same token, evicting A). B's command
+    without its own `connect` must not run in A's shell."""
+    relay, start_agent, sshd = setup
+    await start_agent()
+    created, first = await open_source(http, relay)
+    second = None
+    try:
+        assert (await receive_json(first, timeout=15))["operation_type"] == "connect_tunnel"
+        assert (await login(first, sshd))["data"]["status_code"] == "200"
+        second = await http.ws_connect(created["tunnel_uri"], headers={"tunnel_access_token": created["tunnel_access_token"]},
+                                       autoclose=False, max_msg_size=0)
+        assert (await receive_close(first))[0] == 4000
+        assert (await receive_json(second, timeout=15))["operation_type"] == "connect_tunnel"
+        await second.send_str(message("command", "steal-1", "echo stolen-$((40+2))\n"))
+        reply = await receive_json(second, timeout=10)
+        assert reply["operation_type"] == "disconnect" and reply["request_id"] == "steal-1"
+        assert reply["data"]["status_code"] == "400"   # no SSH session: send connect first
+        # with its own login, B gets its own shell
+        assert (await login(second, sshd, request_id="c-b"))["data"]["status_code"] == "200"
+        await second.send_str(message("command", "k-b", "echo mine-$((40+2))\n"))
+        text, _ = await until_output(second, "k-b", "mine-42")
+        assert "mine-42" in text
+    finally:
+        await first.close()
+        if second is not None:
+            await second.close()
