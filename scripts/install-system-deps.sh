@@ -6,7 +6,8 @@ set -euo pipefail
 # redis-server and haproxy: the multi-replica rig in tests/scale; openssl: test certificates.
 # chromium and a font: the web console's browser tests (driven by Playwright).
 PACKAGES=(mosquitto mosquitto-clients openssh-server openssh-client redis-server haproxy openssl
-          chromium fonts-dejavu-core)
+          chromium fonts-dejavu-core
+          iproute2)  # network namespaces for tests/faults
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
