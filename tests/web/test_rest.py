@@ -377,3 +377,23 @@ async def test_openapi_document_is_served(relay):
     assert status == 200
     assert doc["openapi"].startswith("3.")
     assert "/v5/iot/{project_id}/tunnels" in doc["paths"]
+
+
+@pytest.mark.parametrize("path", [
+    f"{BASE}/%0d%0aSet-Cookie:%20stolen=1",
+    f"{BASE}/x%0d%0a%0d%0a<html>",
+    "/v5/iot/proj-a%0d%0aSet-Cookie:%20stolen=1/tunnels",
+])
+async def test_header_injection_through_the_path_goes_nowhere(relay, path):
+    async with relay.client.request("GET", path, headers={"X-Auth-Token": TOKEN_A}) as resp:
+        body = await resp.json()
+        assert resp.status in (400, 403, 404), body
+        assert "Set-Cookie" not in resp.headers and "stolen" not in "".join(resp.headers.values())
+        assert set(body) == {"error_code", "error_msg"}
+
+
+async def test_a_second_auth_header_does_not_widen_access(relay):
+    theirs = await relay.create("dev-1", project="proj-b", token=TOKEN_B)
+    async with relay.client.request("GET", f"/v5/iot/proj-b/tunnels/{theirs['tunnel_id']}",
+                                    headers=[("X-Auth-Token", TOKEN_A), ("X-Auth-Token", TOKEN_B)]) as resp:
+        assert resp.status == 403  # the first header decides; a smuggled second one is ignored
