@@ -38,7 +38,8 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
+
+from relay import envelope
 
 SERVICE = "tcp"
 CHUNK = 7000                 # raw bytes per forward_data: base64 9336 + envelope < 10240
@@ -74,18 +75,14 @@ class Message:
 
 
 def message(op: str, conn_id: str, data: Any) -> str:
-    return orjson.dumps({"operation_type": op, "tunnel_service_type": SERVICE,
-                         "request_id": conn_id, "data": data}).decode()
+    return envelope.build(op, conn_id, data, SERVICE).decode()
 
 
 def parse(text: str | bytes) -> Message | None:
     """The envelope's parts, or None for something that is not a JSON object with an
     `operation_type` string (the relay never delivers those)."""
-    try:
-        doc = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("operation_type"), str):
+    doc = envelope.parse(text)
+    if doc is None or not isinstance(doc.get("operation_type"), str):
         return None
     rid = doc.get("request_id")
     return Message(doc["operation_type"], rid if isinstance(rid, str) else "", doc.get("data"),

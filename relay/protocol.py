@@ -16,9 +16,8 @@ import enum
 import uuid
 from typing import Any, Protocol, Union
 
-import orjson
-
 from relay import codec
+from relay.envelope import build as build_envelope
 from relay.model import Side
 
 SERVICE_SSH = "ssh"
@@ -69,12 +68,7 @@ def new_request_id() -> str:
 
 
 def envelope(operation_type: str, data: Any, request_id: str | None = None, service: str = SERVICE_SSH) -> bytes:
-    return orjson.dumps({
-        "operation_type": operation_type,
-        "tunnel_service_type": service,
-        "request_id": request_id or new_request_id(),
-        "data": data,
-    })
+    return build_envelope(operation_type, request_id or new_request_id(), data, service)
 
 
 def connect_tunnel_message() -> bytes:

@@ -59,11 +59,11 @@ def settings_factory(tmp_path) -> Callable[..., Settings]:
 async def relay_factory(settings_factory) -> AsyncIterator[Callable[..., Any]]:
     clients: list[TestClient] = []
 
-    async def start(clock: ManualClock | None = None, **overrides: Any) -> Relay:
+    async def start(clock: ManualClock | None = None, host: str = "127.0.0.1", **overrides: Any) -> Relay:
         clock = clock or ManualClock()
         port = unused_port()  # known before the app is built, so tunnel_uri names it
         settings = settings_factory(port=port, **overrides)
-        server = TestServer(create_app(settings, clock=clock), host="127.0.0.1", port=port)
+        server = TestServer(create_app(settings, clock=clock), host=host, port=port)
         client = TestClient(server)
         await client.start_server()
         clients.append(client)

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "relay"
 
 # Layers from the bottom up; a module may import its own layer and the ones below.
 LAYERS = [
-    {"relay.errors", "relay.config", "relay.clock", "relay.tokens", "relay.model", "relay.logs"},
+    {"relay.errors", "relay.config", "relay.clock", "relay.tokens", "relay.model", "relay.logs", "relay.envelope"},
     {"relay.codec"},
     {"relay.protocol", "relay.store", "relay.cluster"},
     {"relay.service", "relay.forward", "relay.notifier", "relay.presence", "relay.broker", "relay.outbox"},

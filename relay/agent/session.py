@@ -29,6 +29,8 @@ from typing import Any, Union
 
 import orjson
 
+from relay import envelope
+
 SERVICE = "ssh"
 MIN_BUDGET = 64   # a limit that leaves less room than this for output is a configuration mistake
 
@@ -59,8 +61,7 @@ Effect = Union[Send, OpenShell, WriteShell, CloseShell]
 
 
 def message(operation_type: str, request_id: str, data: Any = None) -> bytes:
-    return orjson.dumps({"operation_type": operation_type, "tunnel_service_type": SERVICE,
-                         "request_id": request_id, "data": data})
+    return envelope.build(operation_type, request_id, data, SERVICE)
 
 
 def status(code: str, text: str) -> dict[str, str]:
@@ -102,11 +103,8 @@ class DeviceSession:
     # -- messages from the relay ---------------------------------------------------------
 
     def received(self, text: str | bytes) -> list[Effect]:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return []
-        if not isinstance(msg, dict):
+        msg = envelope.parse(text)
+        if msg is None:
             return []
         op = msg.get("operation_type")
         request_id = msg.get("request_id")

@@ -30,7 +30,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Union
 
-import orjson
+
+from relay import envelope
 
 SERVICE = "ssh"
 MAX_ESCAPED = 6   # the most bytes one character takes in JSON text ("\u001b"; UTF-8 is at most 4)
@@ -79,8 +80,7 @@ class Phase(str, enum.Enum):
 
 
 def message(operation_type: str, request_id: str, data: Any = None) -> str:
-    return orjson.dumps({"operation_type": operation_type, "tunnel_service_type": SERVICE,
-                         "request_id": request_id, "data": data}).decode()
+    return envelope.build(operation_type, request_id, data, SERVICE).decode()
 
 
 # docs/protocol.md, "Close codes": what each one means to the person at the keyboard.
@@ -144,11 +144,8 @@ class SourceSession:
     def received(self, text: str | bytes) -> list[Event]:
         if self.phase is Phase.ENDED:
             return []
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return []
-        if not isinstance(msg, dict):
+        msg = envelope.parse(text)
+        if msg is None:
             return []
         op = msg.get("operation_type")
         data = msg.get("data")

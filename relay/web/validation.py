@@ -150,5 +150,3 @@ def list_query(params: dict[str, str]) -> ListQuery:
         offset=_int_param(params, "offset", 0, 0, MAX_OFFSET),
     )
 
-
-PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

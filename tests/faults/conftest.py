@@ -12,11 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer, unused_port
+from aiohttp.test_utils import unused_port
 
-from relay.clock import ManualClock
-from relay.web.app import create_app
-from tests.conftest import Relay
 # The device side's real parts (mosquitto, sshd, the in-process agent), reused as they are.
 from tests.device.conftest import agent_factory, mosquitto, sshd  # noqa: F401
 
@@ -70,23 +67,9 @@ def netns() -> Any:
 
 
 @pytest.fixture
-async def relay_on(settings_factory) -> AsyncIterator[Callable[..., Any]]:
-    """Like relay_factory, but on a host address of the test's choosing."""
-    clients: list[TestClient] = []
-
-    async def start(host: str = "127.0.0.1", **overrides: Any) -> Relay:
-        clock = ManualClock()
-        port = unused_port()
-        settings = settings_factory(port=port, **overrides)
-        server = TestServer(create_app(settings, clock=clock), host=host, port=port)
-        client = TestClient(server)
-        await client.start_server()
-        clients.append(client)
-        return Relay(client, clock, settings)
-
-    yield start
-    for client in clients:
-        await client.close()
+def relay_on(relay_factory) -> Callable[..., Any]:
+    """relay_factory, on a host address of the test's choosing."""
+    return relay_factory
 
 
 class Gate:
