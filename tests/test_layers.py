@@ -11,10 +11,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "relay"
 
 # Layers from the bottom up; a module may import its own layer and the ones below.
 LAYERS = [
-    {"relay.errors", "relay.config", "relay.clock", "relay.tokens", "relay.model", "relay.logs", "relay.envelope"},
+    {"relay.errors", "relay.config", "relay.clock", "relay.tokens", "relay.model", "relay.logs", "relay.envelope",
+     "relay.aws_messages", "relay.audit"},
     {"relay.codec"},
-    {"relay.protocol", "relay.store", "relay.cluster"},
-    {"relay.service", "relay.forward", "relay.notifier", "relay.presence", "relay.broker", "relay.outbox"},
+    {"relay.protocol", "relay.protocol_aws", "relay.store", "relay.cluster", "relay.recording"},
+    {"relay.service", "relay.forward", "relay.notifier", "relay.presence", "relay.broker", "relay.outbox",
+     "relay.auditlog"},
     {"relay.web", "relay.agent", "relay.client"},
     {"relay.cli"},
 ]
