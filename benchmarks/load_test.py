@@ -3,10 +3,16 @@
 Starts `relay serve` (or uses --url), opens --idle idle tunnels and --active active ones
 (each a source and a device, raw WebSocket clients), then for --seconds every active tunnel
 sends `command` messages source -> device and `command_response` device -> source at --rate
-per second per direction. Each message carries its sequence number, send time and a CRC32
-of its data; receivers check order, duplicates, loss and checksums and record the latency
-added by the relay (same clock at both ends). Everything runs on 127.0.0.1 and stops by
-itself.
+per second per direction, paced: the tunnels are spread over the interval in slices of
+about 2 ms instead of all being sent in one burst. Each message carries its sequence number,
+send time and a CRC32 of its data; receivers check order, duplicates, loss and checksums and
+record the latency (same monotonic clock at both ends).
+
+The generator is one Python process, so its latencies include its own queueing. To measure
+what the relay adds under that load, a probe runs in a process of its own on one more
+tunnel: it sends one message, waits for it to arrive on the other end, answers, waits, and
+so on, every 5 ms (`probe_p50_us`, `probe_p99_us`). Everything runs on 127.0.0.1 and stops
+by itself.
 
     python benchmarks/load_test.py --idle 8000 --active 1000 --seconds 20
 """
@@ -15,8 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import os
+import json
 import statistics
 import struct
 import sys
@@ -46,6 +51,7 @@ class End(asyncio.Protocol):
     """A raw WebSocket client that parses the relay's (unmasked) frames."""
 
     def __init__(self, request: bytes, stats: Stats, name: str) -> None:
+        self.on_message: asyncio.Future[None] | None = None   # the probe waits on this
         self.request = request
         self.stats = stats
         self.name = name
@@ -121,6 +127,8 @@ class End(asyncio.Protocol):
         self.stats.received += 1
         self.stats.bytes += len(payload)
         self.stats.latencies_us.append((now - sent) / 1000)
+        if self.on_message is not None and not self.on_message.done():
+            self.on_message.set_result(None)
 
     def send(self, op: str, seq: int, body: bytes) -> None:
         data = b"%d:%d:%d:%s" % (seq, time.perf_counter_ns(), zlib.crc32(body), body)
@@ -148,6 +156,33 @@ async def open_tunnel(port: int, ids: tuple, stats: Stats, n: int) -> tuple[End,
     return source, device
 
 
+async def probe(port: int, ids: tuple, seconds: float) -> dict:
+    """One tunnel, one message in flight at a time: the latency the relay adds, without the
+    generator's queueing (runs in its own process, see --probe)."""
+    stats = Stats()
+    source, device = await open_tunnel(port, ids, stats, 0)
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + seconds
+    seq = 0
+    while time.monotonic() < deadline:
+        for sender, receiver, op in ((source, device, "command"), (device, source, "command_response")):
+            receiver.on_message = loop.create_future()
+            sender.send(op, seq, b"p" * 200)
+            await asyncio.wait_for(receiver.on_message, 10)
+        seq += 1
+        await asyncio.sleep(0.005)
+    source.transport.close()
+    device.transport.close()
+    lat = sorted(stats.latencies_us) or [0.0]
+    return {"probe_messages": len(lat), "probe_p50_us": lat[len(lat) // 2], "probe_p99_us": lat[int(len(lat) * 0.99)],
+            "probe_errors": len(stats.errors) + stats.lost + stats.corrupt}
+
+
+async def start_probe(port: int, ids: tuple, seconds: float) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--probe", json.dumps([port, list(ids), seconds]), stdout=asyncio.subprocess.PIPE)
+
+
 async def run(args: argparse.Namespace) -> dict:
     relay = Relay("relay", [sys.executable, "-m", "relay.cli", "serve", "--port", "{port}", "--db", ":memory:"],
                   {"RELAY_API_TOKENS": f"bench:bench:{API_TOKEN}", "RELAY_MAX_TUNNELS_PER_PROJECT": "1000000",
@@ -167,16 +202,21 @@ async def run(args: argparse.Namespace) -> dict:
             active += await asyncio.gather(*(open_tunnel(relay.port, t, stats, i + j) for j, t in enumerate(active_ids[i:i + 200])))
         body = b"x" * args.size
         interval = 1.0 / args.rate
+        slices = max(1, min(len(active), int(interval / 0.002)))
+        per_slice = -(-len(active) // slices)
+        prober = await start_probe(relay.port, relay.new_tunnels(1)[0], args.seconds) if args.probe_latency else None
         cpu0 = relay.cpu()
         started = time.monotonic()
         seq = 0
         while time.monotonic() - started < args.seconds:
             tick = time.monotonic()
-            for source, device in active:
-                source.send("command", seq, body)
-                device.send("command_response", seq, body)
+            for k in range(slices):
+                for source, device in active[k * per_slice:(k + 1) * per_slice]:
+                    source.send("command", seq, body)
+                    device.send("command_response", seq, body)
+                # the next slice's moment within this interval
+                await asyncio.sleep(max(0.0, tick + (k + 1) * interval / slices - time.monotonic()))
             seq += 1
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - tick)))
         deadline = time.monotonic() + 10
         while stats.received < stats.sent and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -188,6 +228,10 @@ async def run(args: argparse.Namespace) -> dict:
             stats.errors.append("a connection closed during the run")
             break
         stats.lost += stats.sent - stats.received
+        probed = {}
+        if prober is not None:
+            out, _ = await asyncio.wait_for(prober.communicate(), 30)
+            probed = json.loads(out)
         lat = sorted(stats.latencies_us) or [0.0]
         result = {
             "tunnels_held": len(idle) + len(active), "idle": len(idle), "active": len(active),
@@ -197,7 +241,7 @@ async def run(args: argparse.Namespace) -> dict:
             "errors": len(stats.errors), "first_errors": stats.errors[:5],
             "latency_p50_us": lat[len(lat) // 2], "latency_p99_us": lat[int(len(lat) * 0.99)],
             "latency_mean_us": statistics.fmean(lat), "relay_cpu_us_per_msg": cpu / max(1, stats.received) * 1e6,
-            "seconds": elapsed,
+            "seconds": elapsed, **probed,
         }
         for source, device in idle + active:
             source.transport.close()
@@ -214,14 +258,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--rate", type=float, default=5, help="messages per second per direction per active tunnel")
     parser.add_argument("--size", type=int, default=200, help="bytes of data per message")
+    parser.add_argument("--no-probe", dest="probe_latency", action="store_false",
+                        help="do not run the latency probe process")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)   # internal: run as the probe process
     args = parser.parse_args()
     import uvloop
     uvloop.install()
+    if args.probe:
+        port, ids, seconds = json.loads(args.probe)
+        print(json.dumps(asyncio.run(probe(port, tuple(ids), seconds))))
+        return
     result = asyncio.run(run(args))
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"{key:{width}}  {value:.1f}" if isinstance(value, float) else f"{key:{width}}  {value}")
-    sys.exit(0 if result["lost"] == result["duplicated"] == result["reordered"] == result["corrupt"] == result["errors"] == 0 else 1)
+    problems = ("lost", "duplicated", "reordered", "corrupt", "errors", "probe_errors")
+    sys.exit(1 if any(result.get(p, 0) for p in problems) else 0)
 
 
 if __name__ == "__main__":

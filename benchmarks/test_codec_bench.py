@@ -8,6 +8,7 @@ Per-message time = the per-call time / 16 (also in each result's extra_info).
 from __future__ import annotations
 
 import os
+from collections import deque
 from types import ModuleType
 
 import orjson
@@ -92,3 +93,62 @@ def test_encode_text(benchmark, impl: ModuleType) -> None:
     payload = command_response(10240)
     benchmark.group = "encode_text 10KB"
     assert benchmark(impl.encode_text, payload)[4:] == payload
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("noted", ["none", "miss", "hit"])
+def test_feed_noted(benchmark, impl: ModuleType, noted: str) -> None:
+    """The cost of notes on 16 x 80B: nothing noted, a noted set the messages miss, all noted."""
+    msgs = [command_response(80, rid) for rid in range(PIPELINE)]
+    buf = b"".join(client_frame(m) for m in msgs)
+    seen: deque[bytes] = deque(maxlen=PIPELINE)  # the notes of the last call
+    types = {"none": (), "miss": ("connect_response",), "hit": ("command_response",)}[noted]
+    decoder = impl.Decoder(impl.DEVICE, noted=types, on_note=seen.append)
+    decoder.peer_connected = True
+    benchmark.group = f"feed {PIPELINE} x 80B, notes"
+    out = benchmark(decoder.feed, buf)
+    assert out == (b"".join(impl.encode_text(m) for m in msgs), b"", None)
+    assert list(seen) == (msgs if noted == "hit" else [])
+
+
+# ---------------------------------------------------------------- the AWS tunnel decoder
+
+def aws_data(size: int, seq: int) -> bytes:
+    """A framed DATA tunnel message carrying ``size`` payload bytes (V3 fields: stream, service, connection)."""
+    from relay.aws_messages import MessageType, ProxyMessage, frame
+
+    payload = (shell_output(size).encode() * 2)[:size]
+    return frame(ProxyMessage(MessageType.DATA, stream_id=7, payload=payload, service_id="SSH", connection_id=seq % 3 + 1))
+
+
+def client_binary_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    head = bytes([0x82, 0x80 | n]) if n < 126 else bytes([0x82, 0x80 | 126]) + n.to_bytes(2, "big")
+    key = (MASK * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+    return head + MASK + masked
+
+
+AWS_SIZES = {"256B": 256, "16KB": 16384}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("size", list(AWS_SIZES))
+def test_aws_feed(benchmark, impl: ModuleType, size: str) -> None:
+    """16 DATA messages per feed() call, one masked binary frame each, peer connected."""
+    msgs = [aws_data(AWS_SIZES[size], seq) for seq in range(PIPELINE)]
+    buf = b"".join(client_binary_frame(m) for m in msgs)
+    decoder = impl.AwsDecoder(impl.SOURCE, ("SSH",))
+    decoder.peer_connected = True
+    benchmark.group = f"aws feed {PIPELINE} x {size}"
+    benchmark.extra_info.update(message_bytes=len(msgs[0]), messages_per_call=PIPELINE)
+    out = benchmark(decoder.feed, buf)
+    # whole messages packed greedily into frames of at most 131076 bytes
+    frames, group = [], b""
+    for m in msgs:
+        if len(group) + len(m) > 131076:
+            frames.append(group)
+            group = b""
+        group += m
+    frames.append(group)
+    assert out == (b"".join(map(impl.encode_binary, frames)), b"", None)

@@ -99,6 +99,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    default=int(e("max_connections_per_address", str(d.max_connections_per_address))),
                    help="tunnel WebSocket connections one client IP address may hold at once (0: no limit; "
                         "behind a load balancer every client shares its address, so leave it off there)")
+    p.add_argument("--socket-buffer", type=int, default=int(e("socket_buffer", str(d.socket_buffer))),
+                   help="kernel send and receive buffer of each tunnel connection, in bytes (0: let the kernel "
+                        "size them, up to several MB each under load; set e.g. 262144 to bound the kernel memory "
+                        "a slow reader can hold)")
+    p.add_argument("--sqlite-cache-kib", type=_positive_int, default=int(e("sqlite_cache_kib", str(d.sqlite_cache_kib))),
+                   help="memory of the SQLite store's page cache, in KiB")
+    p.add_argument("--aws-region", default=e("aws_region", d.aws_region),
+                   help="the region named in AWS-format tunnel notifies (docs/aws.md)")
     p.add_argument("--sweep-interval", type=_positive_float, default=float(e("sweep_interval", str(d.sweep_interval))),
                    help="seconds between expiry and retention sweeps")
     p.add_argument("--heartbeat-interval", type=_positive_float,
@@ -145,6 +153,17 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "strict = only devices that announced 'online'; known = all but those that announced "
                         "'offline' (devices that never announce, like Huawei's C SDK, still work); off = never. "
                         "Off whenever there is no broker")
+    # the audit trail and session recordings (docs/audit.md)
+    p.add_argument("--audit-retention", type=_positive_int, default=int(e("audit_retention", str(d.audit_retention))),
+                   help="seconds audit events and session recordings are kept")
+    p.add_argument("--record-projects", default=e("record_projects", ""),
+                   help="projects whose SSH sessions are always recorded (asciicast), comma-separated")
+    p.add_argument("--recording-cap", type=_positive_int, default=int(e("recording_cap", str(d.recording_cap))),
+                   help="largest session recording, in bytes; what follows is cut and the recording marked truncated")
+    p.add_argument("--audit-queue-size", type=_positive_int,
+                   default=int(e("audit_queue_size", str(d.audit_queue_size))),
+                   help="audit events held in memory while the store is slow or away; beyond it they are "
+                        "dropped and counted (relay_audit_events_dropped_total)")
     p.add_argument("--log-level", default=e("log_level", d.log_level), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default=e("log_format", "text"), choices=["text", "json"])
     p.set_defaults(func=_serve)
@@ -192,6 +211,13 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
                         "to, comma-separated ('none': no forwarding)")
     p.add_argument("--forward-host", default=e("forward_host", ""),
                    help="the host the forwarded ports are on (default: --ssh-host)")
+    p.add_argument("--aws-endpoint", default=e("aws_endpoint", ""),
+                   help="AWS IoT Secure Tunneling (docs/aws-clients.md): the relay that serves the tunnels "
+                        "announced on $aws/things/DEVICE/tunnels/notify, http(s):// or ws(s)://HOST[:PORT] "
+                        "(default: AWS's endpoint of the notify's region)")
+    p.add_argument("--aws-services", default=e("aws_services", ""),
+                   help="where the streams of each AWS service id go: SERVICE=PORT or SERVICE=HOST:PORT, "
+                        "comma-separated (default: SSH to --ssh-host:--ssh-port)")
     p.add_argument("--tls-ca-file", default=e("tls_ca_file"), help="CA bundle to verify a wss:// relay")
     p.add_argument("--tls-insecure", action="store_true", default=e("tls_insecure", "") in ("1", "true", "yes"),
                    help="do not verify the relay's TLS certificate (Huawei's device SDK does not either)")
@@ -221,9 +247,25 @@ def _agent(args: argparse.Namespace) -> int:
         forward_ports=args.forward_ports, forward_host=args.forward_host or "",
         tls_ca_file=args.tls_ca_file or None, tls_insecure=args.tls_insecure,
         max_message_size=args.max_message_size, heartbeat=args.heartbeat,
+        aws_endpoint=args.aws_endpoint or "", aws_services=_aws_services(args.aws_services),
     )
     logs.setup(args.log_level, args.log_format)
     return asyncio.run(run(settings))
+
+
+def _aws_services(text: str | None) -> tuple[tuple[str, str, int], ...]:
+    """--aws-services: SERVICE=PORT or SERVICE=HOST:PORT, comma-separated (a bare host: --ssh-host)."""
+    from relay.aws_streams import parse_destinations
+
+    if not (text or "").strip():
+        return ()
+    try:
+        mapping = parse_destinations(text or "", default_host="")
+    except ValueError as exc:
+        raise ConfigError(f"--aws-services: {exc}") from None
+    if "" in mapping:
+        raise ConfigError("--aws-services: name the service of each address (SSH=22)")
+    return tuple((service, host, port) for service, (host, port) in mapping.items())
 
 
 def _dev_token_file(db: str) -> Path:
@@ -251,6 +293,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
         closed_retention=args.closed_retention, max_tunnels_per_project=args.max_tunnels_per_project,
         max_message_size=args.max_message_size, sweep_interval=args.sweep_interval,
         max_connections_per_address=max(0, args.max_connections_per_address),
+        socket_buffer=max(0, args.socket_buffer), aws_region=args.aws_region, sqlite_cache_kib=args.sqlite_cache_kib,
         heartbeat_interval=args.heartbeat_interval, handshake_timeout=args.handshake_timeout, expose_device_token=not args.hide_device_token,
         log_level=args.log_level, tls_cert=args.tls_cert or None, tls_key=args.tls_key or None,
         store_url=args.store_url, replica_id=args.replica_id, internal_port=args.internal_port,
@@ -265,7 +308,20 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
         mqtt_password=args.mqtt_password or config.env("mqtt_password") or None, mqtt_client_id=args.mqtt_client_id or "",
         mqtt_ca_file=args.mqtt_ca_file or None, presence_check=args.presence_check,
     )
+    settings = dataclasses.replace(
+        settings, audit_retention=args.audit_retention, recording_cap=args.recording_cap,
+        record_projects=_project_list(args.record_projects), audit_queue_size=args.audit_queue_size,
+    )
     return settings, generated
+
+
+def _project_list(text: str | None) -> tuple[str, ...]:
+    """--record-projects: project ids, comma-separated."""
+    projects = [part.strip() for part in (text or "").split(",") if part.strip()]
+    for project in projects:
+        if not config.PROJECT_ID_RE.match(project):
+            raise ConfigError(f"--record-projects: {project[:64]!r} is not a project id (1-64 of A-Z a-z 0-9 _ -)")
+    return tuple(dict.fromkeys(projects))
 
 
 def _resolve_mqtt_url(value: str | None) -> tuple[str, bool]:
@@ -439,7 +495,100 @@ def _add_forward(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                    help="seconds to wait for the device to connect, and for it to answer each connection (default 60)")
     f.add_argument("--expires-in", type=_positive_int, help="lifetime of a new tunnel, in seconds")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr (errors still)")
-    f.set_defaults(func=forward_command)
+    f.add_argument("--protocol", choices=["huawei", "aws"], default="huawei",
+                   help="huawei (default): the tcp service of Huawei's protocol (docs/forwarding.md); aws: an AWS "
+                        "IoT Secure Tunneling tunnel, whose device end maps --service to an address itself "
+                        "(--port is not used; docs/aws-clients.md)")
+    f.add_argument("--service", default="SSH",
+                   help="with --protocol aws: the tunnel's service id (default SSH)")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.protocol == "aws":
+            from relay.client.aws_tunnel import forward_aws_command
+            return forward_aws_command(args)
+        return forward_command(args)
+
+    f.set_defaults(func=run)
+
+
+def _add_localproxy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "localproxy", help="AWS IoT Secure Tunneling's local proxy, in source (-s) or destination (-d) mode",
+        description="Either end of a tunnel of the AWS IoT Secure Tunneling protocol (V1-V3), with the flags of "
+                    "AWS's localproxy (docs/aws-clients.md). Source: listen on a local port per service and carry "
+                    "each connection to the destination (relay localproxy -s 5555, then ssh -p 5555 user@127.0.0.1). "
+                    "Destination: connect each stream to the address of its service (relay localproxy -d SSH=22). "
+                    "The access token comes from AWSIOT_TUNNEL_ACCESS_TOKEN (or --access-token-stdin, or -t); a "
+                    "client token of its own lets it reconnect with the same access token after the connection "
+                    "drops. Runs until the tunnel is over or Ctrl-C.")
+    p.add_argument("-s", "--source-listen-port", metavar="[SERVICE=]PORT[,...]",
+                   help="source mode: the local port for each service id, e.g. 5555 or SSH1=5555,SSH2=6666 "
+                        "(port 0: a free one, printed)")
+    p.add_argument("-d", "--destination-app", metavar="[SERVICE=]ENDPOINT[,...]",
+                   help="destination mode: where each service's streams go, e.g. 22 or SSH=22,HTTP=10.0.0.1:80")
+    p.add_argument("-m", "--mode", choices=["src", "source", "dst", "destination"],
+                   help="the mode, when it should be said (it follows from -s or -d)")
+    p.add_argument("-e", "--proxy-endpoint",
+                   help="the relay: http(s)://HOST[:PORT] or ws(s)://HOST[:PORT] (AWSIOT_TUNNEL_ENDPOINT; "
+                        "default RELAY_URL, or http://127.0.0.1:8080)")
+    p.add_argument("-r", "--region", help="AWS's own endpoint of this region instead (AWSIOT_TUNNEL_REGION)")
+    p.add_argument("-t", "--access-token", default=None,
+                   help="the access token (prefer AWSIOT_TUNNEL_ACCESS_TOKEN: a command line is visible to others)")
+    p.add_argument("--access-token-stdin", action="store_true",
+                   help="read the access token from the first line of standard input")
+    p.add_argument("--client-token", default=None,
+                   help="the client token (32-128 of A-Z a-z 0-9 -) sent with the access token; default: a new "
+                        "UUID per run")
+    p.add_argument("-b", "--local-bind-address", default=None,
+                   help="source: the address to listen on (default 127.0.0.1); destination: the host of bare ports")
+    p.add_argument("-c", "--capath", default=None, help="a directory of CA certificates to verify a wss:// relay")
+    p.add_argument("--ca-file", default=None, help="a CA bundle file to verify a wss:// relay")
+    p.add_argument("-k", "--no-ssl-host-verify", action="store_true", help="do not verify the relay's certificate")
+    p.add_argument("-y", "--destination-client-type", type=str.upper, choices=["V1", "V2", "V3"], default=None,
+                   help="source: the protocol of the destination, for older ones (V2: one connection per "
+                        "stream; V1: no service ids); default V3")
+    p.add_argument("-v", "--verbose", type=int, default=4, help="log level 0-6, as localproxy's (default 4: info)")
+
+    def run(args: argparse.Namespace) -> int:
+        from relay.agent.aws import localproxy_destination
+        from relay.client.aws_tunnel import localproxy_command
+        return localproxy_command(args, localproxy_destination)
+
+    p.set_defaults(func=run)
+
+
+def _add_audit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """`relay audit` and `relay playback` (docs/audit.md)."""
+    from relay.client import audit
+
+    a = sub.add_parser(
+        "audit", parents=[common], help="the audit trail: who opened what on which device, when (REST API)",
+        description="List the project's audit events, newest first (docs/audit.md): a table, or --json. "
+                    "--since and --until take 20261124T161807Z, 2026-11-24T16:18:07Z, or a duration ago "
+                    "(90s, 15m, 2h, 7d). A session_recorded event names the session_id that `relay playback` plays.")
+    a.add_argument("--device", metavar="DEVICE_ID", help="only this device's events")
+    a.add_argument("--tunnel", metavar="TUNNEL_ID", help="only this tunnel's events")
+    a.add_argument("--type", action="append", metavar="EVENT",
+                   help="only events of this type (repeat it, or separate types with commas), e.g. "
+                        "ssh_login_succeeded,ssh_login_failed")
+    a.add_argument("--since", help="events at or after this time")
+    a.add_argument("--until", help="events before this time")
+    a.add_argument("--limit", type=_positive_int, default=50, help="events to show (default 50; pages are fetched as needed)")
+    a.add_argument("--marker", help="start after this marker (printed when there are older events)")
+    a.add_argument("--json", action="store_true", help="print {events, count, marker} as JSON")
+    a.set_defaults(func=audit.audit)
+
+    p = sub.add_parser(
+        "playback", parents=[common], help="play a recorded SSH session on this terminal",
+        description="Fetch a session recording (asciicast v2, docs/audit.md) and write its output to the terminal "
+                    "with its original timing, or faster. --out saves the .cast file instead (asciinema can play it).")
+    p.add_argument("session_id", metavar="SESSION_ID", help="the session_id of a session_recorded event")
+    p.add_argument("--speed", type=_positive_float, default=1.0, help="play this many times faster (default 1)")
+    p.add_argument("--max-idle", type=float, default=None, metavar="SECONDS",
+                   help="shorten pauses longer than this (before --speed); default: keep them")
+    p.add_argument("--out", metavar="FILE", help="save the .cast file to FILE ('-': standard output) instead of playing")
+    p.add_argument("-q", "--quiet", action="store_true", help="no lines about the recording on stderr")
+    p.set_defaults(func=audit.playback)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="relay",
         description="Self-hostable secure-tunnel relay for IoT fleets, compatible with the Huawei "
                     "IoTDA v5 tunnel API. Run `relay serve` to start it, `relay agent` on a device, "
-                    "`relay tunnel`, `relay ssh`, `relay exec` and `relay forward` to use it; `relay COMMAND --help` for details.",
+                    "`relay tunnel`, `relay ssh`, `relay exec` and `relay forward` to use it (`relay localproxy` for tunnels of "
+                    "the AWS IoT Secure Tunneling protocol); `relay COMMAND --help` for details.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
@@ -456,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tunnel(sub, common)
     _add_remote(sub, common)
     _add_forward(sub, common)
+    _add_audit(sub, common)
+    _add_localproxy(sub)
     return parser
 
 

@@ -40,6 +40,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     max_message_size: int = 10240
     max_connections_per_address: int = 0  # tunnel WebSockets one client address may hold; 0: no limit
+    socket_buffer: int = 0                # kernel send/receive buffer of each tunnel socket, bytes; 0: the kernel's autotuning
     sweep_interval: float = 1.0           # how often expiry and retention are enforced
     heartbeat_interval: float = 20.0      # WebSocket ping period; a peer silent for two is dropped
     handshake_timeout: float = 10.0
@@ -50,6 +51,7 @@ class Settings:
     # Several replicas (docs/scaling.md): a shared Redis store and an internal port for
     # health checks and replica-to-replica forwarding.
     store_url: str = ""                   # redis://...; empty: the SQLite file of `db`
+    sqlite_cache_kib: int = 2048          # the SQLite store's page cache (its memory), KiB
     replica_id: str = ""                  # empty: host name and process id
     internal_port: int | None = None      # None: no internal listener (a single relay)
     internal_host: str = "127.0.0.1"
@@ -66,6 +68,12 @@ class Settings:
     mqtt_reconnect_delay: float = 2.0     # seconds between attempts while the broker is unreachable
     presence_check: str = "known"         # strict | known | off; off whenever there is no broker
     managed_broker: bool = False          # the relay runs mosquitto itself on mqtt_url's host and port
+    # The audit trail and session recordings (docs/audit.md).
+    audit_retention: int = 30 * 86400     # seconds audit events and recordings are kept
+    recording_cap: int = 1024 * 1024      # bytes of one session recording; the rest is cut (marked truncated)
+    record_projects: tuple[str, ...] = () # projects whose ssh sessions are always recorded
+    audit_queue_size: int = 10000         # events waiting to be written; beyond it they are counted as dropped
+    aws_region: str = "self-hosted"       # `region` in the notifies of AWS-protocol tunnels (docs/aws.md)
 
     @property
     def base_url(self) -> str:
@@ -84,6 +92,10 @@ class Settings:
 
     def tunnel_uri(self, tunnel_id: str, side: str) -> str:
         return f"{self.websocket_base}/v5/iot/tunnels/{tunnel_id}/{side}-connect"
+
+    def aws_tunnel_uri(self, mode: str) -> str:
+        """The AWS-protocol endpoint (docs/aws.md); `mode` is `source` or `destination`."""
+        return f"{self.websocket_base}/tunnel?local-proxy-mode={mode}"
 
 
 PRESENCE_MODES = ("strict", "known", "off")

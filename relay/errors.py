@@ -37,13 +37,17 @@ InvalidJson = _api_error("InvalidJson", 400, "TUNNEL.400000", "The body is not v
 InvalidParameter = _api_error("InvalidParameter", 400, "TUNNEL.400001", "A field or query parameter is wrong.")
 BodyTooLarge = _api_error("BodyTooLarge", 400, "TUNNEL.400002", "The request body is over the size limit.")
 NotWebSocket = _api_error("NotWebSocket", 400, "TUNNEL.400010", "A connect endpoint got a request that is not a WebSocket upgrade.")
+UnsupportedSubprotocol = _api_error("UnsupportedSubprotocol", 400, "TUNNEL.400011", "The WebSocket upgrade offers no subprotocol this endpoint speaks.")
 UnsupportedContentType = _api_error("UnsupportedContentType", 400, "TUNNEL.400003", "The body is not application/json.")
 Unauthenticated = _api_error("Unauthenticated", 401, "TUNNEL.401000", "X-Auth-Token is missing or unknown.")
+TokenUsed = _api_error("TokenUsed", 401, "TUNNEL.401001", "The access token was used already; only its client token may reconnect.")
 Forbidden = _api_error("Forbidden", 403, "TUNNEL.403000", "The API token belongs to another project.")
 InstanceMismatch = _api_error("InstanceMismatch", 403, "TUNNEL.403001", "Instance-Id does not match this relay.")
 QuotaExceeded = _api_error("QuotaExceeded", 403, "TUNNEL.403002", "The project has reached its tunnel quota.")
+WrongProtocol = _api_error("WrongProtocol", 403, "TUNNEL.403003", "The token belongs to a tunnel of the other protocol; use that protocol's endpoint.")
 TunnelNotFound = _api_error("TunnelNotFound", 404, "TUNNEL.404000", "No such tunnel in this project.")
 RouteNotFound = _api_error("RouteNotFound", 404, "TUNNEL.404001", "No such API path.")
+RecordingNotFound = _api_error("RecordingNotFound", 404, "TUNNEL.404002", "No such session recording in this project.")
 MethodNotAllowed = _api_error("MethodNotAllowed", 405, "TUNNEL.405000", "The path does not take this method.")
 DeviceBusy = _api_error("DeviceBusy", 409, "TUNNEL.409000", "The device already has an open tunnel.")
 TunnelNotClosed = _api_error("TunnelNotClosed", 409, "TUNNEL.409001", "Only a closed tunnel can be deleted.")
@@ -56,8 +60,8 @@ StoreUnavailable = _api_error("StoreUnavailable", 503, "TUNNEL.503000", "The tun
 ShuttingDown = _api_error("ShuttingDown", 503, "TUNNEL.503001", "The relay is shutting down; connect again.")
 
 ALL_API_ERRORS: tuple[type[ApiError], ...] = (
-    InvalidJson, InvalidParameter, BodyTooLarge, NotWebSocket, UnsupportedContentType, Unauthenticated,
-    Forbidden, InstanceMismatch, QuotaExceeded, TunnelNotFound, RouteNotFound, MethodNotAllowed,
+    InvalidJson, InvalidParameter, BodyTooLarge, NotWebSocket, UnsupportedSubprotocol, UnsupportedContentType,
+    Unauthenticated, TokenUsed, Forbidden, InstanceMismatch, QuotaExceeded, WrongProtocol, TunnelNotFound, RouteNotFound, MethodNotAllowed,
     DeviceBusy, TunnelNotClosed, TunnelClosed, DeviceOffline, TunnelGone, TooManyConnections, InternalError, StoreUnavailable,
-    ShuttingDown,
+    ShuttingDown, RecordingNotFound,
 )

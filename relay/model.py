@@ -24,6 +24,22 @@ class CloseReason(str, enum.Enum):
     EXPIRED = "expired"    # its lifetime ran out
 
 
+class TunnelProtocol(str, enum.Enum):
+    """Which data-plane protocol a tunnel speaks (docs/protocol.md, docs/aws.md)."""
+
+    HUAWEI = "huawei"   # Huawei IoTDA v5: /v5/iot/tunnels/{id}/source-connect, device-connect
+    AWS = "aws"         # AWS IoT Secure Tunneling: /tunnel?local-proxy-mode=source|destination
+
+
+class Claim(str, enum.Enum):
+    """What a store says when an AWS access token is used (docs/aws.md, client tokens)."""
+
+    OK = "ok"              # the connection may go ahead
+    USED = "used"          # the token was used before, without this client token
+    ROTATED = "rotated"    # the token is not the side's token any more
+    GONE = "gone"          # the tunnel is closed (or unknown)
+
+
 class NotifyStatus(str, enum.Enum):
     """Where the MQTT tunnel notify to the device stands (None: no notify, e.g. no broker)."""
 
@@ -50,6 +66,14 @@ class Tunnel:
     device_connected: bool = False
     device_state_time: float | None = None
     notify_status: NotifyStatus | None = None
+    protocol: TunnelProtocol = TunnelProtocol.HUAWEI
+    services: tuple[str, ...] = ()   # AWS service ids (aws tunnels); empty for huawei tunnels
+    # AWS client tokens, per side: None while the side's access token is unused, "" once it was
+    # used without a client token (it cannot be used again), else the SHA-256 of the client
+    # token it is bound to. Reset when the side's token is rotated.
+    source_client_hash: str | None = None
+    device_client_hash: str | None = None
+    record_session: bool = False   # record this tunnel's ssh sessions (docs/audit.md)
     seq: int = 0  # the store's insertion order, used for paging markers
 
     def token_hash(self, side: Side) -> str:
@@ -73,6 +97,9 @@ class Tunnel:
             "source_connect_state": _connect_state(self.source_connected, self.source_state_time),
             "device_connect_state": _connect_state(self.device_connected, self.device_state_time),
             "notify_status": self.notify_status.value if self.notify_status else None,
+            "protocol": self.protocol.value,
+            "services": list(self.services) if self.protocol is TunnelProtocol.AWS else None,
+            "record_session": self.record_session,
         }
 
 

@@ -3,7 +3,8 @@ of the platform that imports gmqtt.
 
 Delivery is at least once and survives restarts: the service puts every notify in the
 store's outbox (with the tunnel, in one step); this notifier publishes each outbox entry with
-QoS 1 to `$oc/devices/{device_id}/sys/events/down` and removes it when the broker's PUBACK
+QoS 1 to `$oc/devices/{device_id}/sys/events/down` (AWS-protocol tunnels: AWS's
+`$aws/things/{device_id}/tunnels/notify`, docs/aws.md) and removes it when the broker's PUBACK
 comes. While the broker is unreachable entries wait; after every (re)connection everything
 still in the outbox is published again. A tunnel closed before delivery has no entry any
 more, so it is never delivered. The device token in an entry is a secret: it goes into the
@@ -24,6 +25,7 @@ import contextlib
 import logging
 import ssl
 import uuid
+from collections.abc import Callable
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv311
@@ -32,9 +34,9 @@ from gmqtt.storage import PersistentStorage
 
 from relay.clock import Clock
 from relay.config import Settings, parse_mqtt_url
-from relay.model import CloseReason, PendingNotify, Side, Status, Tunnel
-from relay.notify import (PRESENCE_FILTER, build_notify, cancel_and_wait, device_of_presence_topic, down_topic,
-                          mqtt_tls_context, quiet_gmqtt_logger)
+from relay.model import CloseReason, PendingNotify, Side, Status, Tunnel, TunnelProtocol
+from relay.notify import (PRESENCE_FILTER, aws_notify_topic, build_aws_notify, build_notify, cancel_and_wait,
+                          device_of_presence_topic, down_topic, mqtt_tls_context, quiet_gmqtt_logger)
 from relay.presence import Presence, State
 from relay.store.base import TunnelStore
 
@@ -97,6 +99,7 @@ class Notifier:
         self._in_flight: dict[int, PendingNotify] = {}
         self._acked: list[PendingNotify] = []
         self._gmqtt_log = quiet_gmqtt_logger("relay.notifier.gmqtt")
+        self.on_delivered: Callable[[Tunnel], None] | None = None   # the audit trail's hook (set by the app)
 
     # -- TunnelListener ------------------------------------------------------------------
 
@@ -208,6 +211,10 @@ class Notifier:
         for entry in acked:
             if await self.store.notify_delivered(entry.tunnel_id, entry.device_token):
                 log.info("tunnel notify delivered", extra={"tunnel_id": entry.tunnel_id})
+                if self.on_delivered is not None:
+                    tunnel = await self.store.get(entry.tunnel_id)
+                    if tunnel is not None:
+                        self.on_delivered(tunnel)
 
     async def _publish_pending(self, client: _Client) -> None:
         waiting = {(e.tunnel_id, e.device_token) for e in self._in_flight.values()}
@@ -219,16 +226,23 @@ class Notifier:
             tunnel = await self.store.get(entry.tunnel_id)
             if tunnel is None or tunnel.status is not Status.OPEN:
                 continue   # closing drops the entry; this one is on its way out
-            now = self.clock.now()
-            payload = build_notify(
-                tunnel_uri=self.settings.tunnel_uri(tunnel.tunnel_id, "device"), token=entry.device_token,
-                expires_in=tunnel.remaining_lifetime(now), now=now, custom_info=tunnel.custom_info,
-            )
-            client.publish(down_topic(tunnel.device_id), payload, qos=1)
+            topic, payload = self._notify(tunnel, entry.device_token)
+            client.publish(topic, payload, qos=1)
             mid = client.storage.last_mid  # type: ignore[attr-defined]
             if mid is not None:
                 self._in_flight[mid] = entry
             log.info("tunnel notify published", extra={"tunnel_id": tunnel.tunnel_id, "device_id": tunnel.device_id})
+
+    def _notify(self, tunnel: Tunnel, device_token: str) -> tuple[str, bytes]:
+        """The topic and payload that tell the device of `tunnel` its token, in its protocol's way."""
+        if tunnel.protocol is TunnelProtocol.AWS:
+            return aws_notify_topic(tunnel.device_id), build_aws_notify(
+                token=device_token, region=self.settings.aws_region, services=tunnel.services)
+        now = self.clock.now()
+        return down_topic(tunnel.device_id), build_notify(
+            tunnel_uri=self.settings.tunnel_uri(tunnel.tunnel_id, "device"), token=device_token,
+            expires_in=tunnel.remaining_lifetime(now), now=now, custom_info=tunnel.custom_info,
+        )
 
     def _on_message(self, client, topic, payload, qos, properties):  # type: ignore[no-untyped-def]
         device_id = device_of_presence_topic(topic)

@@ -32,6 +32,50 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 
 
+# AWS IoT's tunnel notify topic: the destination token of an AWS-protocol tunnel (docs/aws.md).
+AWS_NOTIFY_TOPIC = "$aws/things/{thing_name}/tunnels/notify"
+AWS_DESTINATION = "destination"
+
+
+def aws_notify_topic(device_id: str) -> str:
+    """The device id is the AWS thing name."""
+    return AWS_NOTIFY_TOPIC.format(thing_name=device_id)
+
+
+def build_aws_notify(*, token: str, region: str, services: tuple[str, ...] | list[str]) -> bytes:
+    """The payload AWS IoT publishes for a new tunnel, as its device clients expect it."""
+    return orjson.dumps({"clientAccessToken": token, "clientMode": AWS_DESTINATION, "region": region,
+                         "services": list(services)})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AwsNotify:
+    token: str = dataclasses.field(repr=False)   # a secret
+    region: str
+    services: tuple[str, ...]
+
+
+def parse_aws_notify(payload: bytes) -> AwsNotify:
+    """An AWS tunnel notify; ValueError when it is not one for the destination."""
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError("not a JSON object")
+    token, mode, region, services = (body.get("clientAccessToken"), body.get("clientMode"), body.get("region"),
+                                     body.get("services"))
+    if not isinstance(token, str) or not token:
+        raise ValueError("no clientAccessToken")
+    if mode != AWS_DESTINATION:
+        raise ValueError("clientMode is not destination")
+    if not isinstance(region, str):
+        raise ValueError("region is not a string")
+    if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
+        raise ValueError("services is not a list of strings")
+    return AwsNotify(token, region, tuple(services))
+
+
 def down_topic(device_id: str) -> str:
     return DOWN_TOPIC.format(device_id=device_id)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import uuid
 from typing import Any, Protocol, Union
 
@@ -85,6 +86,15 @@ class End(Protocol):
     side: Side
 
 
+class Watcher(Protocol):
+    """Sees the few relayed messages the audit trail needs (relay/sessions.py): the decoders
+    hand it the messages whose operation type it names, nothing else."""
+
+    def noted(self, side: Side) -> frozenset[str]: ...
+    def observe(self, side: Side, payload: bytes) -> None: ...
+    def side_left(self, side: Side) -> None: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Send:
     end: End
@@ -123,12 +133,19 @@ def other(side: Side) -> Side:
 class Pairing:
     """The two ends of one tunnel."""
 
-    def __init__(self, tunnel_id: str, max_message_size: int = 10240) -> None:
+    def __init__(self, tunnel_id: str, max_message_size: int = 10240, watcher: Watcher | None = None) -> None:
         self.tunnel_id = tunnel_id
         self.ends: dict[Side, End | None] = {Side.SOURCE: None, Side.DEVICE: None}
+        self.watcher = watcher
         # One decoder per side for the tunnel's whole life: the source's request ids must be
         # unique in the tunnel, across reconnections.
-        self.decoders = {side: codec.Decoder(_CODEC_SIDE[side], max_message_size, SERVICES) for side in Side}
+        self.decoders = {side: self._decoder(side, max_message_size) for side in Side}
+
+    def _decoder(self, side: Side, max_message_size: int) -> Any:
+        if self.watcher is None:
+            return codec.Decoder(_CODEC_SIDE[side], max_message_size, SERVICES)
+        return codec.Decoder(_CODEC_SIDE[side], max_message_size, SERVICES, noted=self.watcher.noted(side),
+                             on_note=functools.partial(self.watcher.observe, side))
 
     @property
     def empty(self) -> bool:
@@ -184,6 +201,8 @@ class Pairing:
     def _remove(self, end: End, tell_peer: bool) -> list[Action]:
         side = end.side
         self.ends[side] = None
+        if self.watcher is not None:
+            self.watcher.side_left(side)   # what ran over this connection is over
         self.decoders[side].peer_connected = False
         self.decoders[other(side)].peer_connected = False
         actions: list[Action] = [Link(end, None, self.decoders[side]), StateChange(side, False)]

@@ -11,17 +11,23 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay import errors
+from relay.audit import ACTOR_RELAY, EventType
 from relay.clock import Clock
 from relay.config import Settings
-from relay.model import CloseReason, ListQuery, Page, Side, Status, Tunnel
+from relay.model import CloseReason, ListQuery, Page, Side, Status, Tunnel, TunnelProtocol
 from relay.presence import Presence
 from relay.store.base import TunnelStore
 from relay.tokens import hash_token, new_token, token_matches
 
+if TYPE_CHECKING:
+    from relay.auditlog import AuditLog
+
 log = logging.getLogger(__name__)
+
+RELAY_ACTOR = ACTOR_RELAY   # the actor of what the relay does by itself (expiry)
 
 
 class TunnelListener(Protocol):
@@ -63,6 +69,18 @@ class TunnelService:
         # The device side (set by the app when the relay has an MQTT broker, docs/device.md):
         self.presence: Presence | None = None   # asked before a create; None: no presence check
         self.notify_devices = False             # queue a notify (in the store's outbox) on create and rotation
+        self.audit: AuditLog | None = None      # the audit trail (docs/audit.md); None: not kept
+
+    def record(self, project_id: str, event: EventType, *, actor: str, tunnel: Tunnel | None = None,
+               tunnel_id: str | None = None, device_id: str | None = None, outcome: str = "ok",
+               detail: dict[str, Any] | None = None) -> None:
+        """Add an event to the audit trail; never blocks (the audit log writes in the background)."""
+        if self.audit is None:
+            return
+        if tunnel is not None:
+            tunnel_id, device_id = tunnel.tunnel_id, tunnel.device_id
+        self.audit.record(project_id, event, actor=actor, tunnel_id=tunnel_id, device_id=device_id,
+                          outcome=outcome, detail=detail)
 
     # -- queries -------------------------------------------------------------------------
 
@@ -92,7 +110,17 @@ class TunnelService:
 
     # -- changes -------------------------------------------------------------------------
 
-    async def create(
+    async def create(self, project_id: str, device_id: str, *, actor: str = RELAY_ACTOR, **fields: Any) -> CreatedTunnel:
+        try:
+            created = await self._create(project_id, device_id, **fields)
+        except errors.ApiError as exc:
+            self.record(project_id, EventType.TUNNEL_CREATED, actor=actor, device_id=device_id, outcome=exc.code)
+            raise
+        self.record(project_id, EventType.TUNNEL_CREATED, actor=actor, tunnel=created.tunnel,
+                    detail={"expires_in": created.expires_in})
+        return created
+
+    async def _create(
         self,
         project_id: str,
         device_id: str,
@@ -100,6 +128,9 @@ class TunnelService:
         description: str | None = None,
         custom_info: str | None = None,
         expires_in: int | None = None,
+        protocol: TunnelProtocol = TunnelProtocol.HUAWEI,
+        services: tuple[str, ...] = (),
+        record_session: bool = False,
     ) -> CreatedTunnel:
         if self.presence is not None:
             self.presence.require_online(device_id)
@@ -116,6 +147,9 @@ class TunnelService:
             device_token_hash=hash_token(device_token),
             description=description,
             custom_info=custom_info,
+            protocol=protocol,
+            services=services,
+            record_session=record_session,
         )
         # A tunnel of this device that expired but was not swept yet must not block the new one.
         await self.expire_due()
@@ -126,21 +160,45 @@ class TunnelService:
             listener.tunnel_created(tunnel, device_token)
         return CreatedTunnel(tunnel, source_token, device_token, lifetime)
 
-    async def close(self, project_id: str, tunnel_id: str) -> Tunnel:
-        tunnel = await self.get(project_id, tunnel_id)
+    async def close(self, project_id: str, tunnel_id: str, *, actor: str = RELAY_ACTOR) -> Tunnel:
+        try:
+            tunnel = await self.get(project_id, tunnel_id)
+        except errors.ApiError as exc:
+            self.record(project_id, EventType.TUNNEL_CLOSED, actor=actor, tunnel_id=tunnel_id, outcome=exc.code)
+            raise
         if tunnel.status is Status.CLOSED:
             return tunnel  # closing is idempotent, like Huawei's
-        return await self._close(tunnel_id, CloseReason.CLOSED) or await self.get(project_id, tunnel_id)
+        closed = await self._close(tunnel_id, CloseReason.CLOSED, actor=actor)
+        return closed or await self.get(project_id, tunnel_id)
 
-    async def delete(self, project_id: str, tunnel_id: str) -> None:
-        tunnel = await self.get(project_id, tunnel_id)
-        if tunnel.status is not Status.CLOSED:
-            raise errors.TunnelNotClosed(f"tunnel {tunnel_id!r} is open; close it before deleting it")
-        if not await self.store.delete(tunnel_id):
-            raise errors.TunnelNotFound(f"tunnel {tunnel_id!r} does not exist in project {project_id!r}")
+    async def delete(self, project_id: str, tunnel_id: str, *, actor: str = RELAY_ACTOR) -> None:
+        tunnel: Tunnel | None = None
+        try:
+            tunnel = await self.get(project_id, tunnel_id)
+            if tunnel.status is not Status.CLOSED:
+                raise errors.TunnelNotClosed(f"tunnel {tunnel_id!r} is open; close it before deleting it")
+            if not await self.store.delete(tunnel_id):
+                raise errors.TunnelNotFound(f"tunnel {tunnel_id!r} does not exist in project {project_id!r}")
+        except errors.ApiError as exc:
+            self.record(project_id, EventType.TUNNEL_DELETED, actor=actor, tunnel=tunnel, tunnel_id=tunnel_id,
+                        outcome=exc.code)
+            raise
         log.info("tunnel deleted", extra={"tunnel_id": tunnel_id})
+        self.record(project_id, EventType.TUNNEL_DELETED, actor=actor, tunnel=tunnel)
 
-    async def rotate(self, project_id: str, tunnel_id: str, sides: frozenset[Side]) -> RotatedTokens:
+    async def rotate(self, project_id: str, tunnel_id: str, sides: frozenset[Side], *,
+                     actor: str = RELAY_ACTOR) -> RotatedTokens:
+        detail = {"sides": sorted(s.value for s in sides)}
+        try:
+            rotated = await self._rotate(project_id, tunnel_id, sides)
+        except errors.ApiError as exc:
+            self.record(project_id, EventType.TOKENS_ROTATED, actor=actor, tunnel_id=tunnel_id, outcome=exc.code,
+                        detail=detail)
+            raise
+        self.record(project_id, EventType.TOKENS_ROTATED, actor=actor, tunnel=rotated.tunnel, detail=detail)
+        return rotated
+
+    async def _rotate(self, project_id: str, tunnel_id: str, sides: frozenset[Side]) -> RotatedTokens:
         tunnel = await self.get(project_id, tunnel_id)
         if tunnel.status is not Status.OPEN:
             raise errors.TunnelClosed(f"tunnel {tunnel_id!r} is closed; its tokens cannot be rotated")
@@ -161,15 +219,20 @@ class TunnelService:
             listener.tokens_rotated(updated, sides, device_token)
         return RotatedTokens(updated, source_token, device_token, updated.remaining_lifetime(self.clock.now()))
 
-    async def batch(self, project_id: str, tunnel_ids: list[str], action: str) -> list[BatchResult]:
+    async def batch(self, project_id: str, tunnel_ids: list[str], action: str, *,
+                    actor: str = RELAY_ACTOR) -> list[BatchResult]:
         operation = self.close if action == "close" else self.delete
         results = []
         for tunnel_id in tunnel_ids:
             try:
-                await operation(project_id, tunnel_id)
+                await operation(project_id, tunnel_id, actor=actor)
                 results.append(BatchResult(tunnel_id, None))
             except errors.ApiError as exc:
                 results.append(BatchResult(tunnel_id, exc))
+        failed = sum(1 for r in results if r.error is not None)
+        self.record(project_id, EventType.BATCH_CLOSE if action == "close" else EventType.BATCH_DELETE,
+                    actor=actor, outcome="ok" if not failed else f"{failed} failed",
+                    detail={"results": {r.tunnel_id: r.error.code if r.error else "ok" for r in results}})
         return results
 
     async def set_connect_state(self, tunnel_id: str, side: Side, connected: bool) -> None:
@@ -207,7 +270,7 @@ class TunnelService:
             return await self._close(tunnel.tunnel_id, CloseReason.EXPIRED) or tunnel
         return tunnel
 
-    async def _close(self, tunnel_id: str, reason: CloseReason) -> Tunnel | None:
+    async def _close(self, tunnel_id: str, reason: CloseReason, *, actor: str = RELAY_ACTOR) -> Tunnel | None:
         when = self.clock.now()
         if reason is CloseReason.EXPIRED:
             current = await self.store.get(tunnel_id)
@@ -217,6 +280,8 @@ class TunnelService:
         if tunnel is None:
             return None
         log.info("tunnel closed", extra={"tunnel_id": tunnel_id, "reason": reason.value})
+        self.record(tunnel.project_id, EventType.TUNNEL_EXPIRED if reason is CloseReason.EXPIRED else EventType.TUNNEL_CLOSED,
+                    actor=actor, tunnel=tunnel)
         for listener in self.listeners:
             listener.tunnel_closed(tunnel, reason)
         return tunnel

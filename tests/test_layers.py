@@ -15,8 +15,9 @@ LAYERS = [
      "relay.aws_messages", "relay.audit"},
     {"relay.codec"},
     {"relay.protocol", "relay.protocol_aws", "relay.store", "relay.cluster", "relay.recording"},
-    {"relay.service", "relay.forward", "relay.notifier", "relay.presence", "relay.broker", "relay.outbox",
-     "relay.auditlog"},
+    {"relay.service", "relay.forward", "relay.aws_streams", "relay.notifier", "relay.presence", "relay.broker",
+     "relay.outbox",
+     "relay.auditlog", "relay.sessions"},
     {"relay.web", "relay.agent", "relay.client"},
     {"relay.cli"},
 ]

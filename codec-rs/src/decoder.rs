@@ -74,6 +74,8 @@ pub struct Decoder {
     /// unmasked payload of the fragmented text message in progress
     frag: Vec<u8>,
     in_message: bool,
+    /// (start, len) in `to_peer` of the payloads of the noted messages forwarded by the last `feed`
+    pub notes: Vec<(usize, usize)>,
 }
 
 impl Decoder {
@@ -88,6 +90,7 @@ impl Decoder {
             pending: Vec::new(),
             frag: Vec::new(),
             in_message: false,
+            notes: Vec::new(),
         }
     }
 
@@ -120,13 +123,15 @@ impl Decoder {
 
     /// Feed one read's bytes. Complete accepted messages are appended to `to_peer` as server text
     /// frames, replies (pongs, envelope answers) to `to_sender`. Returns the close frame to send
-    /// (after which the decoder is closed), or `None`.
+    /// (after which the decoder is closed), or `None`. Afterwards `notes` holds where in `to_peer`
+    /// the payloads of the forwarded messages whose `operation_type` is in `policy.noted` are.
     pub fn feed<O: Out>(&mut self, data: &[u8], to_peer: &mut O, to_sender: &mut Vec<u8>) -> Option<Violation> {
+        self.notes.clear();
         if self.closed {
             return None;
         }
         let result = if self.pending.is_empty() {
-            let (used, res) = self.process(data, to_peer, to_sender);
+            let (used, res) = self.run(data, to_peer, to_sender);
             if res.is_none() && used < data.len() {
                 self.pending.extend_from_slice(&data[used..]);
             }
@@ -134,7 +139,7 @@ impl Decoder {
         } else {
             let mut buf = std::mem::take(&mut self.pending);
             buf.extend_from_slice(data);
-            let (used, res) = self.process(&buf, to_peer, to_sender);
+            let (used, res) = self.run(&buf, to_peer, to_sender);
             buf.drain(..used);
             self.pending = buf;
             res
@@ -148,8 +153,23 @@ impl Decoder {
         result
     }
 
+    /// `process`, compiled twice: without notes (the hot path, exactly as before notes existed)
+    /// and with them; the choice is made once per read.
+    fn run<O: Out>(&mut self, buf: &[u8], to_peer: &mut O, to_sender: &mut Vec<u8>) -> (usize, Option<Violation>) {
+        if self.policy.noted.is_empty() {
+            self.process::<O, false>(buf, to_peer, to_sender)
+        } else {
+            self.process::<O, true>(buf, to_peer, to_sender)
+        }
+    }
+
     /// Parse complete frames from `buf`; returns (bytes consumed, violation).
-    fn process<O: Out>(&mut self, buf: &[u8], to_peer: &mut O, to_sender: &mut Vec<u8>) -> (usize, Option<Violation>) {
+    fn process<O: Out, const NOTE: bool>(
+        &mut self,
+        buf: &[u8],
+        to_peer: &mut O,
+        to_sender: &mut Vec<u8>,
+    ) -> (usize, Option<Violation>) {
         let mut pos = 0usize;
         loop {
             let rest = &buf[pos..];
@@ -242,7 +262,7 @@ impl Decoder {
                     let body = to_peer.len();
                     to_peer.put(payload);
                     unmask_in_place(to_peer.tail_mut(body), mask);
-                    if let Err(v) = self.message(to_peer, start, body, to_sender) {
+                    if let Err(v) = self.message::<O, NOTE>(to_peer, start, body, to_sender) {
                         return (pos, Some(v));
                     }
                 }
@@ -264,7 +284,7 @@ impl Decoder {
                         if self.frag.capacity() > 4 * self.max_message_size.max(4096) {
                             self.frag = Vec::new();
                         }
-                        if let Err(v) = self.message(to_peer, start, body, to_sender) {
+                        if let Err(v) = self.message::<O, NOTE>(to_peer, start, body, to_sender) {
                             return (pos, Some(v));
                         }
                     }
@@ -274,13 +294,21 @@ impl Decoder {
     }
 
     /// Validate the complete message written at `to_peer[body..]` (its frame starts at `start`).
-    fn message<O: Out>(&mut self, to_peer: &mut O, start: usize, body: usize, to_sender: &mut Vec<u8>) -> Result<(), Violation> {
+    fn message<O: Out, const NOTE: bool>(
+        &mut self,
+        to_peer: &mut O,
+        start: usize,
+        body: usize,
+        to_sender: &mut Vec<u8>,
+    ) -> Result<(), Violation> {
         let bytes = to_peer.tail_mut(body);
         let n = bytes.len();
-        let outcome = self.policy.check(bytes, self.peer_connected, to_sender);
+        let outcome = self.policy.check_with::<NOTE>(bytes, self.peer_connected, to_sender);
         match outcome {
             Ok(o) => {
-                if o != Outcome::Forward {
+                if NOTE && o == Outcome::ForwardNoted {
+                    self.note(body, n);
+                } else if o != Outcome::Forward {
                     to_peer.truncate(start);
                 }
                 self.messages += 1;
@@ -292,6 +320,15 @@ impl Decoder {
                 Err(v)
             }
         }
+    }
+}
+
+impl Decoder {
+    /// Out of line: only decoders with notes get here.
+    #[cold]
+    #[inline(never)]
+    fn note(&mut self, body: usize, n: usize) {
+        self.notes.push((body, n));
     }
 }
 
@@ -456,6 +493,27 @@ mod tests {
         d.reset();
         assert!(!d.closed());
         assert_eq!(feed(&mut d, &f).2.unwrap().0, 4409);
+    }
+
+    #[test]
+    fn notes_point_at_forwarded_payloads() {
+        let mut d = dec(SOURCE);
+        d.policy.noted = ["connect".into(), "command".into()].into_iter().collect();
+        let cmd = format!(r#"{{"operation_type":"command","tunnel_service_type":"ssh","request_id":"c","data":"{}"}}"#, "d".repeat(200)).into_bytes();
+        let mut data = client_frame(true, OP_TEXT, &env("connect", "1"));
+        data.extend(client_frame(true, OP_TEXT, &env("ping", "2")));
+        data.extend(client_frame(true, OP_TEXT, &env("disconnect", "3")));
+        data.extend(client_frame(false, OP_TEXT, &cmd[..10]));
+        data.extend(client_frame(true, OP_CONT, &cmd[10..]));
+        data.extend(client_frame(true, OP_TEXT, &env("connect", "1"))); // 4409: never noted
+        let (p, _, c) = feed(&mut d, &data);
+        assert_eq!(c.unwrap().0, 4409);
+        let notes: Vec<&[u8]> = d.notes.iter().map(|&(s, n)| &p[s..s + n]).collect();
+        assert_eq!(notes, vec![&env("connect", "1")[..], &cmd[..]]);
+        d.reset();
+        d.peer_connected = false;
+        feed(&mut d, &client_frame(true, OP_TEXT, &env("connect", "9")));
+        assert!(d.notes.is_empty());
     }
 
     #[test]

@@ -36,6 +36,8 @@ impl Violation {
 pub enum Outcome {
     /// forward the original payload to the peer
     Forward,
+    /// forward it, and its `operation_type` is one of the policy's `noted` ones
+    ForwardNoted,
     /// a reply frame was appended to `to_sender`
     Answered,
     /// accepted, nothing to send
@@ -88,6 +90,9 @@ pub struct Policy {
     pub side: u8,
     pub services: Vec<String>,
     pub request_ids: RequestIds,
+    /// `operation_type`s whose forwarded messages are reported as `Outcome::ForwardNoted`
+    /// (a handful: a linear scan beats hashing here)
+    pub noted: Vec<Box<str>>,
 }
 
 fn side_name(side: u8) -> &'static str {
@@ -148,12 +153,24 @@ fn write_reply(out: &mut Vec<u8>, op: &str, service: &str, rid: &str, data: &[&s
 
 impl Policy {
     pub fn new(side: u8, services: Vec<String>, request_id_window: usize) -> Self {
-        Policy { side, services, request_ids: RequestIds::new(request_id_window) }
+        Policy { side, services, request_ids: RequestIds::new(request_id_window), noted: Vec::new() }
     }
 
     /// Check one complete text message (UTF-8 first, then JSON, then the envelope).
     /// Replies go to `to_sender`.
     pub fn check(&mut self, text: &[u8], peer_connected: bool, to_sender: &mut Vec<u8>) -> Result<Outcome, Violation> {
+        self.check_with::<true>(text, peer_connected, to_sender)
+    }
+
+    /// `check`; with `NOTE` false the `noted` set is not consulted (never `ForwardNoted`), so the
+    /// decoder's path without notes compiles to the code it had before notes existed.
+    #[inline]
+    pub fn check_with<const NOTE: bool>(
+        &mut self,
+        text: &[u8],
+        peer_connected: bool,
+        to_sender: &mut Vec<u8>,
+    ) -> Result<Outcome, Violation> {
         let env = match json::parse(text) {
             // the parser validates UTF-8 on the way; on failure tell the two apart (1007 wins)
             Err(_) if std::str::from_utf8(text).is_err() => {
@@ -201,6 +218,9 @@ impl Policy {
             return Ok(Outcome::Answered);
         }
         if peer_connected {
+            if NOTE && self.noted.iter().any(|n| **n == *op) {
+                return Ok(Outcome::ForwardNoted);
+            }
             return Ok(Outcome::Forward);
         }
         if op == "disconnect" {
@@ -280,6 +300,17 @@ mod tests {
         out.clear();
         assert_eq!(p.check(&env("disconnect", "7"), false, &mut out), Ok(Outcome::Consumed));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn noted_only_when_forwarded() {
+        let mut p = policy(SOURCE);
+        p.noted = ["connect".into(), "ping".into()].into_iter().collect();
+        let mut out = Vec::new();
+        assert_eq!(p.check(&env("connect", "1"), true, &mut out), Ok(Outcome::ForwardNoted));
+        assert_eq!(p.check(&env("command", "2"), true, &mut out), Ok(Outcome::Forward));
+        assert_eq!(p.check(&env("connect", "3"), false, &mut out), Ok(Outcome::Answered));
+        assert_eq!(p.check(&env("ping", "4"), true, &mut out), Ok(Outcome::Answered));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Hot-path codec of the secure-tunnel relay. The logic lives in plain-Rust modules
 //! (tested by `cargo test` without Python); this file only holds the PyO3 bindings.
+pub mod aws;
 pub mod decoder;
 pub mod envelope;
 pub mod frame;
@@ -11,7 +12,9 @@ mod bindings {
     use pyo3::ffi;
     use pyo3::prelude::*;
     use pyo3::types::{PyBytes, PyString, PyTuple};
+    use pyo3::{PyTraverseError, PyVisit};
 
+    use crate::aws;
     use crate::decoder::{self, Out};
     use crate::envelope::{DEVICE, SOURCE};
     use crate::frame;
@@ -141,17 +144,34 @@ mod bindings {
     #[pyclass(name = "Decoder", module = "relay._codec_rs")]
     struct Decoder {
         inner: decoder::Decoder,
+        /// called with the payload of each forwarded message whose operation_type is noted
+        on_note: Option<Py<PyAny>>,
+    }
+
+    /// An iterable of `str` that is not itself a `str` (`what` names the argument in the error).
+    fn str_items(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<String>> {
+        let err = || PyTypeError::new_err(format!("{what} must be an iterable of str"));
+        if value.is_instance_of::<PyString>() {
+            return Err(err());
+        }
+        let mut v = Vec::new();
+        for item in value.try_iter().map_err(|_| err())? {
+            v.push(item?.extract::<String>().map_err(|_| err())?);
+        }
+        Ok(v)
     }
 
     #[pymethods]
     impl Decoder {
         #[new]
-        #[pyo3(signature = (side, max_message_size = 10240, services = None, request_id_window = 1024))]
+        #[pyo3(signature = (side, max_message_size = 10240, services = None, request_id_window = 1024, *, noted = None, on_note = None))]
         fn new(
             side: &Bound<'_, PyAny>,
             max_message_size: i128,
             services: Option<&Bound<'_, PyAny>>,
             request_id_window: i128,
+            noted: Option<&Bound<'_, PyAny>>,
+            on_note: Option<&Bound<'_, PyAny>>,
         ) -> PyResult<Self> {
             let side = match side.extract::<i64>() {
                 Ok(s) if s == SOURCE as i64 || s == DEVICE as i64 => s as u8,
@@ -175,24 +195,72 @@ mod bindings {
                     v
                 }
             };
-            Ok(Decoder { inner: decoder::Decoder::new(side, max, services, window) })
+            let noted = match noted {
+                None => Vec::new(),
+                Some(n) => str_items(n, "noted")?,
+            };
+            let on_note = match on_note {
+                Some(cb) if !cb.is_none() => {
+                    if !cb.is_callable() {
+                        return Err(PyTypeError::new_err("on_note must be callable or None"));
+                    }
+                    Some(cb.clone().unbind())
+                }
+                _ => None,
+            };
+            let mut inner = decoder::Decoder::new(side, max, services, window);
+            if on_note.is_some() {
+                let mut noted: Vec<Box<str>> = noted.into_iter().map(String::into_boxed_str).collect();
+                noted.sort_unstable();
+                noted.dedup();
+                inner.policy.noted = noted;
+            }
+            Ok(Decoder { inner, on_note })
+        }
+
+        fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+            if let Some(cb) = &self.on_note {
+                visit.call(cb)?;
+            }
+            Ok(())
+        }
+
+        fn __clear__(&mut self) {
+            self.on_note = None;
         }
 
         /// Feed one read; returns (to_peer, to_sender, close).
-        fn feed<'py>(
-            &mut self,
-            py: Python<'py>,
-            data: &[u8],
-        ) -> PyResult<FeedResult<'py>> {
+        fn feed<'py>(slf: &Bound<'py, Self>, data: &[u8]) -> PyResult<FeedResult<'py>> {
+            let py = slf.py();
             let empty = PyBytes::new(py, b"");
-            if self.inner.closed() || data.is_empty() {
-                return Ok((empty.clone(), empty, None));
+            let (to_peer, to_sender, close, notes) = {
+                let mut this = slf.try_borrow_mut()?;
+                if this.inner.closed() || data.is_empty() {
+                    return Ok((empty.clone(), empty, None));
+                }
+                let mut to_peer = BytesOut::with_capacity(py, decoder::to_peer_bound(&this.inner, data.len()))?;
+                let mut to_sender = Vec::new();
+                let close = this.inner.feed(data, &mut to_peer, &mut to_sender);
+                let to_peer = to_peer.finish(py)?;
+                let to_sender = if to_sender.is_empty() { empty } else { PyBytes::new(py, &to_sender) };
+                let notes = if this.inner.notes.is_empty() {
+                    None
+                } else {
+                    let cb = this.on_note.as_ref().map(|cb| cb.clone_ref(py));
+                    cb.map(|cb| (std::mem::take(&mut this.inner.notes), cb))
+                };
+                (to_peer, to_sender, close, notes)
+            };
+            // the callbacks run once the decoder is consistent and no longer borrowed
+            if let Some((notes, cb)) = notes {
+                let cb = cb.bind(py);
+                for (start, len) in notes {
+                    let payload = to_peer.as_bytes().get(start..start + len).unwrap_or_default();
+                    if let Err(err) = cb.call1((PyBytes::new(py, payload),)) {
+                        err.write_unraisable(py, Some(cb));
+                    }
+                }
             }
-            let mut to_peer = BytesOut::with_capacity(py, decoder::to_peer_bound(&self.inner, data.len()))?;
-            let mut to_sender = Vec::new();
-            let close = self.inner.feed(data, &mut to_peer, &mut to_sender);
-            let to_peer = to_peer.finish(py)?;
-            let to_sender = if to_sender.is_empty() { empty } else { PyBytes::new(py, &to_sender) };
             Ok((to_peer, to_sender, close.map(|v| (v.code, v.reason))))
         }
 
@@ -234,6 +302,89 @@ mod bindings {
         }
     }
 
+    /// Per-connection decoder of client->server frames of the AWS IoT Secure Tunneling protocol.
+    #[pyclass(name = "AwsDecoder", module = "relay._codec_rs")]
+    struct AwsDecoder {
+        inner: aws::AwsDecoder,
+    }
+
+    #[pymethods]
+    impl AwsDecoder {
+        #[new]
+        #[pyo3(signature = (side, services = None, max_payload = 64512))]
+        fn new(side: &Bound<'_, PyAny>, services: Option<&Bound<'_, PyAny>>, max_payload: i128) -> PyResult<Self> {
+            let side = match side.extract::<i64>() {
+                Ok(s) if s == SOURCE as i64 || s == DEVICE as i64 => s as u8,
+                _ => return Err(PyValueError::new_err("side must be SOURCE (0) or DEVICE (1)")),
+            };
+            let services = match services {
+                None => Vec::new(),
+                Some(s) => str_items(s, "services")?,
+            };
+            let max = index_arg(max_payload, "max_payload")?;
+            Ok(AwsDecoder { inner: aws::AwsDecoder::new(side, services, max) })
+        }
+
+        /// Feed one read; returns (to_peer, to_sender, close).
+        fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<FeedResult<'py>> {
+            let empty = PyBytes::new(py, b"");
+            if self.inner.closed() || data.is_empty() {
+                return Ok((empty.clone(), empty, None));
+            }
+            let mut to_peer = BytesOut::with_capacity(py, self.inner.to_peer_bound(data.len()))?;
+            let mut to_sender = Vec::new();
+            let close = self.inner.feed(data, &mut to_peer, &mut to_sender);
+            let to_peer = to_peer.finish(py)?;
+            let to_sender = if to_sender.is_empty() { empty } else { PyBytes::new(py, &to_sender) };
+            Ok((to_peer, to_sender, close.map(|v| (v.code, v.reason))))
+        }
+
+        /// A new connection replaces the old one: drop partial state, keep the counters.
+        fn reset(&mut self) {
+            self.inner.reset();
+        }
+
+        #[getter]
+        fn get_peer_connected(&self) -> bool {
+            self.inner.peer_connected
+        }
+
+        #[setter]
+        fn set_peer_connected(&mut self, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+            match value {
+                None => Err(PyTypeError::new_err("cannot delete peer_connected")),
+                Some(v) => {
+                    let b = v.extract::<bool>().map_err(|_| PyTypeError::new_err("peer_connected must be a bool"))?;
+                    self.inner.peer_connected = b;
+                    Ok(())
+                }
+            }
+        }
+
+        #[getter]
+        fn closed(&self) -> bool {
+            self.inner.closed()
+        }
+
+        #[getter]
+        fn messages(&self) -> u64 {
+            self.inner.messages()
+        }
+
+        #[getter]
+        fn bytes(&self) -> u64 {
+            self.inner.bytes()
+        }
+    }
+
+    /// One unmasked FIN binary frame (server->client).
+    #[pyfunction]
+    fn encode_binary<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let mut h = Vec::with_capacity(10);
+        frame::write_header(&mut h, frame::OP_BINARY, payload.len());
+        bytes_of(py, &[&h, payload])
+    }
+
     /// One unmasked FIN text frame (server->client).
     #[pyfunction]
     fn encode_text<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
@@ -269,12 +420,24 @@ mod bindings {
         m.add("DEVICE", DEVICE)?;
         m.add("IMPLEMENTATION", "rust")?;
         m.add_class::<Decoder>()?;
+        m.add_class::<AwsDecoder>()?;
         m.add_function(wrap_pyfunction!(encode_text, m)?)?;
+        m.add_function(wrap_pyfunction!(encode_binary, m)?)?;
         m.add_function(wrap_pyfunction!(encode_close, m)?)?;
         m.add_function(wrap_pyfunction!(encode_ping, m)?)?;
         let all = PyTuple::new(
             m.py(),
-            ["SOURCE", "DEVICE", "IMPLEMENTATION", "Decoder", "encode_text", "encode_close", "encode_ping"],
+            [
+                "SOURCE",
+                "DEVICE",
+                "IMPLEMENTATION",
+                "Decoder",
+                "AwsDecoder",
+                "encode_text",
+                "encode_binary",
+                "encode_close",
+                "encode_ping",
+            ],
         )?;
         m.add("__all__", all.to_list())?;
         Ok(())

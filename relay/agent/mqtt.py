@@ -19,8 +19,8 @@ from gmqtt.mqtt.handler import MQTTConnectError
 
 from relay.agent.settings import AgentSettings
 from relay.config import parse_mqtt_url
-from relay.notify import (OFFLINE, ONLINE, TunnelNotify, down_topic, mqtt_tls_context, parse_notifies, presence_topic,
-                          quiet_gmqtt_logger)
+from relay.notify import (OFFLINE, ONLINE, AwsNotify, TunnelNotify, aws_notify_topic, down_topic, mqtt_tls_context,
+                          parse_aws_notify, parse_notifies, presence_topic, quiet_gmqtt_logger)
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,14 @@ class _Client(gmqtt.Client):
 
 
 class DeviceLink:
-    def __init__(self, settings: AgentSettings, on_notify: Callable[[TunnelNotify], None]) -> None:
+    def __init__(self, settings: AgentSettings, on_notify: Callable[[TunnelNotify], None],
+                 on_aws_notify: Callable[[AwsNotify], None] | None = None) -> None:
         self.settings = settings
         self.on_notify = on_notify
+        self.on_aws_notify = on_aws_notify
         self.host, self.port, _ = parse_mqtt_url(settings.mqtt_url)
         self.down = down_topic(settings.device_id)
+        self.aws_down = aws_notify_topic(settings.device_id)   # AWS IoT Secure Tunneling's notify
         self.presence = presence_topic(settings.device_id)
         self.connected = asyncio.Event()
         self._client: _Client | None = None
@@ -74,6 +77,8 @@ class DeviceLink:
             said = False
             self._client = client
             client.subscribe(self.down, qos=1)
+            if self.on_aws_notify is not None:
+                client.subscribe(self.aws_down, qos=1)
             client.publish(self.presence, ONLINE, qos=1, retain=True)
             self.connected.set()
             log.info("connected to MQTT broker %s as device %s; online", self.settings.mqtt_url, self.settings.device_id)
@@ -104,6 +109,17 @@ class DeviceLink:
         return client
 
     def _on_message(self, client, topic, payload, qos, properties):  # type: ignore[no-untyped-def]
+        if topic == self.aws_down and self.on_aws_notify is not None:
+            try:
+                aws_notify = parse_aws_notify(payload)
+            except ValueError as exc:   # never log the payload: it holds a token
+                log.warning("ignored a message on %s: %s", topic, exc)
+                return 0
+            try:
+                self.on_aws_notify(aws_notify)
+            except Exception:
+                log.exception("could not act on an AWS tunnel notify")
+            return 0
         if topic != self.down:
             return 0
         try:

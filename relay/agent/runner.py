@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from relay.agent.aws import AwsTunnels
 from relay.agent.mqtt import DeviceLink
 from relay.agent.settings import AgentSettings
 from relay.agent.tunnel import TunnelClient
@@ -16,7 +17,8 @@ log = logging.getLogger(__name__)
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
-        self.link = DeviceLink(settings, self.on_notify)
+        self.aws = AwsTunnels(settings)   # AWS IoT Secure Tunneling notifies (docs/aws-clients.md)
+        self.link = DeviceLink(settings, self.on_notify, self.aws.on_notify)
         self.tunnel: TunnelClient | None = None
         self._tunnel_task: asyncio.Task[str] | None = None
         self._link_task: asyncio.Task[None] | None = None
@@ -46,6 +48,7 @@ class Agent:
         await self.link.close()
         for task in [t for t in (self._link_task, self._tunnel_task, *self._old) if t is not None]:
             await cancel_and_wait(task)
+        await self.aws.stop()
 
     async def run_until(self, stop: asyncio.Event) -> None:
         await self.start()

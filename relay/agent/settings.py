@@ -26,6 +26,11 @@ class AgentSettings:
     reconnect_initial: float = 1.0          # backoff after a lost connection: 1, 2, 4, ... seconds
     reconnect_max: float = 30.0
     mqtt_reconnect_delay: float = 2.0
+    # AWS IoT Secure Tunneling (docs/aws-clients.md): the relay's address for tunnels announced on
+    # $aws/things/{device_id}/tunnels/notify (empty: AWS's endpoint of the notify's region), and
+    # service id -> (host, port) of the streams ("" host: ssh_host); empty: SSH -> ssh_host:ssh_port
+    aws_endpoint: str = ""
+    aws_services: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def client_id(self) -> str:

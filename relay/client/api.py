@@ -85,15 +85,18 @@ class RelayApi:
             await self.http.close()
 
     async def _call(self, method: str, path: str = "", *, json: Any = None,
-                    params: dict[str, Any] | None = None) -> Any:
+                    params: dict[str, Any] | None = None, url: str | None = None, raw_body: bool = False) -> Any:
+        """`path` under the tunnels; or `url` (another API path); `raw_body`: the bytes, not JSON."""
         assert self.http is not None, "use `async with RelayApi(...)`"
         query = {k: str(v) for k, v in (params or {}).items() if v is not None}
         try:
-            async with self.http.request(method, self._base + path, json=json, params=query,
+            async with self.http.request(method, url or self._base + path, json=json, params=query,
                                          headers=self._headers, ssl=self.ssl) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise _error(resp.status, resp.content_type, raw)
+                if raw_body:
+                    return raw
                 if not raw:
                     return None
                 try:
@@ -156,6 +159,26 @@ class RelayApi:
             merged["success_count"] += answer.get("success_count", 0)
             merged["failure_count"] += answer.get("failure_count", 0)
         return merged
+
+
+    # -- the audit trail and session recordings (docs/audit.md) ----------------------------
+
+    def _project_url(self, path: str) -> str:
+        return f"{self.url}/v5/iot/{quote(self.project, safe='')}{path}"
+
+    async def audit_page(self, *, device_id: str | None = None, tunnel_id: str | None = None,
+                         event_types: list[str] | None = None, since: str | None = None, until: str | None = None,
+                         limit: int | None = None, marker: str | None = None) -> dict:
+        """One page of the audit trail: {"events", "count", "marker"} (newest first)."""
+        params = {"device_id": device_id, "tunnel_id": tunnel_id,
+                  "event_type": ",".join(event_types) if event_types else None,
+                  "since": since, "until": until, "limit": limit, "marker": marker}
+        return await self._call("GET", url=self._project_url("/audit"), params=params)
+
+    async def recording(self, session_id: str) -> bytes:
+        """A session recording: the asciicast v2 file, as stored."""
+        return await self._call("GET", url=self._project_url(f"/recordings/{quote(session_id, safe='')}"),
+                                raw_body=True)
 
 
 def _error(status: int, content_type: str, raw: bytes) -> ApiError:

@@ -19,7 +19,9 @@ __all__ = [
     "DEVICE",
     "IMPLEMENTATION",
     "Decoder",
+    "AwsDecoder",
     "encode_text",
+    "encode_binary",
     "encode_close",
     "encode_ping",
     "python_impl",
@@ -59,9 +61,11 @@ SOURCE: int = _impl.SOURCE
 DEVICE: int = _impl.DEVICE
 
 if TYPE_CHECKING:  # both twins share the Python twin's signatures
-    from relay.codec._py import Decoder, encode_close, encode_ping, encode_text
+    from relay.codec._py import AwsDecoder, Decoder, encode_binary, encode_close, encode_ping, encode_text
 else:
     Decoder = _impl.Decoder
+    AwsDecoder = _impl.AwsDecoder
     encode_text = _impl.encode_text
+    encode_binary = _impl.encode_binary
     encode_close = _impl.encode_close
     encode_ping = _impl.encode_ping

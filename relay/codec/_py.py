@@ -7,12 +7,16 @@ encoded with ``orjson.dumps``. The rules are described in docs/codec.md.
 
 from __future__ import annotations
 
+import builtins
 import operator
+import sys
 from collections import deque
+from collections.abc import Callable, Iterable
 
 import orjson
 
-__all__ = ["SOURCE", "DEVICE", "IMPLEMENTATION", "Decoder", "encode_text", "encode_close", "encode_ping"]
+__all__ = ["SOURCE", "DEVICE", "IMPLEMENTATION", "Decoder", "AwsDecoder", "encode_text", "encode_binary",
+           "encode_close", "encode_ping"]
 
 SOURCE: int = 0
 DEVICE: int = 1
@@ -36,8 +40,8 @@ _FRESH_ID_OPS = frozenset(("connect", "command", "forward_open"))
 _SIDE_NAME = {SOURCE: "source", DEVICE: "device"}
 _NOT_CONNECTED = {SOURCE: "device is not connected", DEVICE: "source is not connected"}
 
-# outcomes of an accepted message
-_FORWARD, _ANSWERED, _CONSUMED = 0, 1, 2
+# outcomes of an accepted message (_NOTED: forwarded, and its operation_type is noted)
+_FORWARD, _ANSWERED, _CONSUMED, _NOTED = 0, 1, 2, 3
 
 Close = tuple[int, str]
 
@@ -104,6 +108,34 @@ def _size_arg(value: int, name: str) -> int:
     return value
 
 
+def _str_items(value: object, what: str) -> tuple[str, ...]:
+    """An iterable of ``str`` that is not itself a ``str``."""
+    message = f"{what} must be an iterable of str"
+    if isinstance(value, str):
+        raise TypeError(message)
+    try:
+        items: tuple[object, ...] = tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(message) from None
+    strings = tuple(s for s in items if isinstance(s, str))
+    if len(strings) != len(items):
+        raise TypeError(message)
+    return strings
+
+
+class _Unraisable:
+    """The argument of ``sys.unraisablehook``, as ``PyErr_WriteUnraisable`` builds it."""
+
+    __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg", "object")
+
+    def __init__(self, exc: BaseException, obj: object) -> None:
+        self.exc_type = type(exc)
+        self.exc_value = exc
+        self.exc_traceback = exc.__traceback__
+        self.err_msg = None
+        self.object = obj
+
+
 def _close_reply(payload: bytes) -> Close:
     """The close frame the server sends back for a client close frame payload."""
     if not payload:
@@ -123,8 +155,9 @@ def _close_reply(payload: bytes) -> Close:
 class Decoder:
     """Per-connection decoder of client->server frames; one ``feed`` call per socket read."""
 
-    def __init__(self, side: int, max_message_size: int = 10240, services: tuple[str, ...] = ("ssh",),
-                 request_id_window: int = 1024) -> None:
+    def __init__(self, side: int, max_message_size: int = 10240, services: Iterable[str] | None = ("ssh",),
+                 request_id_window: int = 1024, *, noted: Iterable[str] | None = None,
+                 on_note: Callable[[builtins.bytes], object] | None = None) -> None:
         try:
             side = operator.index(side)
         except TypeError:
@@ -145,6 +178,13 @@ class Decoder:
         if not all(isinstance(s, str) for s in items):
             raise TypeError("services must be a tuple of str")
         self._services = frozenset(items)
+        noted_items = () if noted is None else _str_items(noted, "noted")
+        if on_note is not None and not callable(on_note):
+            raise TypeError("on_note must be callable or None")
+        self._on_note = on_note
+        # without a callback nothing is noted
+        self._noted = frozenset(noted_items) if on_note is not None else frozenset()
+        self._notes: list[builtins.bytes] = []  # payloads noted during the current feed
         self._peer_connected = False
         self._closed = False
         self._messages = 0
@@ -186,15 +226,15 @@ class Decoder:
         self._closed = False
 
     # ---- decoding
-    def feed(self, data: bytes) -> tuple[bytes, bytes, Close | None]:
+    def feed(self, data: builtins.bytes) -> tuple[builtins.bytes, builtins.bytes, Close | None]:
         """Feed one read; returns ``(to_peer, to_sender, close)``."""
         if not isinstance(data, bytes):
             raise TypeError("data must be bytes")
         if self._closed or not data:
             return b"", b"", None
         buf = self._pending + data if self._pending else data
-        to_peer: list[bytes] = []
-        to_sender: list[bytes] = []
+        to_peer: list[builtins.bytes] = []
+        to_sender: list[builtins.bytes] = []
         used, close = self._process(buf, to_peer, to_sender)
         if close is None:
             self._pending = buf[used:]
@@ -203,9 +243,25 @@ class Decoder:
             self._pending = b""
             self._frag = bytearray()
             self._in_message = False
+        if self._notes:
+            self._report_notes()
         return b"".join(to_peer), b"".join(to_sender), close
 
-    def _process(self, buf: bytes, to_peer: list[bytes], to_sender: list[bytes]) -> tuple[int, Close | None]:
+    def _report_notes(self) -> None:
+        """Call ``on_note`` for each noted payload of this feed, once the decoder is consistent; an
+        exception from the callback goes to ``sys.unraisablehook`` (as the Rust twin's
+        ``PyErr_WriteUnraisable``) and the next note is still delivered."""
+        notes, self._notes = self._notes, []
+        callback = self._on_note
+        assert callback is not None  # notes are only collected with a callback
+        for payload in notes:
+            try:
+                callback(payload)
+            except BaseException as exc:  # noqa: BLE001 - reported, like the Rust twin does
+                sys.unraisablehook(_Unraisable(exc, callback))  # type: ignore[arg-type]
+
+    def _process(self, buf: builtins.bytes, to_peer: list[builtins.bytes],
+                 to_sender: list[builtins.bytes]) -> tuple[int, Close | None]:
         pos = 0
         end = len(buf)
         while True:
@@ -273,7 +329,8 @@ class Decoder:
                     return pos, close
         # not reached
 
-    def _message(self, payload: bytes, to_peer: list[bytes], to_sender: list[bytes]) -> Close | None:
+    def _message(self, payload: builtins.bytes, to_peer: list[builtins.bytes],
+                 to_sender: list[builtins.bytes]) -> Close | None:
         """Check one complete text message; forward it, answer it, or return the close to send."""
         try:
             payload.decode("utf-8")  # strict: no overlongs, surrogates or code points > U+10FFFF
@@ -285,11 +342,15 @@ class Decoder:
         if result == _FORWARD:
             to_peer.append(_header(OP_TEXT, len(payload)))
             to_peer.append(payload)
+        elif result == _NOTED:
+            to_peer.append(_header(OP_TEXT, len(payload)))
+            to_peer.append(payload)
+            self._notes.append(payload)
         self._messages += 1
         self._bytes += len(payload)
         return None
 
-    def _envelope(self, payload: bytes, to_sender: list[bytes]) -> int | Close:
+    def _envelope(self, payload: builtins.bytes, to_sender: list[builtins.bytes]) -> int | Close:
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -320,12 +381,16 @@ class Decoder:
             to_sender.append(encode_text(orjson.dumps(reply)))
             return _ANSWERED
         if self._peer_connected:
+            # when nothing is noted this costs one truth test of an empty frozenset
+            if self._noted and op in self._noted:
+                return _NOTED
             return _FORWARD
         if op == "disconnect":
             return _CONSUMED
-        reply = {"operation_type": "disconnect", "tunnel_service_type": service, "request_id": rid,
-                 "data": {"status_code": "404", "status_msg": _NOT_CONNECTED[self._side]}}
-        to_sender.append(encode_text(orjson.dumps(reply)))
+        answer: dict[str, object] = {"operation_type": "disconnect", "tunnel_service_type": service,
+                                     "request_id": rid,
+                                     "data": {"status_code": "404", "status_msg": _NOT_CONNECTED[self._side]}}
+        to_sender.append(encode_text(orjson.dumps(answer)))
         return _ANSWERED
 
     def _remember(self, rid: str) -> None:
@@ -336,3 +401,8 @@ class Decoder:
         self._id_order.append(rid)
         while len(self._id_order) > self._window:
             self._ids.discard(self._id_order.popleft())
+
+
+# The AWS tunnel decoder's twin lives in its own module, which uses the helpers above; it is
+# re-exported here so that this module has the same names as relay._codec_rs.
+from relay.codec._aws_py import AwsDecoder, encode_binary  # noqa: E402

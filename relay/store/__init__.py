@@ -7,7 +7,7 @@ from relay.store.sqlite import SqliteStore
 __all__ = ["TunnelStore", "SqliteStore", "open_store"]
 
 
-def open_store(url: str) -> TunnelStore:
+def open_store(url: str, sqlite_cache_kib: int = 2048) -> TunnelStore:
     """A store from a location: `redis://` / `rediss://` / `unix://` for Redis, otherwise a
     SQLite file path (or `sqlite://PATH`, `:memory:`)."""
     if url.startswith(("redis://", "rediss://", "unix://")):
@@ -15,4 +15,4 @@ def open_store(url: str) -> TunnelStore:
         return RedisStore(url)
     if url.startswith("sqlite://"):
         url = url.removeprefix("sqlite://")
-    return SqliteStore(url)
+    return SqliteStore(url, cache_kib=sqlite_cache_kib)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import abc
 
-from relay.model import CloseReason, ListQuery, Page, PendingNotify, Side, Tunnel
+from relay.audit import AuditEvent, AuditPage, AuditQuery
+from relay.model import Claim, CloseReason, ListQuery, Page, PendingNotify, Side, Tunnel
+from relay.recording import Recording, RecordingPage, RecordingQuery
 
 
 class TunnelStore(abc.ABC):
@@ -40,7 +42,24 @@ class TunnelStore(abc.ABC):
     async def replace_token_hashes(
         self, tunnel_id: str, source_hash: str | None, device_hash: str | None
     ) -> Tunnel | None:
-        """Swap the token hashes of an OPEN tunnel (None leaves a side as it is)."""
+        """Swap the token hashes of an OPEN tunnel (None leaves a side as it is). A new token
+        is unused: the AWS client-token binding of each rotated side is forgotten."""
+
+    # -- AWS-protocol tunnels (docs/aws.md) ------------------------------------------------
+
+    @abc.abstractmethod
+    async def find_by_token_hash(self, token_hash: str) -> Tunnel | None:
+        """The tunnel (open or closed, not deleted) one of whose current access tokens hashes
+        to `token_hash`; None when there is none. AWS clients present a token and no tunnel id.
+        Follows rotations: an old token finds nothing."""
+
+    @abc.abstractmethod
+    async def claim_access(self, tunnel_id: str, side: Side, token_hash: str, client_hash: str) -> Claim:
+        """One connection's use of the side's access token, atomically (replicas share it).
+        `client_hash` is the SHA-256 of the client token, or "" when none was sent. The first
+        use binds the token to `client_hash`; later uses are OK only with the same non-empty
+        client token. GONE: the tunnel is not open; ROTATED: `token_hash` is not the side's
+        token any more; USED: the token was used before and this use may not reuse it."""
 
     @abc.abstractmethod
     async def set_connect_state(self, tunnel_id: str, side: Side, connected: bool, when: float) -> None: ...
@@ -75,3 +94,36 @@ class TunnelStore(abc.ABC):
 
     @abc.abstractmethod
     async def aclose(self) -> None: ...
+
+    # -- the audit trail and session recordings (docs/audit.md) ---------------------------
+    # In the same database as the tunnels: relay/store/audit_sqlite.py, audit_redis.py.
+
+    @abc.abstractmethod
+    async def append_audit(self, events: list[AuditEvent]) -> None:
+        """Add events, all or none. Idempotent by event_id: a batch retried after a failure
+        adds nothing twice."""
+
+    @abc.abstractmethod
+    async def query_audit(self, project_id: str, query: AuditQuery) -> AuditPage:
+        """The project's events that match, newest first (by time, then event_id); the
+        page's marker, passed back in the query, gives the next page (None: no more)."""
+
+    @abc.abstractmethod
+    async def purge_audit(self, before: float) -> int:
+        """Delete events older than `before` (every project); returns how many."""
+
+    @abc.abstractmethod
+    async def save_recording(self, recording: Recording) -> None:
+        """Keep a session recording (replacing one of the same project and session_id)."""
+
+    @abc.abstractmethod
+    async def get_recording(self, project_id: str, session_id: str) -> Recording | None:
+        """The recording with its data; None when unknown or another project's."""
+
+    @abc.abstractmethod
+    async def list_recordings(self, project_id: str, query: RecordingQuery) -> RecordingPage:
+        """The project's recordings without their data, newest first (by started)."""
+
+    @abc.abstractmethod
+    async def purge_recordings(self, before: float) -> int:
+        """Delete recordings that ended before `before` (every project); returns how many."""

@@ -10,6 +10,8 @@ Layout (every key under one prefix, default `relay:`):
     closed                   sorted set: CLOSED tunnels by closed_time
     outbox                   hash: tunnel_id -> device token of a notify not yet delivered
     outbox:order             sorted set: outbox entries, oldest first
+    tok:{token_hash}         the id of the tunnel one of whose current tokens has this hash (AWS
+                             clients present a token and no tunnel id; docs/aws.md)
 
 Rules that span keys (one open tunnel per device, the quota, close, delete, the outbox) run
 as Lua scripts, which Redis executes atomically, so replicas sharing the store cannot race.
@@ -23,7 +25,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from relay import errors
-from relay.model import CloseReason, ListQuery, NotifyStatus, Page, PendingNotify, Side, Status, Tunnel
+from relay.audit import AuditEvent, AuditPage, AuditQuery
+from relay.model import (Claim, CloseReason, ListQuery, NotifyStatus, Page, PendingNotify, Side, Status, Tunnel,
+                         TunnelProtocol)
+from relay.recording import Recording, RecordingPage, RecordingQuery
+from relay.store.audit_redis import RedisAudit
 from relay.store.base import TunnelStore
 
 _INSERT = """
@@ -37,6 +43,8 @@ redis.call('HSET', tkey, 'seq', seq)
 redis.call('ZADD', pkey, seq, id)
 redis.call('SET', dkey, id)
 redis.call('ZADD', expkey, expires_at, id)
+redis.call('SET', KEYS[8], id)
+redis.call('SET', KEYS[9], id)
 if token ~= '' then
   redis.call('HSET', tkey, 'notify_status', 'PENDING')
   redis.call('HSET', outbox, id, token)
@@ -67,6 +75,10 @@ return 1
 _DELETE = """
 local tkey, closedkey, prefix, id = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 if redis.call('HGET', tkey, 'status') ~= 'CLOSED' then return 0 end
+for _, field in ipairs({'source_token_hash', 'device_token_hash'}) do
+  local tok = prefix .. 'tok:' .. (redis.call('HGET', tkey, field) or '')
+  if redis.call('GET', tok) == id then redis.call('DEL', tok) end
+end
 redis.call('ZREM', prefix .. 'p:' .. redis.call('HGET', tkey, 'project_id'), id)
 redis.call('ZREM', closedkey, id)
 redis.call('DEL', tkey)
@@ -74,12 +86,34 @@ return 1
 """
 
 _REPLACE_HASHES = """
-local tkey, source, device = KEYS[1], ARGV[1], ARGV[2]
+local tkey, source, device, prefix, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('HGET', tkey, 'status') ~= 'OPEN' then return 0 end
-if source ~= '' then redis.call('HSET', tkey, 'source_token_hash', source) end
-if device ~= '' then redis.call('HSET', tkey, 'device_token_hash', device) end
+for side, hash in pairs({source = source, device = device}) do
+  if hash ~= '' then
+    local old = prefix .. 'tok:' .. (redis.call('HGET', tkey, side .. '_token_hash') or '')
+    if redis.call('GET', old) == id then redis.call('DEL', old) end
+    redis.call('HSET', tkey, side .. '_token_hash', hash)
+    redis.call('HDEL', tkey, side .. '_client_hash')
+    redis.call('SET', prefix .. 'tok:' .. hash, id)
+  end
+end
 return 1
 """
+
+# 1: OK, 0: USED, -1: GONE, -2: ROTATED (relay.model.Claim)
+_CLAIM_ACCESS = """
+local tkey, side, hash, client = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', tkey, 'status') ~= 'OPEN' then return -1 end
+if redis.call('HGET', tkey, side .. '_token_hash') ~= hash then return -2 end
+local bound = redis.call('HGET', tkey, side .. '_client_hash')
+if not bound then
+  redis.call('HSET', tkey, side .. '_client_hash', client)
+  return 1
+end
+if client ~= '' and bound == client then return 1 end
+return 0
+"""
+_CLAIMS = {1: Claim.OK, 0: Claim.USED, -1: Claim.GONE, -2: Claim.ROTATED}
 
 _SET_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -112,7 +146,12 @@ def _fields(tunnel: Tunnel) -> list[str]:
         "status": tunnel.status.value, "create_time": repr(tunnel.create_time),
         "expires_at": repr(tunnel.expires_at), "source_token_hash": tunnel.source_token_hash,
         "device_token_hash": tunnel.device_token_hash, "source_connected": "0", "device_connected": "0",
+        "protocol": tunnel.protocol.value,
     }
+    if tunnel.services:
+        values["services"] = ",".join(tunnel.services)
+    if tunnel.record_session:
+        values["record_session"] = "1"
     if tunnel.description is not None:
         values["description"] = tunnel.description
     if tunnel.custom_info is not None:
@@ -135,7 +174,10 @@ def _tunnel(h: dict[str, str]) -> Tunnel:
         source_connected=h.get("source_connected") == "1", source_state_time=_float(h.get("source_state_time")),
         device_connected=h.get("device_connected") == "1", device_state_time=_float(h.get("device_state_time")),
         notify_status=NotifyStatus(h["notify_status"]) if h.get("notify_status") else None,
-        seq=int(h.get("seq", 0)),
+        protocol=TunnelProtocol(h.get("protocol") or TunnelProtocol.HUAWEI.value),
+        services=tuple(h["services"].split(",")) if h.get("services") else (),
+        source_client_hash=h.get("source_client_hash"), device_client_hash=h.get("device_client_hash"),
+        record_session=h.get("record_session") == "1", seq=int(h.get("seq", 0)),
     )
 
 
@@ -149,8 +191,10 @@ class RedisStore(TunnelStore):
         self._delete = self.redis.register_script(_DELETE)
         self._replace = self.redis.register_script(_REPLACE_HASHES)
         self._set_state = self.redis.register_script(_SET_STATE)
+        self._claim_access = self.redis.register_script(_CLAIM_ACCESS)
         self._queue_notify = self.redis.register_script(_QUEUE_NOTIFY)
         self._delivered = self.redis.register_script(_NOTIFY_DELIVERED)
+        self._audit = RedisAudit(self.redis, prefix, self._call)   # relay/store/audit_redis.py
 
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -164,7 +208,8 @@ class RedisStore(TunnelStore):
     async def insert(self, tunnel: Tunnel, max_per_project: int, notify_token: str | None = None) -> None:
         keys = [self._k("t", tunnel.tunnel_id), self._k("p", tunnel.project_id),
                 self._k("dev", tunnel.project_id, tunnel.device_id), self._k("seq"), self._k("expiry"),
-                self._k("outbox"), self._k("outbox:order")]
+                self._k("outbox"), self._k("outbox:order"),
+                self._k("tok", tunnel.source_token_hash), self._k("tok", tunnel.device_token_hash)]
         args = [max_per_project, tunnel.tunnel_id, repr(tunnel.expires_at), notify_token or "", *_fields(tunnel)]
         result = int(await self._call(self._insert(keys=keys, args=args)))
         if result == -1:
@@ -211,8 +256,21 @@ class RedisStore(TunnelStore):
         return bool(int(done))
 
     async def replace_token_hashes(self, tunnel_id: str, source_hash: str | None, device_hash: str | None) -> Tunnel | None:
-        done = await self._call(self._replace(keys=[self._k("t", tunnel_id)], args=[source_hash or "", device_hash or ""]))
+        done = await self._call(self._replace(keys=[self._k("t", tunnel_id)],
+                                              args=[source_hash or "", device_hash or "", self.prefix, tunnel_id]))
         return await self.get(tunnel_id) if int(done) else None
+
+    async def find_by_token_hash(self, token_hash: str) -> Tunnel | None:
+        tunnel_id = await self._call(self.redis.get(self._k("tok", token_hash)))
+        tunnel = await self.get(tunnel_id) if tunnel_id else None
+        if tunnel is None or token_hash not in (tunnel.source_token_hash, tunnel.device_token_hash):
+            return None
+        return tunnel
+
+    async def claim_access(self, tunnel_id: str, side: Side, token_hash: str, client_hash: str) -> Claim:
+        result = await self._call(self._claim_access(keys=[self._k("t", tunnel_id)],
+                                                     args=[side.value, token_hash, client_hash]))
+        return _CLAIMS[int(result)]
 
     async def set_connect_state(self, tunnel_id: str, side: Side, connected: bool, when: float) -> None:
         await self._call(self._set_state(keys=[self._k("t", tunnel_id)], args=[side.value, "1" if connected else "0", repr(when)]))
@@ -252,3 +310,26 @@ class RedisStore(TunnelStore):
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+
+    # -- the audit trail and session recordings (relay/store/audit_redis.py) -------------
+
+    async def append_audit(self, events: list[AuditEvent]) -> None:
+        await self._audit.append(events)
+
+    async def query_audit(self, project_id: str, query: AuditQuery) -> AuditPage:
+        return await self._audit.query(project_id, query)
+
+    async def purge_audit(self, before: float) -> int:
+        return await self._audit.purge(before)
+
+    async def save_recording(self, recording: Recording) -> None:
+        await self._audit.save_recording(recording)
+
+    async def get_recording(self, project_id: str, session_id: str) -> Recording | None:
+        return await self._audit.get_recording(project_id, session_id)
+
+    async def list_recordings(self, project_id: str, query: RecordingQuery) -> RecordingPage:
+        return await self._audit.list_recordings(project_id, query)
+
+    async def purge_recordings(self, before: float) -> int:
+        return await self._audit.purge_recordings(before)

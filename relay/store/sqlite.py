@@ -11,7 +11,11 @@ import os
 import sqlite3
 
 from relay import errors
-from relay.model import CloseReason, ListQuery, NotifyStatus, Page, PendingNotify, Side, Status, Tunnel
+from relay.audit import AuditEvent, AuditPage, AuditQuery
+from relay.model import (Claim, CloseReason, ListQuery, NotifyStatus, Page, PendingNotify, Side, Status, Tunnel,
+                         TunnelProtocol)
+from relay.recording import Recording, RecordingPage, RecordingQuery
+from relay.store.audit_sqlite import SqliteAudit
 from relay.store.base import TunnelStore
 
 SCHEMA = """
@@ -33,12 +37,20 @@ CREATE TABLE IF NOT EXISTS tunnels (
     source_state_time REAL,
     device_connected INTEGER NOT NULL DEFAULT 0,
     device_state_time REAL,
-    notify_status TEXT
+    notify_status TEXT,
+    protocol TEXT NOT NULL DEFAULT 'huawei',
+    services TEXT,
+    source_client_hash TEXT,
+    device_client_hash TEXT,
+    record_session INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tunnels_project ON tunnels (project_id, seq);
 CREATE INDEX IF NOT EXISTS tunnels_device ON tunnels (project_id, device_id, status);
 CREATE INDEX IF NOT EXISTS tunnels_expiry ON tunnels (status, expires_at);
 CREATE INDEX IF NOT EXISTS tunnels_closed ON tunnels (status, closed_time);
+-- AWS clients present a token and no tunnel id (docs/aws.md): tunnels are found by token hash.
+CREATE INDEX IF NOT EXISTS tunnels_source_token ON tunnels (source_token_hash);
+CREATE INDEX IF NOT EXISTS tunnels_device_token ON tunnels (device_token_hash);
 -- The notify outbox: device tokens not yet acknowledged by the MQTT broker. Secret; rowid
 -- order is queueing order (INSERT OR REPLACE gives a re-queued entry a new rowid).
 CREATE TABLE IF NOT EXISTS notify_outbox (
@@ -48,19 +60,28 @@ CREATE TABLE IF NOT EXISTS notify_outbox (
 """
 
 # Columns added after a database file may already exist: (name, declaration).
-MIGRATIONS = (("notify_status", "TEXT"),)
+MIGRATIONS = (
+    ("notify_status", "TEXT"),
+    ("protocol", "TEXT NOT NULL DEFAULT 'huawei'"),
+    ("services", "TEXT"),
+    ("source_client_hash", "TEXT"),
+    ("device_client_hash", "TEXT"),
+    ("record_session", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 COLUMNS = (
     "seq, tunnel_id, project_id, device_id, status, create_time, expires_at, closed_time,"
     " close_reason, description, custom_info, source_token_hash, device_token_hash,"
-    " source_connected, source_state_time, device_connected, device_state_time, notify_status"
+    " source_connected, source_state_time, device_connected, device_state_time, notify_status,"
+    " protocol, services, source_client_hash, device_client_hash, record_session"
 )
 
 
 def _row_to_tunnel(row: tuple) -> Tunnel:
     (seq, tunnel_id, project_id, device_id, status, create_time, expires_at, closed_time,
      close_reason, description, custom_info, source_hash, device_hash,
-     source_connected, source_time, device_connected, device_time, notify_status) = row
+     source_connected, source_time, device_connected, device_time, notify_status,
+     protocol, services, source_client, device_client, record_session) = row
     return Tunnel(
         tunnel_id=tunnel_id, project_id=project_id, device_id=device_id,
         create_time=create_time, expires_at=expires_at,
@@ -71,12 +92,14 @@ def _row_to_tunnel(row: tuple) -> Tunnel:
         source_connected=bool(source_connected), source_state_time=source_time,
         device_connected=bool(device_connected), device_state_time=device_time,
         notify_status=NotifyStatus(notify_status) if notify_status else None,
-        seq=seq,
+        protocol=TunnelProtocol(protocol), services=tuple(services.split(",")) if services else (),
+        source_client_hash=source_client, device_client_hash=device_client,
+        record_session=bool(record_session), seq=seq,
     )
 
 
 class SqliteStore(TunnelStore):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, cache_kib: int = 2048) -> None:
         if path != ":memory:":
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
@@ -85,11 +108,15 @@ class SqliteStore(TunnelStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(SCHEMA)
+            # The page cache is the store's memory: bounded, and filled as the audit trail grows.
+            self._db.execute(f"PRAGMA cache_size=-{max(16, int(cache_kib))}")
             present = {row[1] for row in self._db.execute("PRAGMA table_info(tunnels)")}
-            for column, declaration in MIGRATIONS:
-                if column not in present:
-                    self._db.execute(f"ALTER TABLE tunnels ADD COLUMN {column} {declaration}")
+            if present:   # a file from an older version: add the new columns before the indexes on them
+                for column, declaration in MIGRATIONS:
+                    if column not in present:
+                        self._db.execute(f"ALTER TABLE tunnels ADD COLUMN {column} {declaration}")
+            self._db.executescript(SCHEMA)
+            self._audit = SqliteAudit(self._db)   # relay/store/audit_sqlite.py
         except sqlite3.Error as exc:
             raise errors.ConfigError(f"cannot open the SQLite database {path!r}: {exc}") from exc
 
@@ -120,11 +147,12 @@ class SqliteStore(TunnelStore):
             cur = db.execute(
                 "INSERT INTO tunnels (tunnel_id, project_id, device_id, status, create_time,"
                 " expires_at, description, custom_info, source_token_hash, device_token_hash,"
-                " notify_status) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " notify_status, protocol, services, record_session) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (tunnel.tunnel_id, tunnel.project_id, tunnel.device_id, tunnel.status.value,
                  tunnel.create_time, tunnel.expires_at, tunnel.description, tunnel.custom_info,
                  tunnel.source_token_hash, tunnel.device_token_hash,
-                 tunnel.notify_status.value if tunnel.notify_status else None),
+                 tunnel.notify_status.value if tunnel.notify_status else None,
+                 tunnel.protocol.value, ",".join(tunnel.services) or None, int(tunnel.record_session)),
             )
             tunnel.seq = cur.lastrowid or 0
             if notify_token is not None:
@@ -187,12 +215,41 @@ class SqliteStore(TunnelStore):
     async def replace_token_hashes(
         self, tunnel_id: str, source_hash: str | None, device_hash: str | None
     ) -> Tunnel | None:
+        # A new token is unused: the client token its predecessor was bound to is forgotten.
         cur = self._db.execute(
             "UPDATE tunnels SET source_token_hash=COALESCE(?, source_token_hash),"
-            " device_token_hash=COALESCE(?, device_token_hash) WHERE tunnel_id=? AND status='OPEN'",
-            (source_hash, device_hash, tunnel_id),
+            " device_token_hash=COALESCE(?, device_token_hash),"
+            " source_client_hash=CASE WHEN ? IS NULL THEN source_client_hash END,"
+            " device_client_hash=CASE WHEN ? IS NULL THEN device_client_hash END"
+            " WHERE tunnel_id=? AND status='OPEN'",
+            (source_hash, device_hash, source_hash, device_hash, tunnel_id),
         )
         return self._one("tunnel_id=?", (tunnel_id,)) if cur.rowcount else None
+
+    async def find_by_token_hash(self, token_hash: str) -> Tunnel | None:
+        return self._one("source_token_hash=? OR device_token_hash=?", (token_hash, token_hash))
+
+    async def claim_access(self, tunnel_id: str, side: Side, token_hash: str, client_hash: str) -> Claim:
+        column = "source" if side is Side.SOURCE else "device"
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(f"SELECT status, {column}_token_hash, {column}_client_hash FROM tunnels"
+                             " WHERE tunnel_id=?", (tunnel_id,)).fetchone()
+            if row is None or row[0] != Status.OPEN.value:
+                claim = Claim.GONE
+            elif row[1] != token_hash:
+                claim = Claim.ROTATED
+            elif row[2] is None:   # the first use binds the token to this client token (or to none)
+                db.execute(f"UPDATE tunnels SET {column}_client_hash=? WHERE tunnel_id=?", (client_hash, tunnel_id))
+                claim = Claim.OK
+            else:
+                claim = Claim.OK if client_hash and row[2] == client_hash else Claim.USED
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return claim
 
     async def set_connect_state(self, tunnel_id: str, side: Side, connected: bool, when: float) -> None:
         column = "source" if side is Side.SOURCE else "device"
@@ -257,3 +314,26 @@ class SqliteStore(TunnelStore):
 
     async def aclose(self) -> None:
         self._db.close()
+
+    # -- the audit trail and session recordings (relay/store/audit_sqlite.py) -------------
+
+    async def append_audit(self, events: list[AuditEvent]) -> None:
+        self._audit.append(events)
+
+    async def query_audit(self, project_id: str, query: AuditQuery) -> AuditPage:
+        return self._audit.query(project_id, query)
+
+    async def purge_audit(self, before: float) -> int:
+        return self._audit.purge(before)
+
+    async def save_recording(self, recording: Recording) -> None:
+        self._audit.save_recording(recording)
+
+    async def get_recording(self, project_id: str, session_id: str) -> Recording | None:
+        return self._audit.get_recording(project_id, session_id)
+
+    async def list_recordings(self, project_id: str, query: RecordingQuery) -> RecordingPage:
+        return self._audit.list_recordings(project_id, query)
+
+    async def purge_recordings(self, before: float) -> int:
+        return self._audit.purge_recordings(before)

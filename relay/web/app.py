@@ -11,6 +11,7 @@ import socket
 from aiohttp import web
 
 from relay import errors
+from relay.audit import ACTOR_RELAY, EventType
 from relay.broker import ManagedBroker
 from relay.clock import Clock
 from relay.cluster import Cluster
@@ -20,7 +21,7 @@ from relay.service import TunnelService
 from relay.store import TunnelStore, open_store
 from relay.store.redis import RedisStore
 from relay.tokens import hash_token
-from relay.web import console, metrics, openapi, rest, sockets
+from relay.web import audit_rest, aws_sockets, console, metrics, openapi, rest, sockets
 from relay.web.bridge import BRIDGE_PATH, Bridges
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ async def serve_openapi(request: web.Request) -> web.Response:
 def create_app(settings: Settings, *, clock: Clock | None = None, store: TunnelStore | None = None) -> web.Application:
     app = web.Application(middlewares=[error_bodies], client_max_size=settings.max_body_bytes)
     clock = clock or Clock()
-    service = TunnelService(store or open_store(settings.store_url or settings.db), settings, clock)
+    service = TunnelService(store or open_store(settings.store_url or settings.db, settings.sqlite_cache_kib), settings, clock)
     app[rest.SETTINGS] = settings
     app[rest.SERVICE] = service
     app[rest.API_KEYS] = {hash_token(k.token): k for k in settings.api_keys}
@@ -83,6 +84,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, store: TunnelS
         hub.bridges = Bridges(hub, cluster)
     service.listeners.append(hub)
     sockets.add_routes(app, hub)
+    aws_sockets.add_routes(app)  # the AWS IoT Secure Tunneling endpoint, /tunnel (docs/aws.md)
 
     async def end_sockets(app: web.Application) -> None:
         await hub.shutdown()
@@ -101,6 +103,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, store: TunnelS
         await service.store.aclose()
 
     app.cleanup_ctx.append(sweeper)
+    audit_rest.setup(app, service, settings, clock)  # docs/audit.md; after the sweeper: flushed before the store closes
 
     async def coordination(app: web.Application):  # type: ignore[no-untyped-def]
         await cluster.start(hub.on_hint)
@@ -164,6 +167,9 @@ def _add_device_side(app: web.Application, settings: Settings, service: TunnelSe
     service.notify_devices = True
     service.presence = notifier.presence
     service.listeners.append(notifier)
+    notifier.on_delivered = lambda tunnel: service.record(
+        tunnel.project_id, EventType.NOTIFY_DELIVERED, actor=ACTOR_RELAY, tunnel=tunnel,
+        detail={"protocol": tunnel.protocol.value})
 
     async def device_side(app: web.Application):  # type: ignore[no-untyped-def]
         broker = None

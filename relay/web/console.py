@@ -19,6 +19,7 @@ _FILES: dict[str, str] = {
     "index.html": "text/html",
     "app.js": "text/javascript",
     "terminal.js": "text/javascript",
+    "audit.js": "text/javascript",      # the audit view and the session player (docs/audit.md)
     "style.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }

@@ -65,4 +65,18 @@ async def render(hub: Any, store: TunnelStore) -> str:
     metric("relay_tunnels", "gauge", "Tunnels in the store, by status.", [(n, {"status": s}) for s, n in sorted(by_status.items())])
     pending = await store.pending_notifies(100_000)
     metric("relay_notify_outbox_depth", "gauge", "Tunnel notifies waiting for the MQTT broker.", [(len(pending), {})])
+
+    audit = getattr(getattr(hub, "service", None), "audit", None)   # relay.auditlog.AuditLog (docs/audit.md)
+    if audit is not None:
+        metric("relay_audit_events_written_total", "counter", "Audit events stored.", [(audit.written, {})])
+        metric("relay_audit_events_dropped_total", "counter",
+               "Audit events not stored: the queue was full while the store was slow or away, or shutdown came first.",
+               [(audit.dropped, {})])
+        metric("relay_audit_write_failures_total", "counter", "Audit writes the store refused (each is retried).",
+               [(audit.write_failures, {})])
+        metric("relay_audit_queue_depth", "gauge", "Audit events waiting to be written.", [(audit.queue_depth, {})])
+        metric("relay_audit_recordings_saved_total", "counter", "Session recordings stored.", [(audit.recordings_saved, {})])
+        metric("relay_audit_recordings_dropped_total", "counter",
+               "Session recordings not stored (their queue was full, or shutdown came first).",
+               [(audit.recordings_dropped, {})])
     return "\n".join(out) + "\n"

@@ -10,11 +10,17 @@ import copy
 from typing import Any
 
 from relay.config import Settings
+from relay.audit import DEFAULT_LIMIT, EVENT_TYPES, MAX_LIMIT, RECORD_ID_RE, TIME_PATTERN
 from relay.web import validation
 
 TIME = {"type": ["string", "null"], "pattern": r"^\d{8}T\d{6}Z$", "description": "UTC, yyyyMMdd'T'HHmmss'Z'"}
 TUNNEL_ID = {"type": "string", "format": "uuid", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
 DEVICE_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$", "minLength": 1, "maxLength": 128}
+PROTOCOL = {"enum": ["huawei", "aws"],
+            "description": "The data-plane protocol: Huawei IoTDA v5 (docs/protocol.md) or AWS IoT Secure Tunneling (docs/aws.md)."}
+SERVICES = {"type": "array", "minItems": 1, "maxItems": validation.MAX_SERVICES, "uniqueItems": True,
+            "items": {"type": "string", "pattern": validation.SERVICE_ID_RE.pattern, "minLength": 1, "maxLength": 128},
+            "description": "AWS service ids (DestinationConfig.services), announced to both ends in SERVICE_IDS."}
 
 CONNECT_STATE = {
     "type": "object",
@@ -48,6 +54,11 @@ SCHEMAS: dict[str, Any] = {
                               "description": "The MQTT tunnel notify to the device: PENDING (waiting in the "
                                              "outbox for the broker), DELIVERED (acknowledged by the broker), "
                                              "null (none: no broker, or the tunnel closed before delivery)."},
+            "protocol": PROTOCOL,
+            "services": {"anyOf": [SERVICES, {"type": "null"}],
+                         "description": "The AWS service ids of an aws tunnel; null for a huawei tunnel."},
+            "record_session": {"type": "boolean",
+                               "description": "Whether this tunnel's ssh sessions are recorded (docs/audit.md)."},
         },
     },
     "CreateTunnelRequest": {
@@ -60,7 +71,18 @@ SCHEMAS: dict[str, Any] = {
             "custom_info": {"type": ["string", "null"], "maxLength": validation.MAX_CUSTOM_INFO,
                             "description": "Sent to the device with the tunnel notify."},
             "expires_in": {"type": ["integer", "null"], "description": "Lifetime in seconds (default and maximum: the relay's default lifetime)."},
+            "protocol": {"anyOf": [PROTOCOL, {"type": "null"}], "description": "huawei (the default) or aws."},
+            "services": {"anyOf": [SERVICES, {"type": "null"}],
+                         "description": "Required for protocol aws (1-3 AWS service ids); refused for huawei."},
+            "record_session": {"type": ["boolean", "null"],
+                               "description": "Record this tunnel's ssh sessions (huawei tunnels; docs/audit.md). "
+                                              "Projects named in --record-projects are always recorded."},
         },
+        # services: required (a list) for aws, absent or null for huawei.
+        "if": {"required": ["protocol"], "properties": {"protocol": {"const": "aws"}}},
+        "then": {"required": ["services"],
+                 "properties": {"services": SERVICES, "record_session": {"enum": [False, None]}}},
+        "else": {"properties": {"services": {"type": "null"}}},
     },
     "CreateTunnelResponse": {
         "type": "object",
@@ -72,6 +94,11 @@ SCHEMAS: dict[str, Any] = {
             "tunnel_uri": {"type": "string", "pattern": "^wss?://"},
             "device_access_token": {"type": "string", "description": "The device token (unless the relay hides it)."},
             "device_tunnel_uri": {"type": "string", "pattern": "^wss?://"},
+            "protocol": PROTOCOL,
+            "services": SERVICES,
+            "source_access_token": {"type": "string", "description": "aws tunnels: the source token (AWS's name)."},
+            "destination_access_token": {"type": "string",
+                                         "description": "aws tunnels: the destination (device) token, unless hidden."},
         },
     },
     "TunnelList": {
@@ -151,7 +178,7 @@ TUNNEL_PARAM = {"name": "tunnel_id", "in": "path", "required": True, "schema": T
 
 
 def document(settings: Settings) -> dict[str, Any]:
-    schemas = copy.deepcopy(SCHEMAS)
+    schemas = copy.deepcopy({**SCHEMAS, **AUDIT_SCHEMAS})
     schemas["CreateTunnelRequest"]["properties"]["expires_in"].update(
         minimum=settings.min_lifetime, maximum=settings.default_lifetime)
     return {
@@ -169,6 +196,7 @@ def document(settings: Settings) -> dict[str, Any]:
             "schemas": schemas,
         },
         "paths": {
+            **AUDIT_PATHS,   # the audit trail and session recordings (docs/audit.md)
             "/v5/iot/{project_id}/tunnels": {
                 "parameters": PATH_PARAMS,
                 "post": {
@@ -223,3 +251,111 @@ def document(settings: Settings) -> dict[str, Any]:
             },
         },
     }
+
+
+# -- the audit trail and session recordings (docs/audit.md, relay/web/audit_rest.py) -----------
+
+MARKER = {"type": "string", "pattern": r"^\d{1,20}(\.\d{1,20})?(e[+-]?\d{1,2})?_[0-9A-Za-z-]{1,64}$",
+          "description": "The marker of the previous answer: the next page starts after it."}
+SESSION_ID = {"type": "string", "pattern": RECORD_ID_RE.pattern}
+_EVENT_NAMES = "|".join(sorted(EVENT_TYPES))
+QUERY_TIME = {"type": "string", "pattern": TIME_PATTERN,
+              "description": "UTC: 20261124T161807Z, or 2026-11-24T16:18:07[.123]Z"}
+
+AUDIT_SCHEMAS: dict[str, Any] = {
+    "AuditEvent": {
+        "type": "object",
+        "required": ["event_id", "time", "timestamp", "event", "actor", "tunnel_id", "device_id", "outcome", "detail"],
+        "properties": {
+            "event_id": {"type": "string"},
+            "time": {"type": "string", "pattern": r"^\d{8}T\d{6}Z$"},
+            "timestamp": {"type": "number", "description": "The same time in seconds since the epoch, to the microsecond."},
+            "event": {"enum": sorted(EVENT_TYPES)},
+            "actor": {"type": "string", "description": "The NAME of the API token that acted, or source, device, relay."},
+            "tunnel_id": {"type": ["string", "null"]},
+            "device_id": {"type": ["string", "null"]},
+            "outcome": {"type": "string", "description": "ok, or an error code or short word."},
+            "detail": {"type": "object"},
+        },
+    },
+    "AuditPage": {
+        "type": "object",
+        "required": ["events", "count", "marker"],
+        "properties": {
+            "events": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEvent"}},
+            "count": {"type": "integer", "minimum": 0, "description": "Events in this page."},
+            "marker": {"type": ["string", "null"], "description": "For the next page; null: this is the last one."},
+        },
+    },
+    "RecordingInfo": {
+        "type": "object",
+        "required": ["session_id", "tunnel_id", "device_id", "username", "started", "ended", "duration",
+                     "truncated", "size"],
+        "properties": {
+            "session_id": {"type": "string"}, "tunnel_id": {"type": "string"}, "device_id": {"type": "string"},
+            "username": {"type": ["string", "null"]},
+            "started": {"type": "string", "pattern": r"^\d{8}T\d{6}Z$"},
+            "ended": {"type": "string", "pattern": r"^\d{8}T\d{6}Z$"},
+            "duration": {"type": "number", "minimum": 0}, "truncated": {"type": "boolean"},
+            "size": {"type": "integer", "minimum": 0},
+        },
+    },
+    "RecordingList": {
+        "type": "object",
+        "required": ["recordings", "count", "marker"],
+        "properties": {
+            "recordings": {"type": "array", "items": {"$ref": "#/components/schemas/RecordingInfo"}},
+            "count": {"type": "integer", "minimum": 0},
+            "marker": {"type": ["string", "null"]},
+        },
+    },
+}
+
+_FILTERS = [
+    {"name": "device_id", "in": "query", "schema": DEVICE_ID},
+    {"name": "tunnel_id", "in": "query", "schema": TUNNEL_ID},
+]
+
+AUDIT_PATHS: dict[str, Any] = {
+    "/v5/iot/{project_id}/audit": {
+        "parameters": PATH_PARAMS,
+        "get": {
+            "operationId": "listAuditEvents", "summary": "The project's audit trail, newest first",
+            "parameters": [
+                *_FILTERS,
+                {"name": "event_type", "in": "query", "description": "Event types, separated by commas.",
+                 "schema": {"type": "string", "pattern": f"^({_EVENT_NAMES})(,({_EVENT_NAMES}))*$"}},
+                {"name": "since", "in": "query", "schema": QUERY_TIME, "description": "Events at or after this time."},
+                {"name": "until", "in": "query", "schema": QUERY_TIME, "description": "Events before this time."},
+                {"name": "limit", "in": "query",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+                {"name": "marker", "in": "query", "schema": MARKER},
+            ],
+            "responses": {"200": _ok("A page of events.", "AuditPage"), **COMMON_ERRORS},
+        },
+    },
+    "/v5/iot/{project_id}/recordings": {
+        "parameters": PATH_PARAMS,
+        "get": {
+            "operationId": "listRecordings", "summary": "The project's session recordings, newest first",
+            "parameters": [
+                *_FILTERS,
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
+                {"name": "marker", "in": "query", "schema": MARKER},
+            ],
+            "responses": {"200": _ok("A page of recordings (without their data).", "RecordingList"), **COMMON_ERRORS},
+        },
+    },
+    "/v5/iot/{project_id}/recordings/{session_id}": {
+        "parameters": [*PATH_PARAMS, {"name": "session_id", "in": "path", "required": True, "schema": SESSION_ID}],
+        "get": {
+            "operationId": "getRecording", "summary": "A session recording, as an asciicast v2 file",
+            "responses": {
+                "200": {"description": "The recording (asciicast v2: a JSON header line, then one event a line).",
+                        "content": {"application/x-asciicast": {"schema": {"type": "string"}}}},
+                **COMMON_ERRORS,
+                "404": _error("No such recording in this project."),
+            },
+        },
+    },
+}

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from relay import errors
 from relay.config import ApiKey, Settings
+from relay.model import TunnelProtocol
 from relay.service import BatchResult, TunnelService
 from relay.tokens import hash_token
 from relay.web import validation
@@ -72,17 +73,25 @@ async def create_tunnel(request: web.Request) -> web.Response:
     project_id = authorize(request)
     settings = request.app[SETTINGS]
     fields = validation.create_request(await read_json(request), settings.min_lifetime, settings.default_lifetime)
-    created = await request.app[SERVICE].create(project_id, **fields)
+    created = await request.app[SERVICE].create(project_id, actor=request[CALLER].name, **fields)
     tunnel_id = created.tunnel.tunnel_id
+    aws = created.tunnel.protocol is TunnelProtocol.AWS
     body = {
         "tunnel_id": tunnel_id,
         "tunnel_access_token": created.source_token,
         "expires_in": created.expires_in,
-        "tunnel_uri": settings.tunnel_uri(tunnel_id, "source"),
+        "tunnel_uri": settings.aws_tunnel_uri("source") if aws else settings.tunnel_uri(tunnel_id, "source"),
+        "protocol": created.tunnel.protocol.value,
     }
+    if aws:  # AWS's names (OpenTunnel's sourceAccessToken, destinationAccessToken); docs/aws.md
+        body["services"] = list(created.tunnel.services)
+        body["source_access_token"] = created.source_token
     if settings.expose_device_token:
         body["device_access_token"] = created.device_token
-        body["device_tunnel_uri"] = settings.tunnel_uri(tunnel_id, "device")
+        body["device_tunnel_uri"] = (settings.aws_tunnel_uri("destination") if aws
+                                     else settings.tunnel_uri(tunnel_id, "device"))
+        if aws:
+            body["destination_access_token"] = created.device_token
     return json_response(body, status=201)
 
 
@@ -104,13 +113,13 @@ async def show_tunnel(request: web.Request) -> web.Response:
 
 async def close_tunnel(request: web.Request) -> web.Response:
     project_id = authorize(request)
-    await request.app[SERVICE].close(project_id, _tunnel_id(request))
+    await request.app[SERVICE].close(project_id, _tunnel_id(request), actor=request[CALLER].name)
     return web.Response(status=204)
 
 
 async def delete_tunnel(request: web.Request) -> web.Response:
     project_id = authorize(request)
-    await request.app[SERVICE].delete(project_id, _tunnel_id(request))
+    await request.app[SERVICE].delete(project_id, _tunnel_id(request), actor=request[CALLER].name)
     return web.Response(status=204)
 
 
@@ -119,12 +128,17 @@ async def rotate_tokens(request: web.Request) -> web.Response:
     tunnel_id = _tunnel_id(request)
     body = await read_json(request) if request.can_read_body else {}
     sides = validation.rotate_request(body)
-    rotated = await request.app[SERVICE].rotate(project_id, tunnel_id, sides)
+    rotated = await request.app[SERVICE].rotate(project_id, tunnel_id, sides, actor=request[CALLER].name)
     answer: dict[str, Any] = {"tunnel_id": tunnel_id, "expires_in": rotated.expires_in}
+    aws = rotated.tunnel.protocol is TunnelProtocol.AWS
     if rotated.source_token:
         answer["tunnel_access_token"] = rotated.source_token
+        if aws:
+            answer["source_access_token"] = rotated.source_token
     if rotated.device_token and request.app[SETTINGS].expose_device_token:
         answer["device_access_token"] = rotated.device_token
+        if aws:
+            answer["destination_access_token"] = rotated.device_token
     return json_response(answer)
 
 
@@ -142,13 +156,13 @@ def _batch_body(results: list[BatchResult]) -> dict[str, Any]:
 async def batch_close(request: web.Request) -> web.Response:
     project_id = authorize(request)
     ids = validation.batch_request(await read_json(request))
-    return json_response(_batch_body(await request.app[SERVICE].batch(project_id, ids, "close")))
+    return json_response(_batch_body(await request.app[SERVICE].batch(project_id, ids, "close", actor=request[CALLER].name)))
 
 
 async def batch_delete(request: web.Request) -> web.Response:
     project_id = authorize(request)
     ids = validation.batch_request(await read_json(request))
-    return json_response(_batch_body(await request.app[SERVICE].batch(project_id, ids, "delete")))
+    return json_response(_batch_body(await request.app[SERVICE].batch(project_id, ids, "delete", actor=request[CALLER].name)))
 
 
 def add_routes(app: web.Application) -> None:

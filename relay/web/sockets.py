@@ -17,17 +17,21 @@ import binascii
 import hashlib
 import logging
 import re
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
 from relay import codec, errors
+from relay.audit import EventType
 from relay.cluster import Cluster, Hint
 from relay.config import Settings
-from relay.model import CloseReason, Side, Status, Tunnel
-from relay.protocol import Action, Close, Link, Pairing, Reasons, Send
+from relay.model import CloseReason, Side, Status, Tunnel, TunnelProtocol
+from relay.protocol import Action, Close, CloseCode, Link, Pairing, Reasons, Send
+from relay.protocol_aws import AwsPairing
 from relay.service import TunnelService
+from relay.sessions import SessionWatcher
 from relay.tokens import hash_token
 from relay.web import rest, validation
 from relay.web.metrics import Counters
@@ -99,7 +103,8 @@ class TunnelConnection(End):
     __slots__ = ("side", "hub", "pairing", "transport", "decoder", "peer", "closing", "done",
                  "heard", "pinged", "timer", "own_full", "peer_full", "token_hash", "claim", "address")
 
-    def __init__(self, side: Side, hub: Hub, pairing: Pairing, transport: asyncio.Transport, token_hash: str) -> None:
+    def __init__(self, side: Side, hub: Hub, pairing: Pairing | AwsPairing, transport: asyncio.Transport,
+                 token_hash: str) -> None:
         self.side = side
         self.hub = hub
         self.pairing = pairing
@@ -169,12 +174,24 @@ class TunnelConnection(End):
         self.closing = True
         if self.timer is not None:
             self.timer.cancel()
+        self.hub.audit_end(self, "disconnected")
         self.hub.detach(self)
         self.hub.release(self)
         self.hub.forget_address(self.address)
         if not self.done.done():
             self.done.set_result(None)
         log.info("disconnected", extra={"tunnel_id": self.pairing.tunnel_id, "side": self.side.value})
+
+
+def tune_transport(transport: asyncio.Transport, settings: Settings) -> None:
+    """Buffers of a tunnel connection: the relay's write buffer (backpressure starts at its
+    high-water mark) and, when --socket-buffer is set, the kernel's (which otherwise grow to
+    several MB per socket when the other end reads slowly)."""
+    transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+    sock = transport.get_extra_info("socket")
+    if settings.socket_buffer and sock is not None:
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, settings.socket_buffer)
 
 
 class _TailCatcher:
@@ -229,11 +246,12 @@ class Hub:
         self.service = service
         self.cluster = cluster
         self.settings = settings
-        self.pairings: dict[str, Pairing] = {}
+        self.pairings: dict[str, Pairing | AwsPairing] = {}   # a tunnel's kind of pairing (its protocol)
         self.accepting = True
         self.bridges: Bridges | None = None   # set when the relay runs as one of several replicas
         self.counters = Counters()
         self.per_address: dict[str, int] = {}
+        self.owners: dict[str, tuple[str, str]] = {}   # tunnel id -> (project id, device id), for the audit trail
         self._tasks: set[asyncio.Task] = set()
 
     def spawn(self, coro) -> asyncio.Task:  # type: ignore[no-untyped-def]
@@ -275,6 +293,7 @@ class Hub:
     # -- ends coming and going -------------------------------------------------------------
 
     def attach(self, conn: TunnelConnection) -> None:
+        self.audit_end(conn, "connected")
         self.apply(conn.pairing, conn.pairing.attach(conn))
         conn.claim = self.spawn(self._claim(conn))
 
@@ -301,6 +320,7 @@ class Hub:
             self.bridges.after_detach(pairing)
         if pairing.empty and self.pairings.get(pairing.tunnel_id) is pairing:
             del self.pairings[pairing.tunnel_id]
+            self.owners.pop(pairing.tunnel_id, None)
             for side, decoder in pairing.decoders.items():
                 self.counters.retired_messages[side.value] += decoder.messages
                 self.counters.retired_bytes[side.value] += decoder.bytes
@@ -326,17 +346,51 @@ class Hub:
         if conn.pairing.ends[conn.side] is conn:
             self.apply(conn.pairing, conn.pairing.end_sides({conn.side}, reason))
 
-    def pairing_for(self, tunnel_id: str) -> Pairing:
-        pairing = self.pairings.get(tunnel_id)
+    def pairing_for(self, tunnel: Tunnel) -> Pairing | AwsPairing:
+        """The pairing of a tunnel with ends here, of its protocol's kind; made on first use."""
+        pairing = self.pairings.get(tunnel.tunnel_id)
         if pairing is None:
-            pairing = self.pairings[tunnel_id] = Pairing(tunnel_id, self.settings.max_message_size)
+            if tunnel.protocol is TunnelProtocol.AWS:
+                pairing = AwsPairing(tunnel.tunnel_id, tunnel.services)
+            else:
+                pairing = Pairing(tunnel.tunnel_id, self.settings.max_message_size, self._watcher(tunnel))
+            self.pairings[tunnel.tunnel_id] = pairing
+            self.owners[tunnel.tunnel_id] = (tunnel.project_id, tunnel.device_id)
         return pairing
 
-    def apply(self, pairing: Pairing, actions: list[Action]) -> None:
+    # -- the audit trail (docs/audit.md); never on the per-message path ---------------------
+
+    def _watcher(self, tunnel: Tunnel) -> SessionWatcher | None:
+        """What watches a Huawei tunnel's logins, forwards and (if on) recording; None without an audit log."""
+        service, audit = self.service, self.service.audit
+        if audit is None:
+            return None
+        project_id, tunnel_id, device_id = tunnel.project_id, tunnel.tunnel_id, tunnel.device_id
+
+        def emit(event: EventType, actor: str, outcome: str, detail: dict) -> None:  # type: ignore[type-arg]
+            service.record(project_id, event, actor=actor, tunnel_id=tunnel_id, device_id=device_id,
+                           outcome=outcome, detail=detail)
+
+        tap = audit.tap(project_id, tunnel_id, device_id, requested=tunnel.record_session)
+        return SessionWatcher(project_id, tunnel_id, device_id, clock=service.clock, emit=emit,
+                              save=audit.save_recording, tap=tap)
+
+    def audit_end(self, conn: TunnelConnection, what: str) -> None:
+        """`{side}_connected`, `_disconnected` or `_evicted` for a connection of this relay."""
+        owner = self.owners.get(conn.pairing.tunnel_id)
+        if owner is None or self.service.audit is None:
+            return
+        self.service.record(owner[0], EventType(f"{conn.side.value}_{what}"), actor=conn.side.value,
+                            tunnel_id=conn.pairing.tunnel_id, device_id=owner[1],
+                            detail={"address": conn.address} if conn.address else None)
+
+    def apply(self, pairing: Pairing | AwsPairing, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 action.end.send_message(action.message)  # type: ignore[attr-defined]
             elif isinstance(action, Close):
+                if action.code == CloseCode.REPLACED and isinstance(action.end, TunnelConnection):
+                    self.audit_end(action.end, "evicted")
                 action.end.close(action.code, action.reason)  # type: ignore[attr-defined]
             elif isinstance(action, Link):
                 action.end.link(action.peer)  # type: ignore[attr-defined]
@@ -459,7 +513,10 @@ async def _connect(request: web.Request, side: Side) -> web.StreamResponse:
         raise errors.Unauthenticated("the access token must be 1-256 printable characters")
     address = request.remote or ""
     hub.check_address(address)
-    await hub.service.authenticate_socket(tunnel_id, side, token)
+    tunnel = await hub.service.authenticate_socket(tunnel_id, side, token)
+    if tunnel.protocol is not TunnelProtocol.HUAWEI:
+        raise errors.WrongProtocol(
+            "this is an AWS-protocol tunnel: connect to /tunnel?local-proxy-mode=source|destination (docs/aws.md)")
 
     response = _UpgradeResponse(status=101, headers={
         hdrs.UPGRADE: "websocket", hdrs.CONNECTION: "Upgrade", hdrs.SEC_WEBSOCKET_ACCEPT: accept,
@@ -471,11 +528,11 @@ async def _connect(request: web.Request, side: Side) -> web.StreamResponse:
     if request.transport is None or request.transport.is_closing():
         return response
     hub.count_address(address)
-    pairing = hub.pairing_for(tunnel_id)
+    pairing = hub.pairing_for(tunnel)
     conn, early = take_over(request, lambda t: TunnelConnection(side, hub, pairing, t, hash_token(token)))
     assert isinstance(conn, TunnelConnection)
     conn.address = address
-    conn.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+    tune_transport(conn.transport, settings)
     hub.attach(conn)
     log.info("connected", extra={"tunnel_id": tunnel_id, "side": side.value})
     if early:

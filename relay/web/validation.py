@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from relay import errors
-from relay.model import ListQuery, Side, Status
+from relay.model import ListQuery, Side, Status, TunnelProtocol
 
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 MAX_DESCRIPTION = 1024
@@ -15,6 +15,10 @@ MAX_CUSTOM_INFO = 4096
 MAX_BATCH = 100
 MAX_LIST_LIMIT = 50
 MAX_OFFSET = 100_000
+# AWS service ids (DestinationConfig.services of AWS's OpenTunnel): 1-3 per tunnel, each 1-128
+# characters of letters, digits, ':', '_' and '-'.
+SERVICE_ID_RE = re.compile(r"^[A-Za-z0-9:_-]{1,128}$")
+MAX_SERVICES = 3
 
 
 def require_object(body: Any) -> dict[str, Any]:
@@ -75,17 +79,65 @@ def expires_in(body: dict[str, Any], minimum: int, maximum: int) -> int | None:
     return value
 
 
+def protocol(body: dict[str, Any]) -> TunnelProtocol:
+    value = body.get("protocol")
+    if value is None:
+        return TunnelProtocol.HUAWEI
+    if not isinstance(value, str) or value not in {p.value for p in TunnelProtocol}:
+        raise errors.InvalidParameter("protocol must be 'huawei' (the default) or 'aws'")
+    return TunnelProtocol(value)
+
+
+def services(body: dict[str, Any], kind: TunnelProtocol) -> tuple[str, ...]:
+    value = body.get("services")
+    if kind is TunnelProtocol.HUAWEI:
+        if value is not None:
+            raise errors.InvalidParameter(
+                "services is only for tunnels of protocol 'aws'; a Huawei tunnel carries the ssh and tcp services")
+        return ()
+    if value is None:
+        raise errors.InvalidParameter(
+            "services is required for protocol 'aws': a list of 1 to 3 service ids, such as [\"SSH\"]")
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_SERVICES:
+        raise errors.InvalidParameter(f"services must be a list of 1 to {MAX_SERVICES} service ids")
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not SERVICE_ID_RE.match(item):
+            raise errors.InvalidParameter(
+                f"services[{index}] must be 1-128 characters of letters, digits, ':', '_' and '-'")
+    if len(set(value)) != len(value):
+        raise errors.InvalidParameter("services lists a service id more than once")
+    return tuple(value)
+
+
 def create_request(body: Any, min_lifetime: int, max_lifetime: int) -> dict[str, Any]:
     body = require_object(body)
-    reject_unknown(body, {"device_id", "description", "custom_info", "expires_in"})
+    reject_unknown(body, {"device_id", "description", "custom_info", "expires_in", "protocol", "services",
+                          "record_session"})
     if "device_id" not in body:
         raise errors.InvalidParameter("device_id is required")
+    kind = protocol(body)
     return {
         "device_id": device_id(body["device_id"]),
         "description": optional_text(body, "description", MAX_DESCRIPTION),
         "custom_info": optional_text(body, "custom_info", MAX_CUSTOM_INFO),
         "expires_in": expires_in(body, min_lifetime, max_lifetime),
+        "protocol": kind,
+        "services": services(body, kind),
+        "record_session": record_session(body, kind),
     }
+
+
+def record_session(body: dict[str, Any], kind: TunnelProtocol) -> bool:
+    value = body.get("record_session")
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise errors.InvalidParameter("record_session must be true or false")
+    if value and kind is not TunnelProtocol.HUAWEI:
+        raise errors.InvalidParameter(
+            "record_session is for huawei tunnels: the relay records the ssh service's terminal, and an aws "
+            "tunnel carries raw TCP it cannot read")
+    return value
 
 
 def batch_request(body: Any) -> list[str]:

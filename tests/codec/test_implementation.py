@@ -23,12 +23,15 @@ def test_facade_picks_rust_when_built() -> None:
     if forced == "python":
         assert relay.codec.IMPLEMENTATION == "python"
         assert relay.codec.Decoder is relay.codec.python_impl.Decoder
+        assert relay.codec.AwsDecoder is relay.codec.python_impl.AwsDecoder
         return
     if _rust_importable():
         assert relay.codec.rust_impl is not None
         assert relay.codec.IMPLEMENTATION == "rust", "relay._codec_rs is importable but the facade did not pick it"
         assert relay.codec.Decoder is relay.codec.rust_impl.Decoder
         assert relay.codec.encode_text is relay.codec.rust_impl.encode_text
+        assert relay.codec.AwsDecoder is relay.codec.rust_impl.AwsDecoder
+        assert relay.codec.encode_binary is relay.codec.rust_impl.encode_binary
     else:
         assert relay.codec.rust_impl is None
         assert relay.codec.IMPLEMENTATION == "python"
@@ -41,8 +44,8 @@ def test_rust_expected() -> None:
 
 
 def test_facade_exports() -> None:
-    assert set(relay.codec.__all__) == {"SOURCE", "DEVICE", "IMPLEMENTATION", "Decoder", "encode_text",
-                                        "encode_close", "encode_ping", "python_impl", "rust_impl"}
+    assert set(relay.codec.__all__) == {"SOURCE", "DEVICE", "IMPLEMENTATION", "Decoder", "AwsDecoder", "encode_text",
+                                        "encode_binary", "encode_close", "encode_ping", "python_impl", "rust_impl"}
     for name in relay.codec.__all__:
         assert hasattr(relay.codec, name)
     assert relay.codec.python_impl.IMPLEMENTATION == "python"

@@ -235,3 +235,31 @@ def test_twins_encoders(payload: bytes, code: int, reason: str, ping: bytes) -> 
     assert PY.encode_text(payload) == RS.encode_text(payload)
     assert PY.encode_close(code, reason) == RS.encode_close(code, reason)
     assert PY.encode_ping(ping) == RS.encode_ping(ping)
+
+
+@SETTINGS
+@given(data=st.data(), side=st.sampled_from([0, 1]), peer=st.booleans(),
+       noted=st.lists(st.sampled_from(OPS), max_size=5), window=st.sampled_from([1024, 2]),
+       actions=st.lists(st.sampled_from([0, 0, 0, 1, 2]), max_size=6))
+def test_twins_notes_on_frame_streams(data: st.DataObject, side: int, peer: bool, noted: list[str], window: int,
+                                      actions: list[int]) -> None:
+    """Notes (Decoder(noted=..., on_note=...)): the same payloads, in the same reads, from both twins."""
+    chunks = data.draw(chunked(data.draw(frame_stream())))
+    notes: tuple[list[Any], list[Any]] = ([], [])
+    py, rs = (impl.Decoder(side, max_message_size=300, services=("ssh", "s\\sh"), request_id_window=window,
+                           noted=noted, on_note=seen.append)
+              for impl, seen in zip((PY, RS), notes))
+    py.peer_connected = rs.peer_connected = peer
+    for i, chunk in enumerate(chunks):
+        action = actions[i % len(actions)] if actions else 0
+        if action == 1:
+            py.reset()
+            rs.reset()
+        elif action == 2:
+            py.peer_connected = rs.peer_connected = not py.peer_connected
+        a, b = py.feed(chunk), rs.feed(chunk)
+        assert a == b, (i, chunk)
+        assert _state(py) == _state(rs)
+        notes[0].append(i)
+        notes[1].append(i)
+    assert notes[0] == notes[1]

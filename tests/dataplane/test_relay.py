@@ -491,3 +491,17 @@ async def test_connections_per_address_can_be_limited(relay_factory, tunnel_fact
     source = await second.connect("source")
     await source.send_str(message("ping", "p"))
     assert (await receive_json(source))["operation_type"] == "pong"
+
+
+async def test_socket_buffer_bounds_the_kernel_buffers_of_tunnel_sockets(relay_factory, tunnel_factory):
+    from relay.web.sockets import HUB
+    relay = await relay_factory(socket_buffer=65536)
+    tunnel = await tunnel_factory(relay_=relay)
+    await tunnel.pair()
+    ends = relay.client.server.app[HUB].local_ends()
+    assert len(ends) == 2
+    for end in ends:
+        sock = end.transport.get_extra_info("socket")
+        # Linux reports twice what was set (it counts its bookkeeping); autotuning is then off.
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 65536
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * 65536

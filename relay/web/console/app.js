@@ -3,6 +3,7 @@
 // build step; every piece of data reaches the page as text nodes, never as HTML.
 
 import { Screen, keyToText } from "/console/terminal.js";
+import { AuditView } from "/console/audit.js";
 
 const $ = (id) => document.getElementById(id);
 const SESSION_KEY = "iot-tunnel-console.session";
@@ -24,6 +25,8 @@ const state = {
   refreshTimer: null,
   listSeq: 0,           // only the latest list request is shown
   terminal: null,
+  view: "tunnels",      // or "audit"
+  audit: null,          // the AuditView (audit.js)
 };
 
 // -- helpers --------------------------------------------------------------------------------
@@ -128,6 +131,35 @@ async function api(method, path, body) {
   return data;
 }
 
+// GET another path of the project (the audit trail, recordings): JSON, or the text with {text: true}.
+async function projectApi(path, { text = false } = {}) {
+  const init = { method: "GET", headers: { "X-Auth-Token": state.token }, cache: "no-store", credentials: "omit",
+    referrerPolicy: "no-referrer" };
+  const response = await fetch(`/v5/iot/${encodeURIComponent(state.project)}${path}`, init);
+  if (response.ok) return text ? response.text() : response.json();
+  let data = null;
+  try { data = await response.json(); } catch { data = null; }
+  if (response.status === 401 && state.token) logout("The relay no longer accepts this API token: log in again.");
+  throw new ApiError(response.status, data);
+}
+
+function showView(name) {
+  state.view = name;
+  $("tunnels-view").hidden = name !== "tunnels";
+  $("terminal-view").hidden = name !== "tunnels" || !state.terminal;
+  $("audit-view").hidden = name !== "audit";
+  for (const [id, view] of [["tab-tunnels", "tunnels"], ["tab-audit", "audit"]]) {
+    $(id).classList.toggle("tab-active", name === view);
+    $(id).setAttribute("aria-pressed", String(name === view));
+  }
+  if (name !== "audit" && state.audit) state.audit.player.pause();
+}
+
+function showAudit(filter) {
+  showView("audit");
+  return state.audit.apply(filter || {});
+}
+
 function reportError(error, what) {
   toast(`${what}: ${error.message}${error.code ? ` (${error.code})` : ""}`, "error");
 }
@@ -156,8 +188,9 @@ async function login(project, token) {
   saveSession();
   $("session-project").textContent = project;
   $("session").hidden = false;
+  $("tabs").hidden = false;
   $("login-view").hidden = true;
-  $("tunnels-view").hidden = false;
+  showView("tunnels");
   startAutoRefresh();
 }
 
@@ -170,7 +203,10 @@ function logout(message) {
   try { sessionStorage.removeItem(SESSION_KEY); } catch { /* ignore */ }
   stopAutoRefresh();
   $("session").hidden = true;
+  $("tabs").hidden = true;
   $("tunnels-view").hidden = true;
+  $("audit-view").hidden = true;
+  if (state.audit) state.audit.reset();
   $("secrets").hidden = true;
   $("secrets-list").replaceChildren();
   $("login-view").hidden = false;
@@ -241,6 +277,8 @@ function renderTunnels() {
     } else {
       actions.append(el("button", { type: "button", class: "btn btn-small btn-danger", onclick: () => deleteTunnel(t) }, "Delete"));
     }
+    actions.append(el("button", { type: "button", class: "btn btn-small btn-ghost", title: "This tunnel's audit trail",
+      onclick: () => showAudit({ tunnel_id: t.tunnel_id }) }, "History"));
     const statusCell = el("td", { class: "col-status" }, badge(t.status, open ? "open" : "closed"));
     if (!open && t.close_reason) statusCell.append(el("span", { class: "muted small reason" }, t.close_reason));
     const ended = open ? formatTime(t.expires_at) : formatTime(t.closed_time);
@@ -668,6 +706,12 @@ function wire() {
   });
   $("term-logout").addEventListener("click", () => state.terminal && state.terminal.endSession());
   $("term-close").addEventListener("click", closeTerminal);
+  $("tab-tunnels").addEventListener("click", () => {
+    showView("tunnels");
+    loadTunnels().catch((error) => reportError(error, "Tunnels"));
+  });
+  $("tab-audit").addEventListener("click", () => showAudit(state.audit.filter));
+  state.audit = new AuditView({ $, el, badge, formatTime, toast, reportError, fetchApi: projectApi });
   $("screen").addEventListener("keydown", onTerminalKey);
   $("screen").addEventListener("paste", onTerminalPaste);
 }

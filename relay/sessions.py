@@ -1,0 +1,152 @@
+"""What passes through a tunnel that the audit trail cares about: SSH logins, forwarded TCP
+connections, and, when recording is on, the `ssh` session itself (docs/audit.md).
+
+Sans-I/O. The relay never parses relayed traffic on its hot path: the codec's decoders are
+told which operation types to *note* (a login, a forwarded connection opening or closing,
+and only for recorded tunnels the terminal traffic), and hand just those messages to
+`SessionWatcher.observe`. Everything else goes from socket to socket untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from relay.audit import EventType
+from relay.clock import Clock
+from relay.envelope import parse
+from relay.model import Side
+from relay.recording import Recording, TunnelTap
+
+# What each side's decoder notes, always (logins, forwarded connections) ...
+AUDITED = {
+    Side.SOURCE: frozenset({"connect", "forward_open", "forward_close"}),
+    Side.DEVICE: frozenset({"connect_response", "forward_open_response", "forward_close"}),
+}
+# ... and for recorded tunnels, the terminal traffic and the end of a session too.
+RECORDED = {
+    Side.SOURCE: frozenset({"command", "disconnect"}),
+    Side.DEVICE: frozenset({"command_response", "disconnect"}),
+}
+MAX_PENDING = 64   # logins / forward opens waiting for an answer, per tunnel (bounds memory)
+
+Emit = Callable[[EventType, str, str, dict[str, Any]], None]   # (event, actor, outcome, detail)
+
+
+class _Forward:
+    __slots__ = ("port", "open", "closed_by")
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+        self.open = False
+        self.closed_by: set[Side] = set()
+
+
+class SessionWatcher:
+    """One tunnel's logins and forwarded connections (as audit events), and its ssh sessions'
+    recordings when `tap` is given (the tunnel is recorded)."""
+
+    def __init__(self, project_id: str, tunnel_id: str, device_id: str, *, clock: Clock, emit: Emit,
+                 save: Callable[[Recording], None], tap: TunnelTap | None = None) -> None:
+        self.project_id = project_id
+        self.tunnel_id = tunnel_id
+        self.device_id = device_id
+        self.clock = clock
+        self.emit = emit
+        self.save = save
+        self.tap = tap
+        self.logins: dict[str, str] = {}            # request_id of a `connect` -> its username
+        self.forwards: dict[str, _Forward] = {}     # connection id -> state
+
+    def noted(self, side: Side) -> frozenset[str]:
+        """The operation types the decoder of `side` must hand to `observe`."""
+        return AUDITED[side] | RECORDED[side] if self.tap is not None else AUDITED[side]
+
+    # -- messages --------------------------------------------------------------------------
+
+    def observe(self, side: Side, payload: bytes) -> None:
+        """One message the decoder of `side` forwarded to the peer (already checked by it)."""
+        message = parse(payload)
+        if message is None:
+            return
+        if self.tap is not None:
+            self._keep(self.tap.handle(side.value, message, self.clock.now()))
+        op, rid, data = message.get("operation_type"), message.get("request_id"), message.get("data")
+        if op == "connect" and message.get("tunnel_service_type") == "ssh":
+            self._login_started(rid, data)
+        elif op == "connect_response":
+            self._login_answered(rid, data)
+        elif op == "forward_open":
+            if len(self.forwards) < MAX_PENDING * 16 and isinstance(rid, str):
+                self.forwards[rid] = _Forward(data.get("port") if isinstance(data, dict) else None)
+        elif op == "forward_open_response":
+            self._forward_answered(rid, data)
+        elif op == "forward_close":
+            self._forward_closed(side, rid, data)
+
+    def side_left(self, side: Side) -> None:
+        """A connection of `side` ended (left, evicted, closed): whatever ran over it is over."""
+        if self.tap is not None:
+            self._keep(self.tap.end(self.clock.now()))
+        for rid in list(self.forwards):
+            self._end_forward(rid, f"the {side.value} left")
+        self.logins.clear()
+
+    def _keep(self, recording: Recording | None) -> None:
+        """A finished recording goes to the store (which then records `session_recorded`)."""
+        if recording is not None:
+            self.save(recording)
+
+    # -- SSH logins ----------------------------------------------------------------------------
+
+    def _login_started(self, rid: Any, data: Any) -> None:
+        username = data.get("username") if isinstance(data, dict) else None
+        if not isinstance(rid, str):
+            return
+        if len(self.logins) >= MAX_PENDING:
+            self.logins.pop(next(iter(self.logins)))
+        self.logins[rid] = username[:64] if isinstance(username, str) else ""
+
+    def _login_answered(self, rid: Any, data: Any) -> None:
+        if not isinstance(rid, str) or rid not in self.logins:
+            return
+        username = self.logins.pop(rid)
+        status = str(data.get("status_code")) if isinstance(data, dict) else "none"
+        if status == "200":
+            self.emit(EventType.SSH_LOGIN_SUCCEEDED, "source", "ok", {"username": username})
+            return
+        message = data.get("status_msg") if isinstance(data, dict) else None
+        detail: dict[str, Any] = {"username": username, "status_code": status}
+        if isinstance(message, str):
+            detail["status_msg"] = message[:200]
+        self.emit(EventType.SSH_LOGIN_FAILED, "source", status[:8], detail)
+
+    # -- forwarded connections -----------------------------------------------------------------
+
+    def _forward_answered(self, rid: Any, data: Any) -> None:
+        forward = self.forwards.get(rid) if isinstance(rid, str) else None
+        if forward is None or forward.open:
+            return
+        status = str(data.get("status_code")) if isinstance(data, dict) else "none"
+        if status == "200":
+            forward.open = True
+            self.emit(EventType.FORWARD_OPENED, "source", "ok", {"connection_id": rid, "port": forward.port})
+        else:
+            del self.forwards[rid]
+            self.emit(EventType.FORWARD_OPENED, "source", status, {"connection_id": rid, "port": forward.port})
+
+    def _forward_closed(self, side: Side, rid: Any, data: Any) -> None:
+        forward = self.forwards.get(rid) if isinstance(rid, str) else None
+        if forward is None:
+            return
+        why = data.get("status_msg") if isinstance(data, dict) else None
+        forward.closed_by.add(side)
+        # Both halves closed (eof each way), or one end aborted: the connection is over.
+        if len(forward.closed_by) == 2 or not (isinstance(why, str) and why == "eof"):
+            self._end_forward(rid, why if isinstance(why, str) else "closed")
+
+    def _end_forward(self, rid: str, why: str) -> None:
+        forward = self.forwards.pop(rid, None)
+        if forward is not None and forward.open:
+            self.emit(EventType.FORWARD_CLOSED, "source", "ok",
+                      {"connection_id": rid, "port": forward.port, "reason": why[:200]})
