@@ -299,6 +299,8 @@ def relays(selected: set[str]) -> list[tuple[str, list[str], dict[str, str], boo
     all_relays = [
         ("relay (rust codec)", serve, {**ours_env, "RELAY_CODEC": "rust"}, True),
         ("relay (python twin)", serve, {**ours_env, "RELAY_CODEC": "python"}, True),
+        # Session recording on (docs/audit.md): every terminal message goes to the recorder.
+        ("relay (rust, recording)", serve, {**ours_env, "RELAY_CODEC": "rust", "RELAY_RECORD_PROJECTS": "bench"}, True),
         ("naive aiohttp", [py, "-m", "benchmarks.baselines.naive_aiohttp", "{port}"], {}, False),
         ("picows", [py, "-m", "benchmarks.baselines.picows_relay", "{port}"], {}, False),
     ]
