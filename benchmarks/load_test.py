@@ -25,6 +25,7 @@ import json
 import statistics
 import struct
 import sys
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -184,7 +185,11 @@ async def start_probe(port: int, ids: tuple, seconds: float) -> asyncio.subproce
 
 
 async def run(args: argparse.Namespace) -> dict:
-    relay = Relay("relay", [sys.executable, "-m", "relay.cli", "serve", "--port", "{port}", "--db", ":memory:"],
+    # A database file, as `relay serve` keeps by default: the audit trail's rows go to the
+    # file, and only SQLite's bounded page cache stays in memory.
+    folder = tempfile.TemporaryDirectory(prefix="relay-load-")
+    db = str(Path(folder.name) / "relay.db")
+    relay = Relay("relay", [sys.executable, "-m", "relay.cli", "serve", "--port", "{port}", "--db", db],
                   {"RELAY_API_TOKENS": f"bench:bench:{API_TOKEN}", "RELAY_MAX_TUNNELS_PER_PROJECT": "1000000",
                    "RELAY_LOG_LEVEL": "WARNING"}, ours=True)
     stats = Stats()
@@ -249,6 +254,7 @@ async def run(args: argparse.Namespace) -> dict:
         return result
     finally:
         relay.stop()
+        folder.cleanup()
 
 
 def main() -> None:

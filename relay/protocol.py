@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol, Union
 
 from relay import codec
@@ -91,7 +91,7 @@ class Watcher(Protocol):
     hand it the messages whose operation type it names, nothing else."""
 
     def noted(self, side: Side) -> frozenset[str]: ...
-    def observe(self, side: Side, payload: bytes) -> None: ...
+    def observer(self, side: Side) -> Callable[[bytes], None]: ...
     def side_left(self, side: Side) -> None: ...
 
 
@@ -133,6 +133,8 @@ def other(side: Side) -> Side:
 class Pairing:
     """The two ends of one tunnel."""
 
+    __slots__ = ("tunnel_id", "ends", "watcher", "decoders")   # one per tunnel with a connection here: kept small
+
     def __init__(self, tunnel_id: str, max_message_size: int = 10240, watcher: Watcher | None = None) -> None:
         self.tunnel_id = tunnel_id
         self.ends: dict[Side, End | None] = {Side.SOURCE: None, Side.DEVICE: None}
@@ -145,7 +147,7 @@ class Pairing:
         if self.watcher is None:
             return codec.Decoder(_CODEC_SIDE[side], max_message_size, SERVICES)
         return codec.Decoder(_CODEC_SIDE[side], max_message_size, SERVICES, noted=self.watcher.noted(side),
-                             on_note=functools.partial(self.watcher.observe, side))
+                             on_note=self.watcher.observer(side))
 
     @property
     def empty(self) -> bool:

@@ -29,6 +29,7 @@ RECORDED = {
     Side.DEVICE: frozenset({"command_response", "disconnect"}),
 }
 MAX_PENDING = 64   # logins / forward opens waiting for an answer, per tunnel (bounds memory)
+_NOTED = {False: AUDITED, True: {side: AUDITED[side] | RECORDED[side] for side in Side}}
 
 Emit = Callable[[EventType, str, str, dict[str, Any]], None]   # (event, actor, outcome, detail)
 
@@ -42,9 +43,51 @@ class _Forward:
         self.closed_by: set[Side] = set()
 
 
+class TunnelAudit:
+    """A tunnel's link to the audit trail, as small as can be: most tunnels sit idle, and an
+    idle tunnel must cost little memory (docs/architecture.md). The SessionWatcher is made by
+    `make` when the first noted message comes."""
+
+    __slots__ = ("project_id", "tunnel_id", "device_id", "record", "make", "watcher")
+
+    def __init__(self, project_id: str, tunnel_id: str, device_id: str, record: bool,
+                 make: Callable[[TunnelAudit], SessionWatcher]) -> None:
+        self.project_id = project_id
+        self.tunnel_id = tunnel_id
+        self.device_id = device_id
+        self.record = record
+        self.make = make
+        self.watcher: SessionWatcher | None = None
+
+    def noted(self, side: Side) -> frozenset[str]:
+        return _NOTED[self.record][side]
+
+    def observer(self, side: Side) -> Callable[[bytes], None]:
+        """What the decoder of `side` calls with each noted message."""
+        return self.observe_source if side is Side.SOURCE else self.observe_device
+
+    def observe_source(self, payload: bytes) -> None:
+        self._watcher().observe(Side.SOURCE, payload)
+
+    def observe_device(self, payload: bytes) -> None:
+        self._watcher().observe(Side.DEVICE, payload)
+
+    def side_left(self, side: Side) -> None:
+        if self.watcher is not None:
+            self.watcher.side_left(side)
+
+    def _watcher(self) -> SessionWatcher:
+        if self.watcher is None:
+            self.watcher = self.make(self)
+        return self.watcher
+
+
 class SessionWatcher:
     """One tunnel's logins and forwarded connections (as audit events), and its ssh sessions'
-    recordings when `tap` is given (the tunnel is recorded)."""
+    recordings when `tap` is given (the tunnel is recorded). One per tunnel with connections
+    on this relay, idle ones included: kept small (slots, dicts made on first use)."""
+
+    __slots__ = ("project_id", "tunnel_id", "device_id", "clock", "emit", "save", "tap", "_logins", "_forwards")
 
     def __init__(self, project_id: str, tunnel_id: str, device_id: str, *, clock: Clock, emit: Emit,
                  save: Callable[[Recording], None], tap: TunnelTap | None = None) -> None:
@@ -55,8 +98,20 @@ class SessionWatcher:
         self.emit = emit
         self.save = save
         self.tap = tap
-        self.logins: dict[str, str] = {}            # request_id of a `connect` -> its username
-        self.forwards: dict[str, _Forward] = {}     # connection id -> state
+        self._logins: dict[str, str] | None = None           # request_id of a `connect` -> its username
+        self._forwards: dict[str, _Forward] | None = None    # connection id -> state
+
+    @property
+    def logins(self) -> dict[str, str]:
+        if self._logins is None:
+            self._logins = {}
+        return self._logins
+
+    @property
+    def forwards(self) -> dict[str, _Forward]:
+        if self._forwards is None:
+            self._forwards = {}
+        return self._forwards
 
     def noted(self, side: Side) -> frozenset[str]:
         """The operation types the decoder of `side` must hand to `observe`."""
@@ -88,9 +143,9 @@ class SessionWatcher:
         """A connection of `side` ended (left, evicted, closed): whatever ran over it is over."""
         if self.tap is not None:
             self._keep(self.tap.end(self.clock.now()))
-        for rid in list(self.forwards):
+        for rid in list(self._forwards or ()):
             self._end_forward(rid, f"the {side.value} left")
-        self.logins.clear()
+        self._logins = self._forwards = None
 
     def _keep(self, recording: Recording | None) -> None:
         """A finished recording goes to the store (which then records `session_recorded`)."""

@@ -7,9 +7,7 @@
 
 use crate::decoder::Out;
 use crate::envelope::{Violation, SOURCE};
-use crate::frame::{
-    unmask_into, write_header, MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
-};
+use crate::frame::{client_frames, unmask_into, with_pending, write_header, DataFrames, OP_BINARY, OP_TEXT};
 
 /// Largest WebSocket frame payload accepted, and largest one written: the limit of the
 /// `aws.iot.securetunneling-3.0` protocol (2 x (64 KiB + 2)), which the AWS local proxy uses as
@@ -27,13 +25,9 @@ pub const TYPE_SERVICE_IDS: i32 = 5;
 pub const TYPE_CONNECTION_START: i32 = 6;
 pub const TYPE_CONNECTION_RESET: i32 = 7;
 
-pub const CLOSE_NORMAL: u16 = 1000;
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-pub const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
-pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
-pub const CLOSE_TOO_BIG: u16 = 1009;
+pub use crate::envelope::{CLOSE_INVALID_PAYLOAD, CLOSE_NOT_ALLOWED};
+pub use crate::frame::{CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA};
 pub const CLOSE_INVALID_MESSAGE: u16 = 4400;
-pub const CLOSE_NOT_ALLOWED: u16 = 4403;
 
 pub const TEXT_REFUSED: &str = "text messages are not supported: this endpoint speaks the binary AWS tunnel protocol";
 
@@ -325,20 +319,7 @@ impl AwsDecoder {
         if self.closed || data.is_empty() {
             return None;
         }
-        let result = if self.pending.is_empty() {
-            let (used, res) = self.process(data, to_sender);
-            if res.is_none() && used < data.len() {
-                self.pending.extend_from_slice(&data[used..]);
-            }
-            res
-        } else {
-            let mut buf = std::mem::take(&mut self.pending);
-            buf.extend_from_slice(data);
-            let (used, res) = self.process(&buf, to_sender);
-            buf.drain(..used);
-            self.pending = buf;
-            res
-        };
+        let result = with_pending(self, |d| &mut d.pending, data, |d, buf| d.process(buf, to_sender));
         // forwarded messages, packed into frames
         if !self.spans.is_empty() {
             let stream = &self.stream;
@@ -374,99 +355,11 @@ impl AwsDecoder {
 
     /// Parse complete frames from `buf`; returns (bytes consumed, violation).
     fn process(&mut self, buf: &[u8], to_sender: &mut Vec<u8>) -> (usize, Option<Violation>) {
-        let mut pos = 0usize;
-        loop {
-            let rest = &buf[pos..];
-            if rest.len() < 2 {
-                return (pos, None);
-            }
-            let (b0, b1) = (rest[0], rest[1]);
-            let masked = b1 & 0x80 != 0;
-            let len7 = b1 & 0x7f;
-            let ext = match len7 {
-                126 => 2,
-                127 => 8,
-                _ => 0,
-            };
-            let hlen = 2 + ext + if masked { 4 } else { 0 };
-            if rest.len() < hlen {
-                return (pos, None);
-            }
-            if !masked {
-                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "client frames must be masked")));
-            }
-            if b0 & 0x70 != 0 {
-                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "reserved bits must be zero")));
-            }
-            let op = b0 & 0x0f;
-            if !matches!(op, OP_CONT | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
-                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, format!("unknown opcode {op}"))));
-            }
-            let fin = b0 & 0x80 != 0;
-            let len: u64 = match ext {
-                0 => u64::from(len7),
-                2 => u64::from(u16::from_be_bytes([rest[2], rest[3]])),
-                _ => {
-                    let mut l = [0u8; 8];
-                    l.copy_from_slice(&rest[2..10]);
-                    u64::from_be_bytes(l)
-                }
-            };
-            if len >> 63 != 0 {
-                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "frame length has the most significant bit set")));
-            }
-            if op >= OP_CLOSE {
-                if !fin {
-                    return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "control frames must not be fragmented")));
-                }
-                if len > MAX_CONTROL_PAYLOAD as u64 {
-                    return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "control frame payload exceeds 125 bytes")));
-                }
-            } else {
-                if op == OP_CONT && !self.in_message {
-                    return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "unexpected continuation frame")));
-                }
-                if op != OP_CONT && self.in_message {
-                    return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "expected a continuation frame")));
-                }
-                if op == OP_TEXT {
-                    return (pos, Some(Violation::new(CLOSE_UNSUPPORTED_DATA, TEXT_REFUSED)));
-                }
-                if len > FRAME_CAP as u64 {
-                    return (pos, Some(Violation::new(CLOSE_TOO_BIG, format!("frame exceeds {FRAME_CAP} bytes"))));
-                }
-            }
-            if ((rest.len() - hlen) as u64) < len {
-                return (pos, None);
-            }
-            let len = len as usize; // <= FRAME_CAP or 125 here
-            let mask = [rest[hlen - 4], rest[hlen - 3], rest[hlen - 2], rest[hlen - 1]];
-            let payload = &rest[hlen..hlen + len];
-            pos += hlen + len;
-            match op {
-                OP_PING => {
-                    self.flush_replies(to_sender);
-                    write_header(to_sender, OP_PONG, len);
-                    unmask_into(to_sender, payload, mask);
-                }
-                OP_PONG => {}
-                OP_CLOSE => {
-                    let mut p = Vec::with_capacity(len);
-                    unmask_into(&mut p, payload, mask);
-                    return (pos, Some(close_reply(&p)));
-                }
-                _ => {
-                    self.in_message = !fin;
-                    unmask_into(&mut self.stream, payload, mask);
-                    if let Err(v) = self.messages_in_stream() {
-                        return (pos, Some(v));
-                    }
-                }
-            }
-        }
+        client_frames(self, buf, to_sender)
     }
 
     /// Check every complete tunnel message in `stream[scan..]`.
+    #[inline] // one caller: inlined into the frame loop, as before it was shared
     fn messages_in_stream(&mut self) -> Result<(), Violation> {
         loop {
             let rest = &self.stream[self.scan..];
@@ -526,21 +419,36 @@ impl AwsDecoder {
     }
 }
 
-/// The close frame the server echoes for a client close frame payload (as the Huawei decoder).
-fn close_reply(p: &[u8]) -> Violation {
-    match p.len() {
-        0 => Violation::new(CLOSE_NORMAL, ""),
-        1 => Violation::new(CLOSE_PROTOCOL_ERROR, "close frame payload of 1 byte"),
-        _ => {
-            let code = u16::from_be_bytes([p[0], p[1]]);
-            if !matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999) {
-                Violation::new(CLOSE_PROTOCOL_ERROR, format!("invalid close code {code}"))
-            } else if std::str::from_utf8(&p[2..]).is_err() {
-                Violation::new(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in close reason")
-            } else {
-                Violation::new(code, "")
-            }
+/// The binary-message half of the frame loop (`frame::client_frames`): the data frames' payloads
+/// form one stream of tunnel messages, whatever the fragmentation.
+impl DataFrames for AwsDecoder {
+    #[inline]
+    fn in_message(&mut self) -> &mut bool {
+        &mut self.in_message
+    }
+
+    #[inline]
+    fn check_data(&self, op: u8, len: u64) -> Result<(), Violation> {
+        if op == OP_TEXT {
+            return Err(Violation::new(CLOSE_UNSUPPORTED_DATA, TEXT_REFUSED));
         }
+        if len > FRAME_CAP as u64 {
+            return Err(Violation::new(CLOSE_TOO_BIG, format!("frame exceeds {FRAME_CAP} bytes")));
+        }
+        Ok(())
+    }
+
+    /// Queued STREAM_RESET answers go out before the pong.
+    #[inline]
+    fn before_pong(&mut self, to_sender: &mut Vec<u8>) {
+        self.flush_replies(to_sender);
+    }
+
+    #[inline]
+    fn data(&mut self, _op: u8, _fin: bool, payload: &[u8], mask: [u8; 4], _to_sender: &mut Vec<u8>)
+        -> Result<(), Violation> {
+        unmask_into(&mut self.stream, payload, mask);
+        self.messages_in_stream()
     }
 }
 
@@ -556,25 +464,8 @@ pub fn encode_binary(payload: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::envelope::DEVICE;
-
-    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-    fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![(if fin { 0x80 } else { 0 }) | op];
-        let n = payload.len();
-        if n < 126 {
-            f.push(0x80 | n as u8);
-        } else if n <= 0xffff {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        f.extend_from_slice(&MASK);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-        f
-    }
+    use crate::frame::test_util::client_frame;
+    use crate::frame::{OP_CONT, OP_PING};
 
     /// A framed message: type, stream id, payload, service id, connection id.
     fn msg(t: u8, stream: u8, payload: &[u8], sid: &str, conn: u8) -> Vec<u8> {

@@ -2,15 +2,11 @@
 
 use crate::envelope::{Outcome, Policy, Violation};
 use crate::frame::{
-    header_len, unmask_in_place, unmask_into, write_header, MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE, OP_CONT,
-    OP_PING, OP_PONG, OP_TEXT,
+    client_frames, header_len, unmask_in_place, unmask_into, with_pending, DataFrames, OP_BINARY, OP_CONT, OP_TEXT,
 };
 
-pub const CLOSE_NORMAL: u16 = 1000;
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-pub const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
 pub use crate::envelope::CLOSE_INVALID_PAYLOAD;
-pub const CLOSE_TOO_BIG: u16 = 1009;
+pub use crate::frame::{CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA};
 
 /// An append-only output buffer that can be rolled back (for rejected or answered messages).
 pub trait Out {
@@ -55,10 +51,6 @@ fn out_header<O: Out>(out: &mut O, opcode: u8, len: usize) {
         let l = (len as u64).to_be_bytes();
         out.put(&[b0, 127, l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]);
     }
-}
-
-fn valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
 }
 
 #[derive(Debug, Clone)]
@@ -130,20 +122,7 @@ impl Decoder {
         if self.closed {
             return None;
         }
-        let result = if self.pending.is_empty() {
-            let (used, res) = self.run(data, to_peer, to_sender);
-            if res.is_none() && used < data.len() {
-                self.pending.extend_from_slice(&data[used..]);
-            }
-            res
-        } else {
-            let mut buf = std::mem::take(&mut self.pending);
-            buf.extend_from_slice(data);
-            let (used, res) = self.run(&buf, to_peer, to_sender);
-            buf.drain(..used);
-            self.pending = buf;
-            res
-        };
+        let result = with_pending(self, |d| &mut d.pending, data, |d, buf| d.run(buf, to_peer, to_sender));
         if result.is_some() {
             self.closed = true;
             self.pending = Vec::new();
@@ -170,127 +149,7 @@ impl Decoder {
         to_peer: &mut O,
         to_sender: &mut Vec<u8>,
     ) -> (usize, Option<Violation>) {
-        let mut pos = 0usize;
-        loop {
-            let rest = &buf[pos..];
-            if rest.len() < 2 {
-                return (pos, None);
-            }
-            let (b0, b1) = (rest[0], rest[1]);
-            let masked = b1 & 0x80 != 0;
-            let len7 = b1 & 0x7f;
-            let ext = match len7 {
-                126 => 2,
-                127 => 8,
-                _ => 0,
-            };
-            let hlen = 2 + ext + if masked { 4 } else { 0 };
-            if rest.len() < hlen {
-                return (pos, None);
-            }
-            // ---- header checks, in the documented order
-            if !masked {
-                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "client frames must be masked")));
-            }
-            if b0 & 0x70 != 0 {
-                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "reserved bits must be zero")));
-            }
-            let op = b0 & 0x0f;
-            if !matches!(op, OP_CONT | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
-                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, format!("unknown opcode {op}"))));
-            }
-            let fin = b0 & 0x80 != 0;
-            let len: u64 = match ext {
-                0 => u64::from(len7),
-                2 => u64::from(u16::from_be_bytes([rest[2], rest[3]])),
-                _ => {
-                    let mut l = [0u8; 8];
-                    l.copy_from_slice(&rest[2..10]);
-                    u64::from_be_bytes(l)
-                }
-            };
-            if len >> 63 != 0 {
-                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "frame length has the most significant bit set")));
-            }
-            if op >= OP_CLOSE {
-                if !fin {
-                    return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "control frames must not be fragmented")));
-                }
-                if len > MAX_CONTROL_PAYLOAD as u64 {
-                    return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "control frame payload exceeds 125 bytes")));
-                }
-            } else {
-                if op == OP_CONT && !self.in_message {
-                    return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "unexpected continuation frame")));
-                }
-                if op != OP_CONT && self.in_message {
-                    return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "expected a continuation frame")));
-                }
-                if op == OP_BINARY {
-                    return (pos, Some(Violation::new(CLOSE_UNSUPPORTED_DATA, "binary messages are not supported")));
-                }
-                let before = if op == OP_CONT { self.frag.len() as u64 } else { 0 };
-                if before.saturating_add(len) > self.max_message_size as u64 {
-                    return (
-                        pos,
-                        Some(Violation::new(CLOSE_TOO_BIG, format!("message exceeds {} bytes", self.max_message_size))),
-                    );
-                }
-            }
-            // ---- wait for the whole payload
-            if ((rest.len() - hlen) as u64) < len {
-                return (pos, None);
-            }
-            let len = len as usize; // <= max_message_size or 125 here
-            let mask = [rest[hlen - 4], rest[hlen - 3], rest[hlen - 2], rest[hlen - 1]];
-            let payload = &rest[hlen..hlen + len];
-            pos += hlen + len;
-            match op {
-                OP_PING => {
-                    write_header(to_sender, OP_PONG, len);
-                    unmask_into(to_sender, payload, mask);
-                }
-                OP_PONG => {}
-                OP_CLOSE => {
-                    let mut p = Vec::with_capacity(len);
-                    unmask_into(&mut p, payload, mask);
-                    return (pos, Some(close_reply(&p)));
-                }
-                OP_TEXT if fin => {
-                    let start = to_peer.len();
-                    out_header(to_peer, OP_TEXT, len);
-                    let body = to_peer.len();
-                    to_peer.put(payload);
-                    unmask_in_place(to_peer.tail_mut(body), mask);
-                    if let Err(v) = self.message::<O, NOTE>(to_peer, start, body, to_sender) {
-                        return (pos, Some(v));
-                    }
-                }
-                OP_TEXT => {
-                    self.in_message = true;
-                    self.frag.clear();
-                    unmask_into(&mut self.frag, payload, mask);
-                }
-                _ => {
-                    // continuation
-                    unmask_into(&mut self.frag, payload, mask);
-                    if fin {
-                        self.in_message = false;
-                        let start = to_peer.len();
-                        out_header(to_peer, OP_TEXT, self.frag.len());
-                        let body = to_peer.len();
-                        to_peer.put(&self.frag);
-                        self.frag.clear();
-                        if self.frag.capacity() > 4 * self.max_message_size.max(4096) {
-                            self.frag = Vec::new();
-                        }
-                        if let Err(v) = self.message::<O, NOTE>(to_peer, start, body, to_sender) {
-                            return (pos, Some(v));
-                        }
-                    }
-                }
-            }
-        }
+        client_frames(&mut TextFrames::<O, NOTE> { d: self, to_peer }, buf, to_sender)
     }
 
     /// Validate the complete message written at `to_peer[body..]` (its frame starts at `start`).
@@ -323,30 +182,68 @@ impl Decoder {
     }
 }
 
+/// The text-message half of the frame loop (`frame::client_frames`), for one `feed`.
+struct TextFrames<'a, O, const NOTE: bool> {
+    d: &'a mut Decoder,
+    to_peer: &'a mut O,
+}
+
+impl<O: Out, const NOTE: bool> DataFrames for TextFrames<'_, O, NOTE> {
+    #[inline]
+    fn in_message(&mut self) -> &mut bool {
+        &mut self.d.in_message
+    }
+
+    #[inline]
+    fn check_data(&self, op: u8, len: u64) -> Result<(), Violation> {
+        if op == OP_BINARY {
+            return Err(Violation::new(CLOSE_UNSUPPORTED_DATA, "binary messages are not supported"));
+        }
+        let before = if op == OP_CONT { self.d.frag.len() as u64 } else { 0 };
+        if before.saturating_add(len) > self.d.max_message_size as u64 {
+            return Err(Violation::new(CLOSE_TOO_BIG, format!("message exceeds {} bytes", self.d.max_message_size)));
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn data(&mut self, op: u8, fin: bool, payload: &[u8], mask: [u8; 4], to_sender: &mut Vec<u8>)
+        -> Result<(), Violation> {
+        let (d, to_peer) = (&mut *self.d, &mut *self.to_peer);
+        if op == OP_TEXT && fin {
+            let start = to_peer.len();
+            out_header(to_peer, OP_TEXT, payload.len());
+            let body = to_peer.len();
+            to_peer.put(payload);
+            unmask_in_place(to_peer.tail_mut(body), mask);
+            return d.message::<O, NOTE>(to_peer, start, body, to_sender);
+        }
+        if op == OP_TEXT {
+            d.frag.clear();
+        }
+        unmask_into(&mut d.frag, payload, mask);
+        if !fin {
+            return Ok(());
+        }
+        // the last continuation: forward the reassembled message
+        let start = to_peer.len();
+        out_header(to_peer, OP_TEXT, d.frag.len());
+        let body = to_peer.len();
+        to_peer.put(&d.frag);
+        d.frag.clear();
+        if d.frag.capacity() > 4 * d.max_message_size.max(4096) {
+            d.frag = Vec::new();
+        }
+        d.message::<O, NOTE>(to_peer, start, body, to_sender)
+    }
+}
+
 impl Decoder {
     /// Out of line: only decoders with notes get here.
     #[cold]
     #[inline(never)]
     fn note(&mut self, body: usize, n: usize) {
         self.notes.push((body, n));
-    }
-}
-
-/// The close frame the server echoes for a client close frame payload.
-fn close_reply(p: &[u8]) -> Violation {
-    match p.len() {
-        0 => Violation::new(CLOSE_NORMAL, ""),
-        1 => Violation::new(CLOSE_PROTOCOL_ERROR, "close frame payload of 1 byte"),
-        _ => {
-            let code = u16::from_be_bytes([p[0], p[1]]);
-            if !valid_close_code(code) {
-                Violation::new(CLOSE_PROTOCOL_ERROR, format!("invalid close code {code}"))
-            } else if std::str::from_utf8(&p[2..]).is_err() {
-                Violation::new(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in close reason")
-            } else {
-                Violation::new(code, "")
-            }
-        }
     }
 }
 
@@ -359,26 +256,8 @@ pub fn to_peer_bound(d: &Decoder, data_len: usize) -> usize {
 mod tests {
     use super::*;
     use crate::envelope::{DEVICE, SOURCE};
-    use crate::frame::encode_text;
-
-    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-    fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![(if fin { 0x80 } else { 0 }) | op];
-        let n = payload.len();
-        if n < 126 {
-            f.push(0x80 | n as u8);
-        } else if n <= 0xffff {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        f.extend_from_slice(&MASK);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-        f
-    }
+    use crate::frame::test_util::client_frame;
+    use crate::frame::{encode_text, OP_CLOSE, OP_PING};
 
     fn env(op: &str, rid: &str) -> Vec<u8> {
         format!(r#"{{"operation_type":"{op}","tunnel_service_type":"ssh","request_id":"{rid}","data":"x"}}"#).into_bytes()

@@ -91,8 +91,9 @@ pub struct Policy {
     pub services: Vec<String>,
     pub request_ids: RequestIds,
     /// `operation_type`s whose forwarded messages are reported as `Outcome::ForwardNoted`
-    /// (a handful: a linear scan beats hashing here)
-    pub noted: Vec<Box<str>>,
+    /// (a handful: a linear scan beats hashing here). Shared: every tunnel notes the same few,
+    /// and an idle tunnel must cost little memory.
+    pub noted: std::sync::Arc<[Box<str>]>,
 }
 
 fn side_name(side: u8) -> &'static str {
@@ -153,7 +154,7 @@ fn write_reply(out: &mut Vec<u8>, op: &str, service: &str, rid: &str, data: &[&s
 
 impl Policy {
     pub fn new(side: u8, services: Vec<String>, request_id_window: usize) -> Self {
-        Policy { side, services, request_ids: RequestIds::new(request_id_window), noted: Vec::new() }
+        Policy { side, services, request_ids: RequestIds::new(request_id_window), noted: std::sync::Arc::from(Vec::new()) }
     }
 
     /// Check one complete text message (UTF-8 first, then JSON, then the envelope).

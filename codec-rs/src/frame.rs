@@ -1,4 +1,7 @@
-//! RFC 6455 frame helpers: server->client frame encoding and client payload unmasking.
+//! RFC 6455 frame helpers: server->client frame encoding, client payload unmasking, and the
+//! client-frame loop (header checks, control frames, fragmentation) shared by both decoders.
+
+use crate::envelope::{Violation, CLOSE_INVALID_PAYLOAD};
 
 pub const OP_CONT: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -121,6 +124,198 @@ pub fn unmask_in_place(buf: &mut [u8], mask: [u8; 4]) {
     // chunks of 32 keep the mask phase at 0, so the tail starts at mask offset 0 too
     for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
         *b ^= mask[i & 3];
+    }
+}
+
+pub const CLOSE_NORMAL: u16 = 1000;
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+pub const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
+
+/// The close frame the server echoes for a client close frame payload.
+pub fn close_reply(p: &[u8]) -> Violation {
+    match p.len() {
+        0 => Violation::new(CLOSE_NORMAL, ""),
+        1 => Violation::new(CLOSE_PROTOCOL_ERROR, "close frame payload of 1 byte"),
+        _ => {
+            let code = u16::from_be_bytes([p[0], p[1]]);
+            if !valid_close_code(code) {
+                Violation::new(CLOSE_PROTOCOL_ERROR, format!("invalid close code {code}"))
+            } else if std::str::from_utf8(&p[2..]).is_err() {
+                Violation::new(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in close reason")
+            } else {
+                Violation::new(code, "")
+            }
+        }
+    }
+}
+
+/// The protocol half of the client-frame loop: what a decoder does with data frames
+/// (text, binary, continuation). Implemented on a concrete type, so `client_frames` is
+/// monomorphised per decoder (no dynamic dispatch per frame).
+pub trait DataFrames {
+    /// The "inside a fragmented message" flag; `client_frames` checks and updates it.
+    fn in_message(&mut self) -> &mut bool;
+    /// The protocol's own header checks of a data frame (refused opcode, size limit), made
+    /// after the fragmentation checks and before the payload has arrived.
+    fn check_data(&self, op: u8, len: u64) -> Result<(), Violation>;
+    /// Called before a pong is written to `to_sender` (to keep earlier replies in order).
+    #[inline]
+    fn before_pong(&mut self, _to_sender: &mut Vec<u8>) {}
+    /// A complete data frame whose checks passed; `payload` is still masked with `mask`.
+    /// `in_message` already says whether more fragments follow (`!fin`).
+    fn data(&mut self, op: u8, fin: bool, payload: &[u8], mask: [u8; 4], to_sender: &mut Vec<u8>)
+        -> Result<(), Violation>;
+}
+
+/// Parse the complete client frames in `buf`: the header checks in the documented order
+/// (docs/codec.md), pongs for pings, the close reply, and the data frames to `d`.
+/// Returns (bytes consumed, violation); an incomplete frame is left unconsumed.
+#[inline]
+pub fn client_frames<D: DataFrames>(d: &mut D, buf: &[u8], to_sender: &mut Vec<u8>) -> (usize, Option<Violation>) {
+    let mut pos = 0usize;
+    loop {
+        let rest = &buf[pos..];
+        if rest.len() < 2 {
+            return (pos, None);
+        }
+        let (b0, b1) = (rest[0], rest[1]);
+        let masked = b1 & 0x80 != 0;
+        let len7 = b1 & 0x7f;
+        let ext = match len7 {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let hlen = 2 + ext + if masked { 4 } else { 0 };
+        if rest.len() < hlen {
+            return (pos, None);
+        }
+        // ---- header checks, in the documented order
+        if !masked {
+            return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "client frames must be masked")));
+        }
+        if b0 & 0x70 != 0 {
+            return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "reserved bits must be zero")));
+        }
+        let op = b0 & 0x0f;
+        if !matches!(op, OP_CONT | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
+            return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, format!("unknown opcode {op}"))));
+        }
+        let fin = b0 & 0x80 != 0;
+        let len: u64 = match ext {
+            0 => u64::from(len7),
+            2 => u64::from(u16::from_be_bytes([rest[2], rest[3]])),
+            _ => {
+                let mut l = [0u8; 8];
+                l.copy_from_slice(&rest[2..10]);
+                u64::from_be_bytes(l)
+            }
+        };
+        if len >> 63 != 0 {
+            return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "frame length has the most significant bit set")));
+        }
+        if op >= OP_CLOSE {
+            if !fin {
+                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "control frames must not be fragmented")));
+            }
+            if len > MAX_CONTROL_PAYLOAD as u64 {
+                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "control frame payload exceeds 125 bytes")));
+            }
+        } else {
+            let in_message = *d.in_message();
+            if op == OP_CONT && !in_message {
+                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "unexpected continuation frame")));
+            }
+            if op != OP_CONT && in_message {
+                return (pos, Some(Violation::new(CLOSE_PROTOCOL_ERROR, "expected a continuation frame")));
+            }
+            if let Err(v) = d.check_data(op, len) {
+                return (pos, Some(v));
+            }
+        }
+        // ---- wait for the whole payload
+        if ((rest.len() - hlen) as u64) < len {
+            return (pos, None);
+        }
+        let len = len as usize; // bounded by check_data or 125 here
+        let mask = [rest[hlen - 4], rest[hlen - 3], rest[hlen - 2], rest[hlen - 1]];
+        let payload = &rest[hlen..hlen + len];
+        pos += hlen + len;
+        match op {
+            OP_PING => {
+                d.before_pong(to_sender);
+                write_header(to_sender, OP_PONG, len);
+                unmask_into(to_sender, payload, mask);
+            }
+            OP_PONG => {}
+            OP_CLOSE => {
+                let mut p = Vec::with_capacity(len);
+                unmask_into(&mut p, payload, mask);
+                return (pos, Some(close_reply(&p)));
+            }
+            _ => {
+                // a data frame: a message is in progress until a FIN frame ends it
+                *d.in_message() = !fin;
+                if let Err(v) = d.data(op, fin, payload, mask, to_sender) {
+                    return (pos, Some(v));
+                }
+            }
+        }
+    }
+}
+
+/// Run `process` (which returns bytes consumed, violation) over the bytes of an incomplete
+/// frame held from earlier reads (in `pending(s)`) followed by `data`, and hold what it left
+/// unconsumed (nothing after a violation). Without held bytes `data` is processed in place.
+#[inline]
+pub fn with_pending<S>(
+    s: &mut S,
+    pending: impl Fn(&mut S) -> &mut Vec<u8>,
+    data: &[u8],
+    process: impl FnOnce(&mut S, &[u8]) -> (usize, Option<Violation>),
+) -> Option<Violation> {
+    if pending(s).is_empty() {
+        let (used, res) = process(s, data);
+        if res.is_none() && used < data.len() {
+            pending(s).extend_from_slice(&data[used..]);
+        }
+        res
+    } else {
+        let mut buf = std::mem::take(pending(s));
+        buf.extend_from_slice(data);
+        let (used, res) = process(s, &buf);
+        buf.drain(..used);
+        *pending(s) = buf;
+        res
+    }
+}
+
+/// Client frames for the decoders' tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// A masked client frame.
+    pub fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | op];
+        let n = payload.len();
+        if n < 126 {
+            f.push(0x80 | n as u8);
+        } else if n <= 0xffff {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        f.extend_from_slice(&MASK);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        f
     }
 }
 

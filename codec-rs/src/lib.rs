@@ -16,7 +16,7 @@ mod bindings {
 
     use crate::aws;
     use crate::decoder::{self, Out};
-    use crate::envelope::{DEVICE, SOURCE};
+    use crate::envelope::{Violation, DEVICE, SOURCE};
     use crate::frame;
 
     extern "C" {
@@ -140,6 +140,102 @@ mod bindings {
     /// (to_peer, to_sender, close)
     type FeedResult<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Option<(u16, String)>);
 
+    /// What `feed` returns when there is nothing to do.
+    fn empty_feed(py: Python<'_>) -> FeedResult<'_> {
+        let empty = PyBytes::new(py, b"");
+        (empty.clone(), empty, None)
+    }
+
+    /// One `feed` of a decoder core: `to_peer` is written straight into a `bytes` of `bound`
+    /// bytes (shrunk at the end), `to_sender` is copied into one.
+    #[inline]
+    fn run_feed<'py>(
+        py: Python<'py>,
+        bound: usize,
+        feed: impl FnOnce(&mut BytesOut, &mut Vec<u8>) -> Option<Violation>,
+    ) -> PyResult<FeedResult<'py>> {
+        let mut to_peer = BytesOut::with_capacity(py, bound)?;
+        let mut to_sender = Vec::new();
+        let close = feed(&mut to_peer, &mut to_sender);
+        let to_peer = to_peer.finish(py)?;
+        let to_sender = if to_sender.is_empty() { PyBytes::new(py, b"") } else { PyBytes::new(py, &to_sender) };
+        Ok((to_peer, to_sender, close.map(|v| (v.code, v.reason))))
+    }
+
+    /// The `side` argument of both decoders.
+    fn side_arg(side: &Bound<'_, PyAny>) -> PyResult<u8> {
+        match side.extract::<i64>() {
+            Ok(s) if s == SOURCE as i64 || s == DEVICE as i64 => Ok(s as u8),
+            _ => Err(PyValueError::new_err("side must be SOURCE (0) or DEVICE (1)")),
+        }
+    }
+
+    /// The `#[pymethods]` of a decoder class: its own methods, then the members both classes
+    /// share (`reset`, documented by the doc comment given first, and the `peer_connected`,
+    /// `closed`, `messages` and `bytes` attributes of `inner`). One macro, because pyo3 allows
+    /// one `#[pymethods]` block per class.
+    macro_rules! decoder_class {
+        (#[doc = $reset_doc:literal] impl $class:ident { $($own:tt)* }) => {
+            #[pymethods]
+            impl $class {
+                $($own)*
+
+                #[doc = $reset_doc]
+                fn reset(&mut self) {
+                    self.inner.reset();
+                }
+
+                #[getter]
+                fn get_peer_connected(&self) -> bool {
+                    self.inner.peer_connected
+                }
+
+                #[setter]
+                fn set_peer_connected(&mut self, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+                    match value {
+                        None => Err(PyTypeError::new_err("cannot delete peer_connected")),
+                        Some(v) => {
+                            let b =
+                                v.extract::<bool>().map_err(|_| PyTypeError::new_err("peer_connected must be a bool"))?;
+                            self.inner.peer_connected = b;
+                            Ok(())
+                        }
+                    }
+                }
+
+                #[getter]
+                fn closed(&self) -> bool {
+                    self.inner.closed()
+                }
+
+                #[getter]
+                fn messages(&self) -> u64 {
+                    self.inner.messages()
+                }
+
+                #[getter]
+                fn bytes(&self) -> u64 {
+                    self.inner.bytes()
+                }
+            }
+        };
+    }
+
+    /// One copy of each distinct `noted` set, shared by the decoders that use it: the relay gives
+    /// every tunnel the same few sets, and thousands of idle tunnels must stay small.
+    fn shared_noted(noted: Vec<Box<str>>) -> std::sync::Arc<[Box<str>]> {
+        static SETS: std::sync::Mutex<Vec<std::sync::Arc<[Box<str>]>>> = std::sync::Mutex::new(Vec::new());
+        let mut sets = SETS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(known) = sets.iter().find(|s| ***s == *noted) {
+            return known.clone();
+        }
+        let set: std::sync::Arc<[Box<str>]> = noted.into();
+        if sets.len() < 32 {
+            sets.push(set.clone()); // a bounded cache: odd sets beyond it get their own copy
+        }
+        set
+    }
+
     /// Per-connection decoder of client->server WebSocket frames (see relay.codec).
     #[pyclass(name = "Decoder", module = "relay._codec_rs")]
     struct Decoder {
@@ -161,144 +257,102 @@ mod bindings {
         Ok(v)
     }
 
-    #[pymethods]
-    impl Decoder {
-        #[new]
-        #[pyo3(signature = (side, max_message_size = 10240, services = None, request_id_window = 1024, *, noted = None, on_note = None))]
-        fn new(
-            side: &Bound<'_, PyAny>,
-            max_message_size: i128,
-            services: Option<&Bound<'_, PyAny>>,
-            request_id_window: i128,
-            noted: Option<&Bound<'_, PyAny>>,
-            on_note: Option<&Bound<'_, PyAny>>,
-        ) -> PyResult<Self> {
-            let side = match side.extract::<i64>() {
-                Ok(s) if s == SOURCE as i64 || s == DEVICE as i64 => s as u8,
-                _ => return Err(PyValueError::new_err("side must be SOURCE (0) or DEVICE (1)")),
-            };
-            let max = index_arg(max_message_size, "max_message_size")?;
-            let window = index_arg(request_id_window, "request_id_window")?;
-            let services: Vec<String> = match services {
-                None => vec!["ssh".to_owned()],
-                Some(s) => {
-                    if s.is_instance_of::<PyString>() {
-                        return Err(PyTypeError::new_err("services must be a tuple of str"));
-                    }
-                    let mut v = Vec::new();
-                    for item in s.try_iter().map_err(|_| PyTypeError::new_err("services must be a tuple of str"))? {
-                        let item = item?;
-                        let st: String =
-                            item.extract().map_err(|_| PyTypeError::new_err("services must be a tuple of str"))?;
-                        v.push(st);
-                    }
-                    v
-                }
-            };
-            let noted = match noted {
-                None => Vec::new(),
-                Some(n) => str_items(n, "noted")?,
-            };
-            let on_note = match on_note {
-                Some(cb) if !cb.is_none() => {
-                    if !cb.is_callable() {
-                        return Err(PyTypeError::new_err("on_note must be callable or None"));
-                    }
-                    Some(cb.clone().unbind())
-                }
-                _ => None,
-            };
-            let mut inner = decoder::Decoder::new(side, max, services, window);
-            if on_note.is_some() {
-                let mut noted: Vec<Box<str>> = noted.into_iter().map(String::into_boxed_str).collect();
-                noted.sort_unstable();
-                noted.dedup();
-                inner.policy.noted = noted;
-            }
-            Ok(Decoder { inner, on_note })
-        }
-
-        fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-            if let Some(cb) = &self.on_note {
-                visit.call(cb)?;
-            }
-            Ok(())
-        }
-
-        fn __clear__(&mut self) {
-            self.on_note = None;
-        }
-
-        /// Feed one read; returns (to_peer, to_sender, close).
-        fn feed<'py>(slf: &Bound<'py, Self>, data: &[u8]) -> PyResult<FeedResult<'py>> {
-            let py = slf.py();
-            let empty = PyBytes::new(py, b"");
-            let (to_peer, to_sender, close, notes) = {
-                let mut this = slf.try_borrow_mut()?;
-                if this.inner.closed() || data.is_empty() {
-                    return Ok((empty.clone(), empty, None));
-                }
-                let mut to_peer = BytesOut::with_capacity(py, decoder::to_peer_bound(&this.inner, data.len()))?;
-                let mut to_sender = Vec::new();
-                let close = this.inner.feed(data, &mut to_peer, &mut to_sender);
-                let to_peer = to_peer.finish(py)?;
-                let to_sender = if to_sender.is_empty() { empty } else { PyBytes::new(py, &to_sender) };
-                let notes = if this.inner.notes.is_empty() {
-                    None
-                } else {
-                    let cb = this.on_note.as_ref().map(|cb| cb.clone_ref(py));
-                    cb.map(|cb| (std::mem::take(&mut this.inner.notes), cb))
-                };
-                (to_peer, to_sender, close, notes)
-            };
-            // the callbacks run once the decoder is consistent and no longer borrowed
-            if let Some((notes, cb)) = notes {
-                let cb = cb.bind(py);
-                for (start, len) in notes {
-                    let payload = to_peer.as_bytes().get(start..start + len).unwrap_or_default();
-                    if let Err(err) = cb.call1((PyBytes::new(py, payload),)) {
-                        err.write_unraisable(py, Some(cb));
-                    }
-                }
-            }
-            Ok((to_peer, to_sender, close.map(|v| (v.code, v.reason))))
-        }
-
+    decoder_class! {
         /// A new connection replaces the old one: drop partial state, keep request-id history.
-        fn reset(&mut self) {
-            self.inner.reset();
-        }
-
-        #[getter]
-        fn get_peer_connected(&self) -> bool {
-            self.inner.peer_connected
-        }
-
-        #[setter]
-        fn set_peer_connected(&mut self, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-            match value {
-                None => Err(PyTypeError::new_err("cannot delete peer_connected")),
-                Some(v) => {
-                    let b = v.extract::<bool>().map_err(|_| PyTypeError::new_err("peer_connected must be a bool"))?;
-                    self.inner.peer_connected = b;
-                    Ok(())
+        impl Decoder {
+            #[new]
+            #[pyo3(signature = (side, max_message_size = 10240, services = None, request_id_window = 1024, *, noted = None, on_note = None))]
+            fn new(
+                side: &Bound<'_, PyAny>,
+                max_message_size: i128,
+                services: Option<&Bound<'_, PyAny>>,
+                request_id_window: i128,
+                noted: Option<&Bound<'_, PyAny>>,
+                on_note: Option<&Bound<'_, PyAny>>,
+            ) -> PyResult<Self> {
+                let side = side_arg(side)?;
+                let max = index_arg(max_message_size, "max_message_size")?;
+                let window = index_arg(request_id_window, "request_id_window")?;
+                let services: Vec<String> = match services {
+                    None => vec!["ssh".to_owned()],
+                    Some(s) => {
+                        if s.is_instance_of::<PyString>() {
+                            return Err(PyTypeError::new_err("services must be a tuple of str"));
+                        }
+                        let mut v = Vec::new();
+                        for item in s.try_iter().map_err(|_| PyTypeError::new_err("services must be a tuple of str"))? {
+                            let item = item?;
+                            let st: String =
+                                item.extract().map_err(|_| PyTypeError::new_err("services must be a tuple of str"))?;
+                            v.push(st);
+                        }
+                        v
+                    }
+                };
+                let noted = match noted {
+                    None => Vec::new(),
+                    Some(n) => str_items(n, "noted")?,
+                };
+                let on_note = match on_note {
+                    Some(cb) if !cb.is_none() => {
+                        if !cb.is_callable() {
+                            return Err(PyTypeError::new_err("on_note must be callable or None"));
+                        }
+                        Some(cb.clone().unbind())
+                    }
+                    _ => None,
+                };
+                let mut inner = decoder::Decoder::new(side, max, services, window);
+                if on_note.is_some() {
+                    let mut noted: Vec<Box<str>> = noted.into_iter().map(String::into_boxed_str).collect();
+                    noted.sort_unstable();
+                    noted.dedup();
+                    inner.policy.noted = shared_noted(noted);
                 }
+                Ok(Decoder { inner, on_note })
             }
-        }
 
-        #[getter]
-        fn closed(&self) -> bool {
-            self.inner.closed()
-        }
+            fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+                if let Some(cb) = &self.on_note {
+                    visit.call(cb)?;
+                }
+                Ok(())
+            }
 
-        #[getter]
-        fn messages(&self) -> u64 {
-            self.inner.messages()
-        }
+            fn __clear__(&mut self) {
+                self.on_note = None;
+            }
 
-        #[getter]
-        fn bytes(&self) -> u64 {
-            self.inner.bytes()
+            /// Feed one read; returns (to_peer, to_sender, close).
+            fn feed<'py>(slf: &Bound<'py, Self>, data: &[u8]) -> PyResult<FeedResult<'py>> {
+                let py = slf.py();
+                let ((to_peer, to_sender, close), notes) = {
+                    let mut this = slf.try_borrow_mut()?;
+                    if this.inner.closed() || data.is_empty() {
+                        return Ok(empty_feed(py));
+                    }
+                    let bound = decoder::to_peer_bound(&this.inner, data.len());
+                    let out = run_feed(py, bound, |to_peer, to_sender| this.inner.feed(data, to_peer, to_sender))?;
+                    let notes = if this.inner.notes.is_empty() {
+                        None
+                    } else {
+                        let cb = this.on_note.as_ref().map(|cb| cb.clone_ref(py));
+                        cb.map(|cb| (std::mem::take(&mut this.inner.notes), cb))
+                    };
+                    (out, notes)
+                };
+                // the callbacks run once the decoder is consistent and no longer borrowed
+                if let Some((notes, cb)) = notes {
+                    let cb = cb.bind(py);
+                    for (start, len) in notes {
+                        let payload = to_peer.as_bytes().get(start..start + len).unwrap_or_default();
+                        if let Err(err) = cb.call1((PyBytes::new(py, payload),)) {
+                            err.write_unraisable(py, Some(cb));
+                        }
+                    }
+                }
+                Ok((to_peer, to_sender, close))
+            }
         }
     }
 
@@ -308,72 +362,29 @@ mod bindings {
         inner: aws::AwsDecoder,
     }
 
-    #[pymethods]
-    impl AwsDecoder {
-        #[new]
-        #[pyo3(signature = (side, services = None, max_payload = 64512))]
-        fn new(side: &Bound<'_, PyAny>, services: Option<&Bound<'_, PyAny>>, max_payload: i128) -> PyResult<Self> {
-            let side = match side.extract::<i64>() {
-                Ok(s) if s == SOURCE as i64 || s == DEVICE as i64 => s as u8,
-                _ => return Err(PyValueError::new_err("side must be SOURCE (0) or DEVICE (1)")),
-            };
-            let services = match services {
-                None => Vec::new(),
-                Some(s) => str_items(s, "services")?,
-            };
-            let max = index_arg(max_payload, "max_payload")?;
-            Ok(AwsDecoder { inner: aws::AwsDecoder::new(side, services, max) })
-        }
-
-        /// Feed one read; returns (to_peer, to_sender, close).
-        fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<FeedResult<'py>> {
-            let empty = PyBytes::new(py, b"");
-            if self.inner.closed() || data.is_empty() {
-                return Ok((empty.clone(), empty, None));
-            }
-            let mut to_peer = BytesOut::with_capacity(py, self.inner.to_peer_bound(data.len()))?;
-            let mut to_sender = Vec::new();
-            let close = self.inner.feed(data, &mut to_peer, &mut to_sender);
-            let to_peer = to_peer.finish(py)?;
-            let to_sender = if to_sender.is_empty() { empty } else { PyBytes::new(py, &to_sender) };
-            Ok((to_peer, to_sender, close.map(|v| (v.code, v.reason))))
-        }
-
+    decoder_class! {
         /// A new connection replaces the old one: drop partial state, keep the counters.
-        fn reset(&mut self) {
-            self.inner.reset();
-        }
-
-        #[getter]
-        fn get_peer_connected(&self) -> bool {
-            self.inner.peer_connected
-        }
-
-        #[setter]
-        fn set_peer_connected(&mut self, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-            match value {
-                None => Err(PyTypeError::new_err("cannot delete peer_connected")),
-                Some(v) => {
-                    let b = v.extract::<bool>().map_err(|_| PyTypeError::new_err("peer_connected must be a bool"))?;
-                    self.inner.peer_connected = b;
-                    Ok(())
-                }
+        impl AwsDecoder {
+            #[new]
+            #[pyo3(signature = (side, services = None, max_payload = 64512))]
+            fn new(side: &Bound<'_, PyAny>, services: Option<&Bound<'_, PyAny>>, max_payload: i128) -> PyResult<Self> {
+                let side = side_arg(side)?;
+                let services = match services {
+                    None => Vec::new(),
+                    Some(s) => str_items(s, "services")?,
+                };
+                let max = index_arg(max_payload, "max_payload")?;
+                Ok(AwsDecoder { inner: aws::AwsDecoder::new(side, services, max) })
             }
-        }
 
-        #[getter]
-        fn closed(&self) -> bool {
-            self.inner.closed()
-        }
-
-        #[getter]
-        fn messages(&self) -> u64 {
-            self.inner.messages()
-        }
-
-        #[getter]
-        fn bytes(&self) -> u64 {
-            self.inner.bytes()
+            /// Feed one read; returns (to_peer, to_sender, close).
+            fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<FeedResult<'py>> {
+                if self.inner.closed() || data.is_empty() {
+                    return Ok(empty_feed(py));
+                }
+                let bound = self.inner.to_peer_bound(data.len());
+                run_feed(py, bound, |to_peer, to_sender| self.inner.feed(data, to_peer, to_sender))
+            }
         }
     }
 

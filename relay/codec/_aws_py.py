@@ -9,14 +9,11 @@ codes are in docs/codec.md.
 from __future__ import annotations
 
 import builtins
-import operator
 from collections.abc import Iterable
 
 from relay.aws_messages import MAX_PAYLOAD, MessageType, ProxyMessage, decode, frame
-from relay.codec._py import (
-    DEVICE, MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, SOURCE, Close,
-    _close_reply, _header, _OPCODES, _size_arg, _str_items, _truncate, _unmask,
-)
+from relay.codec._frames_py import OP_BINARY, OP_TEXT, SOURCE, Close, FrameDecoder, _header, _truncate
+from relay.codec._py import _size_arg, _str_items
 
 __all__ = ["AwsDecoder", "encode_binary", "FRAME_CAP"]
 
@@ -57,50 +54,15 @@ def _pack(messages: list[bytes]) -> bytes:
     return b"".join(out)
 
 
-class AwsDecoder:
+class AwsDecoder(FrameDecoder):
     """Per-connection decoder of client->server frames of an AWS tunnel; one ``feed`` per read."""
 
     def __init__(self, side: int, services: Iterable[str] | None = None, max_payload: int = MAX_PAYLOAD) -> None:
-        try:
-            side = operator.index(side)
-        except TypeError:
-            side = -1
-        if side not in (SOURCE, DEVICE):
-            raise ValueError("side must be SOURCE (0) or DEVICE (1)")
-        self._side = side
+        super().__init__(side)
         self._services = frozenset(() if services is None else _str_items(services, "services"))
         self._max_payload = _size_arg(max_payload, "max_payload")
-        self._peer_connected = False
-        self._closed = False
-        self._messages = 0
-        self._bytes = 0
-        self._pending = b""  # raw bytes of an incomplete frame
-        self._in_message = False  # inside a fragmented binary message
         self._stream = b""  # unmasked bytes of an incomplete tunnel message
         self._replies: list[builtins.bytes] = []  # STREAM_RESET answers not yet written to to_sender
-
-    # ---- attributes
-    @property
-    def peer_connected(self) -> bool:
-        return self._peer_connected
-
-    @peer_connected.setter
-    def peer_connected(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError("peer_connected must be a bool")
-        self._peer_connected = value
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def messages(self) -> int:
-        return self._messages
-
-    @property
-    def bytes(self) -> int:
-        return self._bytes
 
     def reset(self) -> None:
         """A new connection replaces the old one: drop partial state, keep the counters."""
@@ -112,21 +74,9 @@ class AwsDecoder:
     # ---- decoding
     def feed(self, data: builtins.bytes) -> tuple[builtins.bytes, builtins.bytes, Close | None]:
         """Feed one read; returns ``(to_peer, to_sender, close)``."""
-        if not isinstance(data, bytes):
-            raise TypeError("data must be bytes")
-        if self._closed or not data:
-            return b"", b"", None
-        buf = self._pending + data if self._pending else data
-        to_peer: list[builtins.bytes] = []
-        to_sender: list[builtins.bytes] = []
-        used, close = self._process(buf, to_peer, to_sender)
+        to_peer, to_sender, close = self._feed_frames(data)
         self._flush_replies(to_sender)
-        if close is None:
-            self._pending = buf[used:]
-        else:
-            self._closed = True
-            self._pending = b""
-            self._in_message = False
+        if close is not None:
             self._stream = b""
         return _pack(to_peer), b"".join(to_sender), close
 
@@ -135,62 +85,20 @@ class AwsDecoder:
             to_sender.append(_pack(self._replies))
             self._replies = []
 
-    def _process(self, buf: builtins.bytes, to_peer: list[builtins.bytes],
-                 to_sender: list[builtins.bytes]) -> tuple[int, Close | None]:
-        pos = 0
-        end = len(buf)
-        while True:
-            if end - pos < 2:
-                return pos, None
-            b0, b1 = buf[pos], buf[pos + 1]
-            masked = b1 & 0x80
-            len7 = b1 & 0x7F
-            ext = 2 if len7 == 126 else 8 if len7 == 127 else 0
-            hlen = 2 + ext + (4 if masked else 0)
-            if end - pos < hlen:
-                return pos, None
-            if not masked:
-                return pos, (1002, "client frames must be masked")
-            if b0 & 0x70:
-                return pos, (1002, "reserved bits must be zero")
-            op = b0 & 0x0F
-            if op not in _OPCODES:
-                return pos, (1002, f"unknown opcode {op}")
-            fin = bool(b0 & 0x80)
-            length = len7 if not ext else int.from_bytes(buf[pos + 2:pos + 2 + ext], "big")
-            if length >> 63:
-                return pos, (1002, "frame length has the most significant bit set")
-            if op >= OP_CLOSE:
-                if not fin:
-                    return pos, (1002, "control frames must not be fragmented")
-                if length > MAX_CONTROL_PAYLOAD:
-                    return pos, (1002, "control frame payload exceeds 125 bytes")
-            else:
-                if op == OP_CONT and not self._in_message:
-                    return pos, (1002, "unexpected continuation frame")
-                if op != OP_CONT and self._in_message:
-                    return pos, (1002, "expected a continuation frame")
-                if op == OP_TEXT:
-                    return pos, (1003, TEXT_REFUSED)
-                if length > FRAME_CAP:
-                    return pos, (1009, f"frame exceeds {FRAME_CAP} bytes")
-            if end - pos - hlen < length:
-                return pos, None
-            mask = buf[pos + hlen - 4:pos + hlen]
-            payload = _unmask(buf[pos + hlen:pos + hlen + length], mask)
-            pos += hlen + length
-            if op == OP_PING:
-                self._flush_replies(to_sender)
-                to_sender.append(_header(OP_PONG, length) + payload)
-            elif op == OP_PONG:
-                pass
-            elif op == OP_CLOSE:
-                return pos, _close_reply(payload)
-            else:  # binary or continuation: more of the tunnel-message stream
-                self._in_message = not fin
-                close = self._tunnel_messages(payload, to_peer)
-                if close is not None:
-                    return pos, close
+    def _check_data(self, op: int, length: int) -> Close | None:
+        if op == OP_TEXT:
+            return 1003, TEXT_REFUSED
+        if length > FRAME_CAP:
+            return 1009, f"frame exceeds {FRAME_CAP} bytes"
+        return None
+
+    def _before_pong(self, to_sender: list[builtins.bytes]) -> None:
+        self._flush_replies(to_sender)  # queued STREAM_RESET answers go out before the pong
+
+    def _data(self, op: int, fin: bool, payload: builtins.bytes, to_peer: list[builtins.bytes],
+              to_sender: list[builtins.bytes]) -> Close | None:
+        # binary or continuation: more of the tunnel-message stream, whatever the fragmentation
+        return self._tunnel_messages(payload, to_peer)
 
     def _tunnel_messages(self, payload: builtins.bytes, to_peer: list[builtins.bytes]) -> Close | None:
         """Check every complete tunnel message of the stream."""

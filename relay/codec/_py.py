@@ -15,18 +15,16 @@ from collections.abc import Callable, Iterable
 
 import orjson
 
+from relay.codec._frames_py import (
+    DEVICE, MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, SOURCE, Close, FrameDecoder,
+    _header, _truncate,
+)
+
 __all__ = ["SOURCE", "DEVICE", "IMPLEMENTATION", "Decoder", "AwsDecoder", "encode_text", "encode_binary",
            "encode_close", "encode_ping"]
 
-SOURCE: int = 0
-DEVICE: int = 1
 IMPLEMENTATION: str = "python"
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-_OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
-
-MAX_CLOSE_REASON = 123
-MAX_CONTROL_PAYLOAD = 125
 MAX_REQUEST_ID_BYTES = 128
 
 # The `ssh` service's operations (Huawei's), then TCP forwarding's (docs/forwarding.md).
@@ -42,33 +40,6 @@ _NOT_CONNECTED = {SOURCE: "device is not connected", DEVICE: "source is not conn
 
 # outcomes of an accepted message (_NOTED: forwarded, and its operation_type is noted)
 _FORWARD, _ANSWERED, _CONSUMED, _NOTED = 0, 1, 2, 3
-
-Close = tuple[int, str]
-
-
-def _truncate(text: str, limit: int = MAX_CLOSE_REASON) -> str:
-    """Longest prefix of ``text`` of at most ``limit`` UTF-8 bytes that ends on a character boundary."""
-    raw = text.encode()
-    if len(raw) <= limit:
-        return text
-    return raw[:limit].decode("utf-8", "ignore")  # only the cut character can be incomplete
-
-
-def _header(opcode: int, length: int) -> bytes:
-    """Unmasked FIN frame header."""
-    if length < 126:
-        return bytes((0x80 | opcode, length))
-    if length <= 0xFFFF:
-        return bytes((0x80 | opcode, 126)) + length.to_bytes(2, "big")
-    return bytes((0x80 | opcode, 127)) + length.to_bytes(8, "big")
-
-
-def _unmask(payload: bytes, mask: bytes) -> bytes:
-    n = len(payload)
-    if not n:
-        return b""
-    key = (mask * ((n + 3) // 4))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
 def encode_text(payload: bytes) -> bytes:
@@ -136,35 +107,13 @@ class _Unraisable:
         self.object = obj
 
 
-def _close_reply(payload: bytes) -> Close:
-    """The close frame the server sends back for a client close frame payload."""
-    if not payload:
-        return 1000, ""
-    if len(payload) == 1:
-        return 1002, "close frame payload of 1 byte"
-    code = int.from_bytes(payload[:2], "big")
-    if not (1000 <= code <= 1003 or 1007 <= code <= 1011 or 3000 <= code <= 4999):
-        return 1002, f"invalid close code {code}"
-    try:
-        payload[2:].decode("utf-8")
-    except UnicodeDecodeError:
-        return 1007, "invalid UTF-8 in close reason"
-    return code, ""
-
-
-class Decoder:
+class Decoder(FrameDecoder):
     """Per-connection decoder of client->server frames; one ``feed`` call per socket read."""
 
     def __init__(self, side: int, max_message_size: int = 10240, services: Iterable[str] | None = ("ssh",),
                  request_id_window: int = 1024, *, noted: Iterable[str] | None = None,
                  on_note: Callable[[builtins.bytes], object] | None = None) -> None:
-        try:
-            side = operator.index(side)
-        except TypeError:
-            side = -1
-        if side not in (SOURCE, DEVICE):
-            raise ValueError("side must be SOURCE (0) or DEVICE (1)")
-        self._side = side
+        super().__init__(side)
         self._max = _size_arg(max_message_size, "max_message_size")
         self._window = _size_arg(request_id_window, "request_id_window")
         if services is None:
@@ -185,38 +134,9 @@ class Decoder:
         # without a callback nothing is noted
         self._noted = frozenset(noted_items) if on_note is not None else frozenset()
         self._notes: list[builtins.bytes] = []  # payloads noted during the current feed
-        self._peer_connected = False
-        self._closed = False
-        self._messages = 0
-        self._bytes = 0
-        self._pending = b""  # raw bytes of an incomplete frame
         self._frag = bytearray()  # unmasked payload of the fragmented message in progress
-        self._in_message = False
         self._ids: set[str] = set()
         self._id_order: deque[str] = deque()
-
-    # ---- attributes
-    @property
-    def peer_connected(self) -> bool:
-        return self._peer_connected
-
-    @peer_connected.setter
-    def peer_connected(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError("peer_connected must be a bool")
-        self._peer_connected = value
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def messages(self) -> int:
-        return self._messages
-
-    @property
-    def bytes(self) -> int:
-        return self._bytes
 
     def reset(self) -> None:
         """A new connection replaces the old one: drop partial state, keep request-id history and counters."""
@@ -228,21 +148,9 @@ class Decoder:
     # ---- decoding
     def feed(self, data: builtins.bytes) -> tuple[builtins.bytes, builtins.bytes, Close | None]:
         """Feed one read; returns ``(to_peer, to_sender, close)``."""
-        if not isinstance(data, bytes):
-            raise TypeError("data must be bytes")
-        if self._closed or not data:
-            return b"", b"", None
-        buf = self._pending + data if self._pending else data
-        to_peer: list[builtins.bytes] = []
-        to_sender: list[builtins.bytes] = []
-        used, close = self._process(buf, to_peer, to_sender)
-        if close is None:
-            self._pending = buf[used:]
-        else:
-            self._closed = True
-            self._pending = b""
+        to_peer, to_sender, close = self._feed_frames(data)
+        if close is not None:
             self._frag = bytearray()
-            self._in_message = False
         if self._notes:
             self._report_notes()
         return b"".join(to_peer), b"".join(to_sender), close
@@ -260,74 +168,27 @@ class Decoder:
             except BaseException as exc:  # noqa: BLE001 - reported, like the Rust twin does
                 sys.unraisablehook(_Unraisable(exc, callback))  # type: ignore[arg-type]
 
-    def _process(self, buf: builtins.bytes, to_peer: list[builtins.bytes],
-                 to_sender: list[builtins.bytes]) -> tuple[int, Close | None]:
-        pos = 0
-        end = len(buf)
-        while True:
-            if end - pos < 2:
-                return pos, None
-            b0, b1 = buf[pos], buf[pos + 1]
-            masked = b1 & 0x80
-            len7 = b1 & 0x7F
-            ext = 2 if len7 == 126 else 8 if len7 == 127 else 0
-            hlen = 2 + ext + (4 if masked else 0)
-            if end - pos < hlen:
-                return pos, None
-            # header checks, in the documented order
-            if not masked:
-                return pos, (1002, "client frames must be masked")
-            if b0 & 0x70:
-                return pos, (1002, "reserved bits must be zero")
-            op = b0 & 0x0F
-            if op not in _OPCODES:
-                return pos, (1002, f"unknown opcode {op}")
-            fin = bool(b0 & 0x80)
-            length = len7 if not ext else int.from_bytes(buf[pos + 2:pos + 2 + ext], "big")
-            if length >> 63:
-                return pos, (1002, "frame length has the most significant bit set")
-            if op >= OP_CLOSE:
-                if not fin:
-                    return pos, (1002, "control frames must not be fragmented")
-                if length > MAX_CONTROL_PAYLOAD:
-                    return pos, (1002, "control frame payload exceeds 125 bytes")
-            else:
-                if op == OP_CONT and not self._in_message:
-                    return pos, (1002, "unexpected continuation frame")
-                if op != OP_CONT and self._in_message:
-                    return pos, (1002, "expected a continuation frame")
-                if op == OP_BINARY:
-                    return pos, (1003, "binary messages are not supported")
-                before = len(self._frag) if op == OP_CONT else 0
-                if before + length > self._max:
-                    return pos, (1009, f"message exceeds {self._max} bytes")
-            # wait for the whole payload
-            if end - pos - hlen < length:
-                return pos, None
-            mask = buf[pos + hlen - 4:pos + hlen]
-            payload = _unmask(buf[pos + hlen:pos + hlen + length], mask)
-            pos += hlen + length
-            if op == OP_PING:
-                to_sender.append(_header(OP_PONG, length) + payload)
-            elif op == OP_PONG:
-                pass
-            elif op == OP_CLOSE:
-                return pos, _close_reply(payload)
-            elif op == OP_TEXT and not fin:
-                self._in_message = True
-                self._frag = bytearray(payload)
-            else:
-                if op == OP_CONT:
-                    self._frag += payload
-                    if not fin:
-                        continue
-                    self._in_message = False
-                    payload = bytes(self._frag)
-                    self._frag = bytearray()
-                close = self._message(payload, to_peer, to_sender)
-                if close is not None:
-                    return pos, close
-        # not reached
+    def _check_data(self, op: int, length: int) -> Close | None:
+        if op == OP_BINARY:
+            return 1003, "binary messages are not supported"
+        before = len(self._frag) if op == OP_CONT else 0
+        if before + length > self._max:
+            return 1009, f"message exceeds {self._max} bytes"
+        return None
+
+    def _data(self, op: int, fin: bool, payload: builtins.bytes, to_peer: list[builtins.bytes],
+              to_sender: list[builtins.bytes]) -> Close | None:
+        if op == OP_TEXT:
+            if fin:
+                return self._message(payload, to_peer, to_sender)
+            self._frag = bytearray(payload)
+            return None
+        self._frag += payload
+        if not fin:
+            return None
+        payload = bytes(self._frag)
+        self._frag = bytearray()
+        return self._message(payload, to_peer, to_sender)
 
     def _message(self, payload: builtins.bytes, to_peer: list[builtins.bytes],
                  to_sender: list[builtins.bytes]) -> Close | None:

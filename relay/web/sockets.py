@@ -31,7 +31,7 @@ from relay.model import CloseReason, Side, Status, Tunnel, TunnelProtocol
 from relay.protocol import Action, Close, CloseCode, Link, Pairing, Reasons, Send
 from relay.protocol_aws import AwsPairing
 from relay.service import TunnelService
-from relay.sessions import SessionWatcher
+from relay.sessions import SessionWatcher, TunnelAudit
 from relay.tokens import hash_token
 from relay.web import rest, validation
 from relay.web.metrics import Counters
@@ -251,7 +251,8 @@ class Hub:
         self.bridges: Bridges | None = None   # set when the relay runs as one of several replicas
         self.counters = Counters()
         self.per_address: dict[str, int] = {}
-        self.owners: dict[str, tuple[str, str]] = {}   # tunnel id -> (project id, device id), for the audit trail
+        self.owners: dict[str, tuple[str, str]] = {}   # tunnel id -> (project id, device id) of AWS tunnels, for the audit trail
+        self._make_watcher = self._new_watcher          # one bound method, shared by every tunnel's TunnelAudit
         self._tasks: set[asyncio.Task] = set()
 
     def spawn(self, coro) -> asyncio.Task:  # type: ignore[no-untyped-def]
@@ -353,31 +354,40 @@ class Hub:
             if tunnel.protocol is TunnelProtocol.AWS:
                 pairing = AwsPairing(tunnel.tunnel_id, tunnel.services)
             else:
-                pairing = Pairing(tunnel.tunnel_id, self.settings.max_message_size, self._watcher(tunnel))
+                pairing = Pairing(tunnel.tunnel_id, self.settings.max_message_size, self._tunnel_audit(tunnel))
             self.pairings[tunnel.tunnel_id] = pairing
-            self.owners[tunnel.tunnel_id] = (tunnel.project_id, tunnel.device_id)
+            if not isinstance(pairing, Pairing) or pairing.watcher is None:
+                self.owners[tunnel.tunnel_id] = (tunnel.project_id, tunnel.device_id)
         return pairing
 
     # -- the audit trail (docs/audit.md); never on the per-message path ---------------------
 
-    def _watcher(self, tunnel: Tunnel) -> SessionWatcher | None:
+    def _tunnel_audit(self, tunnel: Tunnel) -> TunnelAudit | None:
         """What watches a Huawei tunnel's logins, forwards and (if on) recording; None without an audit log."""
-        service, audit = self.service, self.service.audit
+        audit = self.service.audit
         if audit is None:
             return None
-        project_id, tunnel_id, device_id = tunnel.project_id, tunnel.tunnel_id, tunnel.device_id
+        record = tunnel.record_session or audit.should_record(tunnel.project_id)
+        return TunnelAudit(tunnel.project_id, tunnel.tunnel_id, tunnel.device_id, record, self._make_watcher)
+
+    def _new_watcher(self, scope: TunnelAudit) -> SessionWatcher:
+        """The watcher of a tunnel, made when its first noted message comes."""
+        service, audit = self.service, self.service.audit
+        assert audit is not None
+        project_id, tunnel_id, device_id = scope.project_id, scope.tunnel_id, scope.device_id
 
         def emit(event: EventType, actor: str, outcome: str, detail: dict) -> None:  # type: ignore[type-arg]
             service.record(project_id, event, actor=actor, tunnel_id=tunnel_id, device_id=device_id,
                            outcome=outcome, detail=detail)
 
-        tap = audit.tap(project_id, tunnel_id, device_id, requested=tunnel.record_session)
+        tap = audit.tap(project_id, tunnel_id, device_id, requested=scope.record)
         return SessionWatcher(project_id, tunnel_id, device_id, clock=service.clock, emit=emit,
                               save=audit.save_recording, tap=tap)
 
     def audit_end(self, conn: TunnelConnection, what: str) -> None:
         """`{side}_connected`, `_disconnected` or `_evicted` for a connection of this relay."""
-        owner = self.owners.get(conn.pairing.tunnel_id)
+        scope = getattr(conn.pairing, "watcher", None)   # a Huawei tunnel's TunnelAudit knows its owner
+        owner = (scope.project_id, scope.device_id) if scope is not None else self.owners.get(conn.pairing.tunnel_id)
         if owner is None or self.service.audit is None:
             return
         self.service.record(owner[0], EventType(f"{conn.side.value}_{what}"), actor=conn.side.value,
