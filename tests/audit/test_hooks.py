@@ -198,3 +198,26 @@ async def test_record_session_is_refused_for_aws_tunnels_and_must_be_a_bool(rela
     body = await relay.create("d", record_session=True)
     status, info = await relay.call("GET", f"/v5/iot/proj-a/tunnels/{body['tunnel_id']}")
     assert info["record_session"] is True
+
+
+async def test_expiry_source_eviction_and_batch_delete_are_audited_once(relay):
+    async with aiohttp.ClientSession() as session:
+        tunnel = await open_tunnel(relay, session, expires_in=120)
+        first = await tunnel.connect("source")
+        second = await tunnel.connect("source")
+        assert (await receive_close(first))[0] == 4000
+        relay.clock.advance(121)
+        assert (await receive_close(second))[0] == 1000    # the sweeper expired the tunnel
+        status, body = await relay.call("POST", "/v5/iot/proj-a/tunnels/batch-delete",
+                                        json={"tunnel_ids": [tunnel.tunnel_id]})
+        assert status == 200, body
+        events = await flushed(relay)
+    kinds = [e["event"] for e in events]
+    for kind in ("source_evicted", "tunnel_expired", "batch_delete", "tunnel_deleted"):
+        assert kinds.count(kind) == 1, (kind, kinds)
+    assert "tunnel_closed" not in kinds
+    by_kind = {e["event"]: e for e in events}
+    assert by_kind["tunnel_expired"]["actor"] == "relay"
+    assert by_kind["batch_delete"]["actor"] == "alice"
+    assert by_kind["batch_delete"]["detail"]["results"] == {tunnel.tunnel_id: "ok"}
+    assert kinds.count("source_connected") == 2 and kinds.count("source_disconnected") == 2
