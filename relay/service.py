@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RELAY_ACTOR = ACTOR_RELAY   # the actor of what the relay does by itself (expiry)
 
 
 class TunnelListener(Protocol):
@@ -110,7 +109,7 @@ class TunnelService:
 
     # -- changes -------------------------------------------------------------------------
 
-    async def create(self, project_id: str, device_id: str, *, actor: str = RELAY_ACTOR, **fields: Any) -> CreatedTunnel:
+    async def create(self, project_id: str, device_id: str, *, actor: str = ACTOR_RELAY, **fields: Any) -> CreatedTunnel:
         try:
             created = await self._create(project_id, device_id, **fields)
         except errors.ApiError as exc:
@@ -160,7 +159,7 @@ class TunnelService:
             listener.tunnel_created(tunnel, device_token)
         return CreatedTunnel(tunnel, source_token, device_token, lifetime)
 
-    async def close(self, project_id: str, tunnel_id: str, *, actor: str = RELAY_ACTOR) -> Tunnel:
+    async def close(self, project_id: str, tunnel_id: str, *, actor: str = ACTOR_RELAY) -> Tunnel:
         try:
             tunnel = await self.get(project_id, tunnel_id)
         except errors.ApiError as exc:
@@ -171,7 +170,7 @@ class TunnelService:
         closed = await self._close(tunnel_id, CloseReason.CLOSED, actor=actor)
         return closed or await self.get(project_id, tunnel_id)
 
-    async def delete(self, project_id: str, tunnel_id: str, *, actor: str = RELAY_ACTOR) -> None:
+    async def delete(self, project_id: str, tunnel_id: str, *, actor: str = ACTOR_RELAY) -> None:
         tunnel: Tunnel | None = None
         try:
             tunnel = await self.get(project_id, tunnel_id)
@@ -187,7 +186,7 @@ class TunnelService:
         self.record(project_id, EventType.TUNNEL_DELETED, actor=actor, tunnel=tunnel)
 
     async def rotate(self, project_id: str, tunnel_id: str, sides: frozenset[Side], *,
-                     actor: str = RELAY_ACTOR) -> RotatedTokens:
+                     actor: str = ACTOR_RELAY) -> RotatedTokens:
         detail = {"sides": sorted(s.value for s in sides)}
         try:
             rotated = await self._rotate(project_id, tunnel_id, sides)
@@ -220,7 +219,7 @@ class TunnelService:
         return RotatedTokens(updated, source_token, device_token, updated.remaining_lifetime(self.clock.now()))
 
     async def batch(self, project_id: str, tunnel_ids: list[str], action: str, *,
-                    actor: str = RELAY_ACTOR) -> list[BatchResult]:
+                    actor: str = ACTOR_RELAY) -> list[BatchResult]:
         operation = self.close if action == "close" else self.delete
         results = []
         for tunnel_id in tunnel_ids:
@@ -270,7 +269,7 @@ class TunnelService:
             return await self._close(tunnel.tunnel_id, CloseReason.EXPIRED) or tunnel
         return tunnel
 
-    async def _close(self, tunnel_id: str, reason: CloseReason, *, actor: str = RELAY_ACTOR) -> Tunnel | None:
+    async def _close(self, tunnel_id: str, reason: CloseReason, *, actor: str = ACTOR_RELAY) -> Tunnel | None:
         when = self.clock.now()
         if reason is CloseReason.EXPIRED:
             current = await self.store.get(tunnel_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from relay.audit import EventType
+from relay.audit import ACTOR_SOURCE, EventType
 from relay.clock import Clock
 from relay.envelope import parse
 from relay.model import Side
@@ -168,13 +168,13 @@ class SessionWatcher:
         username = self.logins.pop(rid)
         status = str(data.get("status_code")) if isinstance(data, dict) else "none"
         if status == "200":
-            self.emit(EventType.SSH_LOGIN_SUCCEEDED, "source", "ok", {"username": username})
+            self.emit(EventType.SSH_LOGIN_SUCCEEDED, ACTOR_SOURCE, "ok", {"username": username})
             return
         message = data.get("status_msg") if isinstance(data, dict) else None
         detail: dict[str, Any] = {"username": username, "status_code": status}
         if isinstance(message, str):
             detail["status_msg"] = message[:200]
-        self.emit(EventType.SSH_LOGIN_FAILED, "source", status[:8], detail)
+        self.emit(EventType.SSH_LOGIN_FAILED, ACTOR_SOURCE, status[:8], detail)
 
     # -- forwarded connections -----------------------------------------------------------------
 
@@ -185,10 +185,10 @@ class SessionWatcher:
         status = str(data.get("status_code")) if isinstance(data, dict) else "none"
         if status == "200":
             forward.open = True
-            self.emit(EventType.FORWARD_OPENED, "source", "ok", {"connection_id": rid, "port": forward.port})
+            self.emit(EventType.FORWARD_OPENED, ACTOR_SOURCE, "ok", {"connection_id": rid, "port": forward.port})
         else:
             del self.forwards[rid]
-            self.emit(EventType.FORWARD_OPENED, "source", status, {"connection_id": rid, "port": forward.port})
+            self.emit(EventType.FORWARD_OPENED, ACTOR_SOURCE, status, {"connection_id": rid, "port": forward.port})
 
     def _forward_closed(self, side: Side, rid: Any, data: Any) -> None:
         forward = self.forwards.get(rid) if isinstance(rid, str) else None
@@ -203,5 +203,5 @@ class SessionWatcher:
     def _end_forward(self, rid: str, why: str) -> None:
         forward = self.forwards.pop(rid, None)
         if forward is not None and forward.open:
-            self.emit(EventType.FORWARD_CLOSED, "source", "ok",
+            self.emit(EventType.FORWARD_CLOSED, ACTOR_SOURCE, "ok",
                       {"connection_id": rid, "port": forward.port, "reason": why[:200]})
