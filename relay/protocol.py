@@ -130,53 +130,20 @@ def other(side: Side) -> Side:
     return Side.DEVICE if side is Side.SOURCE else Side.SOURCE
 
 
-class Pairing:
-    """The two ends of one tunnel."""
+class PairingRules:
+    """What every kind of tunnel does with its two connections, whatever its protocol: at most
+    one live end per side, linking the two, and ending them. The protocol's kind says what an
+    end is told when it goes (`_farewell`), what its peer hears (`_peer_left`), and what else
+    it does on a connection (`attach`)."""
 
-    __slots__ = ("tunnel_id", "ends", "watcher", "decoders")   # one per tunnel with a connection here: kept small
+    __slots__ = ("tunnel_id", "ends", "decoders")   # one per tunnel with a connection here: kept small
 
-    def __init__(self, tunnel_id: str, max_message_size: int = 10240, watcher: Watcher | None = None) -> None:
-        self.tunnel_id = tunnel_id
-        self.ends: dict[Side, End | None] = {Side.SOURCE: None, Side.DEVICE: None}
-        self.watcher = watcher
-        # One decoder per side for the tunnel's whole life: the source's request ids must be
-        # unique in the tunnel, across reconnections.
-        self.decoders = {side: self._decoder(side, max_message_size) for side in Side}
-
-    def _decoder(self, side: Side, max_message_size: int) -> Any:
-        if self.watcher is None:
-            return codec.Decoder(_CODEC_SIDE[side], max_message_size, SERVICES)
-        return codec.Decoder(_CODEC_SIDE[side], max_message_size, SERVICES, noted=self.watcher.noted(side),
-                             on_note=self.watcher.observer(side))
+    ends: dict[Side, Any]
+    decoders: dict[Side, Any]
 
     @property
     def empty(self) -> bool:
         return self.ends[Side.SOURCE] is None and self.ends[Side.DEVICE] is None
-
-    def attach(self, end: End) -> list[Action]:
-        """A new connection authenticated on `end.side`. An older one on that side is evicted."""
-        side, actions = end.side, []
-        old = self.ends[side]
-        if old is not None:
-            actions += self._end_one(old, Reasons.EVICTED, tell_peer=False)
-            peer = self.ends[other(side)]
-            if peer is not None:
-                # The session on the old connection is over: its peer ends its side of it.
-                actions.append(Send(peer, disconnect_message(Reasons.PEER_REPLACED[other(side)])))
-        self.ends[side] = end
-        decoder = self.decoders[side]
-        decoder.reset()
-        peer = self.ends[other(side)]
-        decoder.peer_connected = peer is not None
-        self.decoders[other(side)].peer_connected = peer is not None
-        actions.append(Link(end, peer, decoder))
-        if peer is not None:
-            actions.append(Link(peer, end, self.decoders[other(side)]))
-        actions.append(StateChange(side, True))
-        if peer is not None:
-            source = end if side is Side.SOURCE else peer
-            actions.append(Send(source, connect_tunnel_message()))
-        return actions
 
     def detach(self, end: End) -> list[Action]:
         """`end` went away (it closed, failed, or we closed it). Stale ends change nothing."""
@@ -194,8 +161,23 @@ class Pairing:
                 actions += self._end_one(end, reason, tell_peer=other(side) not in sides)
         return actions
 
+    def _link(self, end: End) -> list[Action]:
+        """`end` becomes its side's connection, linked to the peer if there is one."""
+        side = end.side
+        self.ends[side] = end
+        decoder = self.decoders[side]
+        decoder.reset()
+        peer = self.ends[other(side)]
+        decoder.peer_connected = peer is not None
+        self.decoders[other(side)].peer_connected = peer is not None
+        actions: list[Action] = [Link(end, peer, decoder)]
+        if peer is not None:
+            actions.append(Link(peer, end, self.decoders[other(side)]))
+        actions.append(StateChange(side, True))
+        return actions
+
     def _end_one(self, end: End, reason: Reason, tell_peer: bool) -> list[Action]:
-        actions: list[Action] = [Send(end, disconnect_message(reason))]
+        actions = self._farewell(end, reason)
         if reason.close_code is not None:
             actions.append(Close(end, int(reason.close_code), reason.status_msg))
         return actions + self._remove(end, tell_peer)
@@ -203,8 +185,7 @@ class Pairing:
     def _remove(self, end: End, tell_peer: bool) -> list[Action]:
         side = end.side
         self.ends[side] = None
-        if self.watcher is not None:
-            self.watcher.side_left(side)   # what ran over this connection is over
+        self._side_left(side)
         self.decoders[side].peer_connected = False
         self.decoders[other(side)].peer_connected = False
         actions: list[Action] = [Link(end, None, self.decoders[side]), StateChange(side, False)]
@@ -212,5 +193,65 @@ class Pairing:
         if peer is not None:
             actions.append(Link(peer, None, self.decoders[other(side)]))
             if tell_peer:
-                actions.append(Send(peer, disconnect_message(Reasons.PEER_LEFT[other(side)])))
+                actions.append(Send(peer, self._peer_left(other(side))))
         return actions
+
+    # -- what the protocol says ---------------------------------------------------------
+
+    def _farewell(self, end: End, reason: Reason) -> list[Action]:
+        """What an end is sent before its connection is closed for `reason`."""
+        return []
+
+    def _peer_left(self, side: Side) -> bytes:
+        """The message for the end on `side` when its peer has gone."""
+        raise NotImplementedError
+
+    def _side_left(self, side: Side) -> None:
+        """Anything the protocol keeps about `side`'s connection is over."""
+
+
+class Pairing(PairingRules):
+    """The two ends of one Huawei-protocol tunnel."""
+
+    __slots__ = ("watcher",)
+
+    def __init__(self, tunnel_id: str, max_message_size: int = 10240, watcher: Watcher | None = None) -> None:
+        self.tunnel_id = tunnel_id
+        self.ends: dict[Side, End | None] = {Side.SOURCE: None, Side.DEVICE: None}
+        self.watcher = watcher
+        # One decoder per side for the tunnel's whole life: the source's request ids must be
+        # unique in the tunnel, across reconnections.
+        self.decoders = {side: self._decoder(side, max_message_size) for side in Side}
+
+    def _decoder(self, side: Side, max_message_size: int) -> Any:
+        if self.watcher is None:
+            return codec.Decoder(_CODEC_SIDE[side], max_message_size, SERVICES)
+        return codec.Decoder(_CODEC_SIDE[side], max_message_size, SERVICES, noted=self.watcher.noted(side),
+                             on_note=self.watcher.observer(side))
+
+    def attach(self, end: End) -> list[Action]:
+        """A new connection authenticated on `end.side`. An older one on that side is evicted."""
+        side, actions = end.side, []
+        old = self.ends[side]
+        if old is not None:
+            actions += self._end_one(old, Reasons.EVICTED, tell_peer=False)
+            peer = self.ends[other(side)]
+            if peer is not None:
+                # The session on the old connection is over: its peer ends its side of it.
+                actions.append(Send(peer, disconnect_message(Reasons.PEER_REPLACED[other(side)])))
+        actions += self._link(end)
+        peer = self.ends[other(side)]
+        if peer is not None:
+            source = end if side is Side.SOURCE else peer
+            actions.append(Send(source, connect_tunnel_message()))
+        return actions
+
+    def _farewell(self, end: End, reason: Reason) -> list[Action]:
+        return [Send(end, disconnect_message(reason))]
+
+    def _peer_left(self, side: Side) -> bytes:
+        return disconnect_message(Reasons.PEER_LEFT[side])
+
+    def _side_left(self, side: Side) -> None:
+        if self.watcher is not None:
+            self.watcher.side_left(side)   # what ran over this connection is over

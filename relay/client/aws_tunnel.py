@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relay import aws_streams
+from relay.client.running import stop_on_signals, token_and_target, until
 from relay.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -267,37 +268,20 @@ def _log_level(verbose: int) -> str:
 
 async def _source(args: argparse.Namespace, endpoint: str, token: str, listeners: dict[str, int], *,
                   stop: asyncio.Event | None = None, started: Callable[[SourceProxy], None] | None = None) -> int:
-    stop = stop or _stop_on_signals()
+    stop = stop or stop_on_signals()
     proxy = SourceProxy(endpoint=endpoint, token=token, listeners=listeners,
                         bind=args.local_bind_address or "127.0.0.1",
                         highest=highest_version(args.destination_client_type), ssl=tls_of(args),
                         client_token=args.client_token or None, notice=_stderr, error=_stderr, announce=_stdout)
     if started is not None:
         started(proxy)
-    return await _until(proxy.run(), stop)
+    return await until(proxy.run(), stop, _stderr)
 
 
 async def _destination(args: argparse.Namespace, endpoint: str, token: str,
                        services: dict[str, tuple[str, int]], destination: Callable[..., Any]) -> int:
     return await destination(services, token, endpoint, client_token=args.client_token or None,
-                             ssl=tls_of(args), stop=_stop_on_signals())
-
-
-async def _until(work: Any, stop: asyncio.Event) -> int:
-    main = asyncio.create_task(work)
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not main.done():
-            main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await main
-    if main.cancelled():
-        _stderr("stopped")
-        return 0
-    return main.result()
+                             ssl=tls_of(args), stop=stop_on_signals())
 
 
 def _stdout(text: str) -> None:
@@ -306,17 +290,6 @@ def _stdout(text: str) -> None:
 
 def _stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def _stop_on_signals() -> asyncio.Event:
-    import signal
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 # -- `relay forward DEVICE --protocol aws` ----------------------------------------------------------
@@ -350,15 +323,7 @@ def forward_aws_command(args: argparse.Namespace) -> int:
     from relay.client.forward import parse_listen
     from relay.client.terminal import Terminal
 
-    token = None
-    if args.source_token_stdin:
-        if not args.tunnel:
-            raise ConfigError("--source-token-stdin goes with --tunnel TUNNEL_ID")
-        token = sys.stdin.readline().strip()
-        if not token:
-            raise ConfigError("--source-token-stdin: standard input is empty")
-    if not args.tunnel and not args.device_id:
-        raise ConfigError("give the DEVICE_ID, or --tunnel TUNNEL_ID")
+    token = token_and_target(args)
     listen = parse_listen(args.listen)
     return asyncio.run(forward_aws_async(args, Terminal(quiet=args.quiet), listen, token))
 
@@ -370,7 +335,7 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
     from relay.client.api import ClientError, ssl_context
     from relay.client.commands import make_api
 
-    stop = stop or _stop_on_signals()
+    stop = stop or stop_on_signals()
     service = args.service
     api = None if (args.tunnel and token and args.keep) else make_api(args)
     tunnel_id: str | None = None
@@ -405,7 +370,7 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
                                 highest=3, notice=terminal.notice, error=terminal.error, announce=announce)
             if started is not None:
                 started(proxy)
-            return await _until(proxy.run(), stop)
+            return await until(proxy.run(), stop, terminal.notice)
         except OSError as exc:
             terminal.error(f"relay: cannot listen on {_hostport(*listen)}: {exc.strerror or exc}")
             return EXIT_FAILURE

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import ssl as ssl_
-import sys
 from collections.abc import Callable
 
 import aiohttp
@@ -23,6 +21,7 @@ import aiohttp
 from relay import forward
 from relay.client.api import ClientError, RelayApi, source_uri, ssl_context
 from relay.client.remote import EXIT_FAILURE, Opened, connect, open_tunnel, take_over
+from relay.client.running import stop_on_signals, token_and_target, until
 from relay.client.session import describe_close
 from relay.client.terminal import Terminal
 from relay.errors import ConfigError
@@ -262,15 +261,7 @@ def _hostport(host: str, port: int) -> str:
 
 
 def forward_command(args: argparse.Namespace) -> int:
-    token = None
-    if args.source_token_stdin:
-        if not args.tunnel:
-            raise ConfigError("--source-token-stdin goes with --tunnel TUNNEL_ID")
-        token = sys.stdin.readline().strip()
-        if not token:
-            raise ConfigError("--source-token-stdin: standard input is empty")
-    if not args.tunnel and not args.device_id:
-        raise ConfigError("give the DEVICE_ID, or --tunnel TUNNEL_ID")
+    token = token_and_target(args)
     listen = parse_listen(args.listen)
     terminal = Terminal(quiet=args.quiet)
     return asyncio.run(forward_async(args, terminal, listen, token))
@@ -283,7 +274,7 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
     Forwarder before it connects (tests read its counters)."""
     from relay.client.commands import _after, make_api   # the settings and the close-on-exit of ssh/exec
 
-    stop = stop or _stop_on_signals()
+    stop = stop or stop_on_signals()
     api: RelayApi | None = None if (args.tunnel and token and args.keep) else make_api(args)
 
     def announce(text: str) -> None:
@@ -314,20 +305,7 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
                                   notice=terminal.notice, error=terminal.error, announce=announce)
             if started is not None:
                 started(forwarder)
-            main = asyncio.create_task(forwarder.run())
-            stopper = asyncio.create_task(stop.wait())
-            try:
-                await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopper.cancel()
-                if not main.done():
-                    main.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await main
-            if not main.cancelled():
-                return main.result()
-            terminal.notice("stopped")
-            return 0
+            return await until(forwarder.run(), stop, terminal.notice)
         except OSError as exc:   # the local listener
             terminal.error(f"relay: cannot listen on {_hostport(*listen)}: {exc.strerror or exc}")
             return EXIT_FAILURE
@@ -337,12 +315,3 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
         finally:
             if opened is not None and api is not None:
                 await _after(api, args, opened, terminal)
-
-
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    return stop
