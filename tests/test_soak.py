@@ -4,6 +4,7 @@ every file descriptor (no leak in Python or in the Rust extension)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import psutil
@@ -16,12 +17,17 @@ CYCLES_WARM, CYCLES = 60, 300
 
 
 @pytest.mark.timeout(180)
-def test_cycles_leave_memory_and_descriptors_flat(tmp_path):
+@pytest.mark.parametrize("recorded", [False, True], ids=["plain", "audited-and-recorded"])
+def test_cycles_leave_memory_and_descriptors_flat(tmp_path, recorded):
+    """`recorded`: each cycle is an SSH session the audit trail follows: a login and its
+    answer (two events), terminal traffic recorded as asciicast, and the recording saved when
+    the device leaves; so the decoders' notes cross from the codec into Python every cycle."""
     # WARNING: the test reads the relay's log only at the end, so it must stay short
     # The audit trail grows the SQLite file with every cycle, and SQLite's page cache (a
     # bounded cache, 2 MB by default) with it: a small cache fills during the warm-up, so
     # what grows after it is a leak.
-    relay = Served(tmp_path, "--db", "relay.db", "--sqlite-cache-kib", "64",
+    extra = ("--record-projects", "p1") if recorded else ()
+    relay = Served(tmp_path, "--db", "relay.db", "--sqlite-cache-kib", "64", *extra,
                    env={"RELAY_API_TOKENS": f"p1:soak:{TOKEN}", "RELAY_LOG_LEVEL": "WARNING"})
     process = psutil.Process(relay.proc.pid)
     try:
@@ -35,6 +41,11 @@ def test_cycles_leave_memory_and_descriptors_flat(tmp_path):
                     source = await session.ws_connect(source_url, headers={"tunnel_access_token": created["tunnel_access_token"]})
                     device = await session.ws_connect(device_url, headers={"tunnel_access_token": created["device_access_token"]})
                     assert (await source.receive_json(timeout=5))["operation_type"] == "connect_tunnel"
+                    if recorded:
+                        await source.send_str(message("connect", f"l{i}", {"username": "pi", "password": "pw"}))
+                        assert (await device.receive_json(timeout=5))["operation_type"] == "connect"
+                        await device.send_str(message("connect_response", f"l{i}", {"status_code": "200"}))
+                        assert (await source.receive_json(timeout=5))["operation_type"] == "connect_response"
                     await source.send_str(message("command", f"c{i}", "x" * 2000))
                     assert (await device.receive(timeout=5)).data.endswith('"}')
                     await device.send_str(message("command_response", f"c{i}", "y" * 9000))
@@ -46,8 +57,24 @@ def test_cycles_leave_memory_and_descriptors_flat(tmp_path):
         rss_warm, fds_warm = process.memory_info().rss, process.num_fds()
         asyncio.run(cycles(CYCLES - CYCLES_WARM, CYCLES_WARM))
         rss_end, fds_end = process.memory_info().rss, process.num_fds()
+        if recorded:   # the sessions really were followed: every login and recording is in the trail
+            assert wait_for_count(relay, "/v5/iot/p1/audit?event_type=ssh_login_succeeded&limit=1000", "events") == CYCLES
+            assert wait_for_count(relay, "/v5/iot/p1/audit?event_type=session_recorded&limit=1000", "events") == CYCLES
         # 240 more cycles of two connections each: a leak of even 4 kB per connection would show
         assert rss_end - rss_warm < 1_500_000, (rss_warm, rss_end)
         assert fds_end <= fds_warm + 2, (fds_warm, fds_end)
     finally:
         relay.stop()
+
+
+def wait_for_count(relay: Served, path: str, key: str, rounds: int = 100) -> int:
+    """How many items `path` lists once the audit log's background writer has caught up."""
+    count = -1
+    for _ in range(rounds):
+        status, page = relay.call("GET", path)
+        assert status == 200, page
+        if len(page[key]) == count:   # the same twice: nothing more is on its way
+            return count
+        count = len(page[key])
+        time.sleep(0.2)
+    return count

@@ -130,6 +130,10 @@ async def test_sigterm_drains_and_the_device_comes_back_elsewhere(rig):
         assert r2.wait() == 0
         device = await ws(session, r3.base, body["tunnel_id"], "device", body["device_access_token"])
         assert (await next_json(source))["operation_type"] == "connect_tunnel"
+        # the source speaks first, as the protocol has it: connect_tunnel comes from the source's
+        # replica, and the device's replica may still be linking its end of the bridge
+        await source.send_str(message("command", "x", "echo back"))
+        assert (await next_json(device))["data"] == "echo back"
         await device.send_str(message("command_response", "x", "back"))
         assert (await next_json(source))["data"] == "back"
         await source.close()
@@ -158,6 +162,8 @@ async def test_redis_restart(rig):
         assert orjson.loads((await device.receive(timeout=10)).data)["request_id"] == "during"
         status, err = rig.call(r3.base, "GET", "/v5/iot/p1/tunnels")
         assert status == 503 and err["error_code"] == "TUNNEL.503000"
+        # what happens meanwhile is kept for the audit trail, and written once Redis is back
+        await device.close()
         rig.redis.start()
         for _ in range(50):
             status, info = rig.call(r3.base, "GET", f"/v5/iot/p1/tunnels/{body['tunnel_id']}")
@@ -165,7 +171,17 @@ async def test_redis_restart(rig):
                 break
             await asyncio.sleep(0.2)
         assert status == 200 and info["status"] == "OPEN"  # kept in Redis's append-only file
+        path = f"/v5/iot/p1/audit?tunnel_id={body['tunnel_id']}&event_type=device_disconnected"
+        for _ in range(100):   # the writer retries with a backoff of at most 10 s
+            status, trail = rig.call(r1.base, "GET", path)
+            if status == 200 and trail["count"]:
+                break
+            await asyncio.sleep(0.3)
+        assert status == 200 and [e["actor"] for e in trail["events"]] == ["device"]
         create(rig, r3.base, "after-restart")
+        device = await ws(session, r2.base, body["tunnel_id"], "device", body["device_access_token"])
+        while (await next_json(source))["operation_type"] != "connect_tunnel":
+            pass   # the disconnect of the device's first connection comes first
         await source.send_str(message("command", "after", "ls"))
         assert orjson.loads((await device.receive(timeout=10)).data)["request_id"] == "after"
         await source.close()
