@@ -15,11 +15,11 @@ import dataclasses
 import enum
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol, Union
+from typing import Any, ClassVar, Protocol, Union
 
 from relay import codec
 from relay.envelope import build as build_envelope
-from relay.model import Side
+from relay.model import Side, TunnelProtocol
 
 SERVICE_SSH = "ssh"
 SERVICES = ("ssh", "tcp")  # Huawei's SSH service, and TCP forwarding (docs/forwarding.md)
@@ -138,6 +138,7 @@ class PairingRules:
 
     __slots__ = ("tunnel_id", "ends", "decoders")   # one per tunnel with a connection here: kept small
 
+    protocol: ClassVar[str]   # a TunnelProtocol value: the label of its metrics
     ends: dict[Side, Any]
     decoders: dict[Side, Any]
 
@@ -214,6 +215,7 @@ class Pairing(PairingRules):
     """The two ends of one Huawei-protocol tunnel."""
 
     __slots__ = ("watcher",)
+    protocol = TunnelProtocol.HUAWEI.value
 
     def __init__(self, tunnel_id: str, max_message_size: int = 10240, watcher: Watcher | None = None) -> None:
         self.tunnel_id = tunnel_id

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from relay import codec
 from relay.aws_messages import MessageType, ProxyMessage, frame
-from relay.model import Side
+from relay.model import Side, TunnelProtocol
 from relay.protocol import Action, PairingRules, Reasons, Send
 
 # The subprotocols of AWS's guides, by version; the relay answers with the highest offered.
@@ -66,6 +66,7 @@ class AwsPairing(PairingRules):
     """The two ends of one AWS-protocol tunnel."""
 
     __slots__ = ("services", "_service_ids")
+    protocol = TunnelProtocol.AWS.value
 
     def __init__(self, tunnel_id: str, services: tuple[str, ...], max_payload: int = MAX_PAYLOAD) -> None:
         self.tunnel_id = tunnel_id

@@ -8,8 +8,11 @@ from collections import Counter
 
 from typing import Any
 
-from relay.model import Side
+from relay.model import Side, TunnelProtocol
 from relay.store.base import TunnelStore
+
+
+PROTOCOLS = [p.value for p in TunnelProtocol]
 
 
 class Counters:
@@ -17,8 +20,9 @@ class Counters:
 
     def __init__(self) -> None:
         self.closes: Counter[int] = Counter()            # close codes the relay sent
-        self.retired_messages: Counter[str] = Counter()   # counts of decoders no longer in use
-        self.retired_bytes: Counter[str] = Counter()
+        # counts of decoders no longer in use, by (protocol, side)
+        self.retired_messages: Counter[tuple[str, str]] = Counter()
+        self.retired_bytes: Counter[tuple[str, str]] = Counter()
 
 
 def _line(name: str, value: float, **labels: str) -> str:
@@ -38,25 +42,29 @@ async def render(hub: Any, store: TunnelStore) -> str:
         out.append(f"# TYPE {name} {kind}")
         out.extend(_line(name, value, **labels) for value, labels in samples)
 
-    connections = Counter(e.side.value for e in hub.local_ends())
-    metric("relay_connections", "gauge", "WebSocket connections held by this replica, by side.",
-           [(connections[s.value], {"side": s.value}) for s in Side])
+    # Every (protocol, side) pair is always listed, at 0 when there is none: dashboards and
+    # alerts see a series that exists.
+    kinds = [(protocol, side.value) for protocol in PROTOCOLS for side in Side]
+    connections = Counter((e.pairing.protocol, e.side.value) for e in hub.local_ends())
+    metric("relay_connections", "gauge", "WebSocket connections held by this replica, by protocol and side.",
+           [(connections[k], {"protocol": k[0], "side": k[1]}) for k in kinds])
     pairs = sum(1 for p in hub.pairings.values() if all(e is not None for e in p.ends.values()))
     metric("relay_tunnels_active", "gauge", "Tunnels with at least one end on this replica.", [(len(hub.pairings), {})])
     metric("relay_tunnels_paired", "gauge", "Tunnels whose two ends are connected (here or through a bridge).", [(pairs, {})])
     bridges = sum(1 for p in hub.pairings.values() for e in p.ends.values() if e is not None and not hasattr(e, "decoder"))
     metric("relay_bridges", "gauge", "Ends reached through another replica (cross-replica forwarding).", [(bridges, {})])
 
-    messages: Counter[str] = Counter(counters.retired_messages)
-    volume: Counter[str] = Counter(counters.retired_bytes)
+    messages: Counter[tuple[str, str]] = Counter(counters.retired_messages)
+    volume: Counter[tuple[str, str]] = Counter(counters.retired_bytes)
     for pairing in hub.pairings.values():
         for side, decoder in pairing.decoders.items():
-            messages[side.value] += decoder.messages
-            volume[side.value] += decoder.bytes
-    metric("relay_messages_total", "counter", "Messages accepted from clients of this replica, by sending side.",
-           [(messages[s.value], {"side": s.value}) for s in Side])
-    metric("relay_message_bytes_total", "counter", "Payload bytes of accepted messages, by sending side.",
-           [(volume[s.value], {"side": s.value}) for s in Side])
+            messages[pairing.protocol, side.value] += decoder.messages
+            volume[pairing.protocol, side.value] += decoder.bytes
+    metric("relay_messages_total", "counter",
+           "Messages accepted from clients of this replica, by protocol and sending side.",
+           [(messages[k], {"protocol": k[0], "side": k[1]}) for k in kinds])
+    metric("relay_message_bytes_total", "counter", "Payload bytes of accepted messages, by protocol and sending side.",
+           [(volume[k], {"protocol": k[0], "side": k[1]}) for k in kinds])
     metric("relay_closes_total", "counter",
            "Connections closed by the relay, by close code (4000 = evicted, 44xx and 1002-1009 = rejected input).",
            [(n, {"code": str(code)}) for code, n in sorted(counters.closes.items())])

@@ -323,8 +323,8 @@ class Hub:
             del self.pairings[pairing.tunnel_id]
             self.owners.pop(pairing.tunnel_id, None)
             for side, decoder in pairing.decoders.items():
-                self.counters.retired_messages[side.value] += decoder.messages
-                self.counters.retired_bytes[side.value] += decoder.bytes
+                self.counters.retired_messages[pairing.protocol, side.value] += decoder.messages
+                self.counters.retired_bytes[pairing.protocol, side.value] += decoder.bytes
 
     def check_address(self, address: str) -> None:
         """Refuse a new connection from an address that holds the most allowed."""

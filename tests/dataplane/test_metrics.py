@@ -29,12 +29,12 @@ async def test_metrics_follow_the_data_plane(relay, tunnel):
         await device.send_str(message("command_response", "c0", "out"))
         await source.receive(timeout=5)
         text = await (await internal.get("/metrics")).text()
-        assert sample(text, "relay_connections", side="source") == 1
-        assert sample(text, "relay_connections", side="device") == 1
+        assert sample(text, "relay_connections", protocol="huawei", side="source") == 1
+        assert sample(text, "relay_connections", protocol="huawei", side="device") == 1
         assert sample(text, "relay_tunnels_paired") == 1
-        assert sample(text, "relay_messages_total", side="source") == 3
-        assert sample(text, "relay_messages_total", side="device") == 1
-        assert sample(text, "relay_message_bytes_total", side="source") == 3 * len(message("command", "c0", "ls"))
+        assert sample(text, "relay_messages_total", protocol="huawei", side="source") == 3
+        assert sample(text, "relay_messages_total", protocol="huawei", side="device") == 1
+        assert sample(text, "relay_message_bytes_total", protocol="huawei", side="source") == 3 * len(message("command", "c0", "ls"))
         assert sample(text, "relay_tunnels", status="OPEN") == 1
 
         await tunnel.connect("device")            # evicts the first device: 4000
@@ -45,8 +45,8 @@ async def test_metrics_follow_the_data_plane(relay, tunnel):
         text = await (await internal.get("/metrics")).text()
         assert sample(text, "relay_closes_total", code="4000") == 1
         assert sample(text, "relay_closes_total", code="4400") == 1
-        assert sample(text, "relay_connections", side="source") == 0
-        assert sample(text, "relay_messages_total", side="source") == 3  # nothing lost from the count
+        assert sample(text, "relay_connections", protocol="huawei", side="source") == 0
+        assert sample(text, "relay_messages_total", protocol="huawei", side="source") == 3  # nothing lost from the count
         assert (await internal.get("/readyz")).status == 200
         assert (await internal.get("/livez")).status == 200
     finally:
