@@ -37,4 +37,4 @@ bench: setup
 	$(PY) benchmarks/relay_bench.py
 
 clean:
-	rm -rf $(VENV) codec-rs/target relay/_codec_rs*.so
+	rm -rf $(VENV) codec-rs/target codec-rs/fuzz/target relay/_codec_rs*.so

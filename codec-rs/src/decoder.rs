@@ -231,7 +231,9 @@ impl<O: Out, const NOTE: bool> DataFrames for TextFrames<'_, O, NOTE> {
         let body = to_peer.len();
         to_peer.put(&d.frag);
         d.frag.clear();
-        if d.frag.capacity() > 4 * d.max_message_size.max(4096) {
+        // A fragment buffer much larger than the limit is given back. saturating: any limit
+        // is a valid setting (found by codec-rs/fuzz).
+        if d.frag.capacity() > d.max_message_size.max(4096).saturating_mul(4) {
             d.frag = Vec::new();
         }
         d.message::<O, NOTE>(to_peer, start, body, to_sender)
@@ -315,6 +317,18 @@ mod tests {
         assert_eq!(feed(&mut d, &f[..8]).2, Some((1009, "message exceeds 10240 bytes".into())));
         assert!(d.closed());
         assert_eq!(feed(&mut d, &f), (vec![], vec![], None));
+    }
+
+    #[test]
+    fn any_size_limit_reassembles_fragments() {
+        for max in [usize::MAX / 2, usize::MAX] {
+            let mut d = Decoder::new(SOURCE, max, vec!["ssh".into()], 1024);
+            d.peer_connected = true;
+            let msg = env("command", "1");
+            let mut data = client_frame(false, OP_TEXT, &msg[..10]);
+            data.extend(client_frame(true, OP_CONT, &msg[10..]));
+            assert_eq!(feed(&mut d, &data), (encode_text(&msg), vec![], None));
+        }
     }
 
     #[test]
