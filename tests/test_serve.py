@@ -23,8 +23,13 @@ TOKEN = "serve-test-token-0123456789abcdef"
 SRC = str(Path(relay_package.__file__).resolve().parent.parent)
 
 
+CODEC_CHOICE = ("RELAY_CODEC", "RELAY_EXPECT_RUST")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    # No relay setting leaks in from the environment, but the codec choice does: a relay run
+    # as a process uses the codec this pass of the suite tests (RELAY_CODEC=python or Rust).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_") or k in CODEC_CHOICE}
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     env["RELAY_MQTT_URL"] = "none"  # no broker unless a test asks for one (tests/device does)
     env.update(extra)

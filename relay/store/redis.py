@@ -22,6 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from relay import errors
@@ -183,8 +186,12 @@ def _tunnel(h: dict[str, str]) -> Tunnel:
 
 class RedisStore(TunnelStore):
     def __init__(self, url: str, prefix: str = "relay:") -> None:
-        self.redis = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
-                                             socket_connect_timeout=5, health_check_interval=15)
+        # After a Redis restart every pooled connection is stale: a command that meets one
+        # reconnects and tries again (twice, quickly) instead of failing. Timeouts are not
+        # retried: a Redis that does not answer is reported at once (503).
+        self.redis = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5, health_check_interval=15,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2, supported_errors=(RedisConnectionError,)))
         self.prefix = prefix
         self._insert = self.redis.register_script(_INSERT)
         self._close = self.redis.register_script(_CLOSE)

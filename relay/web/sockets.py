@@ -424,7 +424,15 @@ class Hub:
 
     async def reconcile(self) -> None:
         ends = [e for e in self.local_ends() if e.claim is not None and e.claim.done() and not e.closing]
-        held = [(e.pairing.tunnel_id, e.side, e.claim.result()) for e in ends if not e.claim.exception()]  # type: ignore[union-attr]
+        for end in [e for e in ends if e.claim.exception()]:  # type: ignore[union-attr]
+            # The store was away when this end claimed its lease: claim it again, and leave it
+            # out of this round (it holds no lease to renew yet).
+            log.warning("claiming the lease of a connection again", extra={
+                "tunnel_id": end.pairing.tunnel_id, "side": end.side.value,
+                "error": type(end.claim.exception()).__name__})  # type: ignore[union-attr]
+            end.claim = self.spawn(self._claim(end))
+        ends = [e for e in ends if e.claim.done() and not e.claim.exception()]  # type: ignore[union-attr]
+        held = [(e.pairing.tunnel_id, e.side, e.claim.result()) for e in ends]  # type: ignore[union-attr]
         lost = set(await self.cluster.renew(held))
         for end in ends:
             if end.closing:

@@ -4,7 +4,6 @@ shared."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 
@@ -12,30 +11,11 @@ import aiohttp
 import pytest
 
 from tests.aws.conftest import new_client_token, upgrade_headers
-from tests.aws.spec_client import (DATA, SERVICE_IDS, SESSION_RESET, STREAM_RESET, STREAM_START, V3, Msg,
-                                   SpecClient, connect)
+from tests.aws.helpers import bridged_stream
+from tests.aws.spec_client import DATA, SERVICE_IDS, SESSION_RESET, V3, Msg, connect
 from tests.scale.conftest import rig  # noqa: F401  (three replicas and Redis)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def started_stream(source: SpecClient, destination: SpecClient) -> int:
-    """A stream started from `source` that reached `destination`; its id."""
-    for stream in range(1, 1000):
-        await source.send(Msg(STREAM_START, stream_id=stream, service_id="SSH", connection_id=1))
-        here = asyncio.ensure_future(source.recv(timeout=10))
-        there = asyncio.ensure_future(destination.recv(timeout=10))
-        done, _ = await asyncio.wait({here, there}, return_when=asyncio.FIRST_COMPLETED)
-        if there in done:
-            here.cancel()
-            assert there.result() == Msg(STREAM_START, stream_id=stream, service_id="SSH", connection_id=1)
-            return stream
-        there.cancel()
-        reset = here.result()
-        # STREAM_RESET: no peer yet. SESSION_RESET: a bridge replaced by a newer one, which the
-        # source's replica sees as a replaced destination (Huawei sources hear a 499 then).
-        assert (reset.type, reset.stream_id) == (STREAM_RESET, stream) or reset == Msg(SESSION_RESET), reset
-    raise AssertionError("the ends were never bridged")
 
 
 def create(rig, base: str, device: str) -> dict:  # noqa: F811
@@ -57,7 +37,7 @@ async def test_ends_on_different_replicas(rig):  # noqa: F811
             assert await end.recv(timeout=10) == Msg(SERVICE_IDS, available_service_ids=("SSH",))
         # The replicas bridge the ends once the destination's lease is known; until then the
         # source's replica answers a STREAM_START with STREAM_RESET (no peer). Try until it passes.
-        stream = await started_stream(source, destination)
+        stream = await bridged_stream(source, destination)
         up, down = os.urandom(300_000), os.urandom(200_000)
         for i in range(0, len(up), 60000):
             await source.send(Msg(DATA, stream_id=stream, service_id="SSH", connection_id=1,
