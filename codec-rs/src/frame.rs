@@ -295,14 +295,19 @@ pub fn with_pending<S>(
     }
 }
 
-/// Client frames for the decoders' tests.
-#[cfg(test)]
-pub(crate) mod test_util {
+/// Client frames for the decoders' tests (and the fuzz targets, with the `test-util` feature).
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util {
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
     /// A masked client frame.
     pub fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![(if fin { 0x80 } else { 0 }) | op];
+        masked_frame((if fin { 0x80 } else { 0 }) | op, payload, MASK)
+    }
+
+    /// A client frame with first byte `b0` (FIN, RSV bits, opcode), masked with `mask`.
+    pub fn masked_frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![b0];
         let n = payload.len();
         if n < 126 {
             f.push(0x80 | n as u8);
@@ -313,8 +318,8 @@ pub(crate) mod test_util {
             f.push(0x80 | 127);
             f.extend_from_slice(&(n as u64).to_be_bytes());
         }
-        f.extend_from_slice(&MASK);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         f
     }
 }

@@ -11,6 +11,7 @@
 //! messages) without keeping lengths consistent.
 
 use _codec_rs::frame::{OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use _codec_rs::frame::test_util::{client_frame, masked_frame};
 
 /// The fuzzer's bytes, consumed from the front; missing bytes read as 0.
 pub struct Input<'a>(pub &'a [u8]);
@@ -126,28 +127,6 @@ pub fn tunnel_messages(payload: &[u8]) -> Vec<&[u8]> {
         rest = &rest[2 + n..];
     }
     msgs
-}
-
-/// A masked client frame.
-pub fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
-    masked_frame((if fin { 0x80 } else { 0 }) | op, payload, [0x37, 0xfa, 0x21, 0x3d])
-}
-
-fn masked_frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![b0];
-    let n = payload.len();
-    if n < 126 {
-        f.push(0x80 | n as u8);
-    } else if n <= 0xffff {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        f.push(0x80 | 127);
-        f.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
 }
 
 /// The flag (in the first config byte of both decoder targets) that makes the stream records.
