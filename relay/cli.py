@@ -29,6 +29,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+MAX_MESSAGE_SIZE_CAP = 16 * 1024 * 1024   # far above any protocol's limit (Huawei: 10 KB)
+
+
+def _message_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_MESSAGE_SIZE_CAP:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is above the most a message may be, {MAX_MESSAGE_SIZE_CAP} bytes (16 MiB)")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -93,8 +104,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tunnels-per-project", type=_positive_int,
                    default=int(e("max_tunnels_per_project", str(d.max_tunnels_per_project))),
                    help="tunnels (open or closed, not deleted) a project may hold")
-    p.add_argument("--max-message-size", type=_positive_int, default=int(e("max_message_size", str(d.max_message_size))),
-                   help="largest WebSocket message relayed, in bytes")
+    p.add_argument("--max-message-size", type=_message_size, default=int(e("max_message_size", str(d.max_message_size))),
+                   help="largest WebSocket message relayed, in bytes (at most 16 MiB)")
     p.add_argument("--max-connections-per-address", type=int,
                    default=int(e("max_connections_per_address", str(d.max_connections_per_address))),
                    help="tunnel WebSocket connections one client IP address may hold at once (0: no limit; "

@@ -136,6 +136,8 @@ def test_defaults_generate_a_token_and_say_how_to_use_it(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--api-tokens-file", "/nonexistent/tokens"], "cannot read the API token file"),
     (["--port", "70000"], "outside 0-65535"),
+    (["--max-message-size", "0"], "must be above zero"),
+    (["--max-message-size", str(2**62)], "above the most a message may be"),
 ])
 def test_bad_settings_are_explained(tmp_path, args, message):
     proc = subprocess.run([sys.executable, "-m", "relay.cli", "serve", *args], cwd=tmp_path,
