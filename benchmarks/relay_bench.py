@@ -96,12 +96,12 @@ def server_frame_len(payload_len: int) -> int:
     return payload_len + (2 if payload_len < 126 else 4)
 
 
-class Client(asyncio.Protocol):
-    """One end: does the upgrade, then either pumps pre-built frames or counts bytes."""
+class UpgradingClient(asyncio.Protocol):
+    """One end: does the upgrade, then either pumps pre-built frames or counts what it gets
+    (`count`, by protocol)."""
 
-    def __init__(self, request: bytes, skip_first_frame: bool) -> None:
+    def __init__(self, request: bytes) -> None:
         self.request = request
-        self.skip_first_frame = skip_first_frame
         self.head = b""
         self.upgraded = asyncio.get_running_loop().create_future()
         self.expected = 0
@@ -109,69 +109,6 @@ class Client(asyncio.Protocol):
         self.finished: asyncio.Future | None = None
         self.writable = asyncio.Event()
         self.writable.set()
-        self.pending = b""
-
-    def connection_made(self, transport):  # type: ignore[no-untyped-def]
-        self.transport = transport
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        if not self.upgraded.done():
-            self.head += data
-            if b"\r\n\r\n" not in self.head:
-                return
-            head, _, rest = self.head.partition(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 101"):
-                self.upgraded.set_exception(RuntimeError(head.decode(errors="replace")))
-                return
-            self.upgraded.set_result(None)
-            data = rest
-        if self.skip_first_frame:
-            self.pending += data
-            if len(self.pending) < 2:
-                return
-            n = self.pending[1] & 0x7F
-            if len(self.pending) < 2 + n:
-                return
-            data = self.pending[2 + n:]
-            self.skip_first_frame = False
-            self.pending = b""
-        self.received += len(data)
-        if self.finished is not None and self.received >= self.expected and not self.finished.done():
-            self.finished.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.writable.clear()
-
-    def resume_writing(self) -> None:
-        self.writable.set()
-
-    def connection_lost(self, exc):  # type: ignore[no-untyped-def]
-        if not self.upgraded.done():
-            self.upgraded.set_exception(ConnectionError("closed before upgrade"))
-        if self.finished is not None and not self.finished.done():
-            self.finished.set_exception(ConnectionError(f"closed after {self.received} of {self.expected} bytes"))
-
-
-class AwsClient(asyncio.Protocol):
-    """One end of an AWS tunnel: does the upgrade, then pumps pre-built frames or counts the
-    payload bytes of the binary frames it gets (the relay packs the tunnel messages of one read
-    into as few frames as it can, so frames and messages do not match one to one). Control
-    frames are not counted."""
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.head = b""
-        self.upgraded = asyncio.get_running_loop().create_future()
-        self.expected = 0
-        self.received = 0        # payload bytes of data frames
-        self.finished: asyncio.Future | None = None
-        self.writable = asyncio.Event()
-        self.writable.set()
-        self.header = b""        # an incomplete frame header
-        self.left = 0            # payload bytes of the current frame still to come
-        self.counting = True     # the current frame is a data frame
 
     def connection_made(self, transport):  # type: ignore[no-untyped-def]
         self.transport = transport
@@ -188,6 +125,61 @@ class AwsClient(asyncio.Protocol):
                 self.upgraded.set_exception(RuntimeError(head.decode(errors="replace")))
                 return
             self.upgraded.set_result(None)
+        self.count(data)
+        if self.finished is not None and self.received >= self.expected and not self.finished.done():
+            self.finished.set_result(None)
+
+    def count(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def connection_lost(self, exc):  # type: ignore[no-untyped-def]
+        if not self.upgraded.done():
+            self.upgraded.set_exception(ConnectionError("closed before upgrade"))
+        if self.finished is not None and not self.finished.done():
+            self.finished.set_exception(ConnectionError(f"closed after {self.received} of {self.expected} bytes"))
+
+
+class Client(UpgradingClient):
+    """One end of a Huawei tunnel: counts the bytes it gets, after the source's first frame
+    (connect_tunnel) when `skip_first_frame`."""
+
+    def __init__(self, request: bytes, skip_first_frame: bool) -> None:
+        super().__init__(request)
+        self.skip_first_frame = skip_first_frame
+        self.pending = b""
+
+    def count(self, data: bytes) -> None:
+        if self.skip_first_frame:
+            self.pending += data
+            if len(self.pending) < 2:
+                return
+            n = self.pending[1] & 0x7F
+            if len(self.pending) < 2 + n:
+                return
+            data = self.pending[2 + n:]
+            self.skip_first_frame = False
+            self.pending = b""
+        self.received += len(data)
+
+
+class AwsClient(UpgradingClient):
+    """One end of an AWS tunnel: counts the payload bytes of the binary frames it gets (the
+    relay packs the tunnel messages of one read into as few frames as it can, so frames and
+    messages do not match one to one). Control frames are not counted."""
+
+    def __init__(self, request: bytes) -> None:
+        super().__init__(request)
+        self.header = b""        # an incomplete frame header
+        self.left = 0            # payload bytes of the current frame still to come
+        self.counting = True     # the current frame is a data frame
+
+    def count(self, data: bytes) -> None:
         pos, end = 0, len(data)
         while pos < end:
             if self.left:
@@ -210,20 +202,6 @@ class AwsClient(asyncio.Protocol):
             self.header = b""
             self.left = code if code < 126 else int.from_bytes(header[2:size], "big")
             self.counting = header[0] & 0x0F in (0x0, 0x2)
-        if self.finished is not None and self.received >= self.expected and not self.finished.done():
-            self.finished.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.writable.clear()
-
-    def resume_writing(self) -> None:
-        self.writable.set()
-
-    def connection_lost(self, exc):  # type: ignore[no-untyped-def]
-        if not self.upgraded.done():
-            self.upgraded.set_exception(ConnectionError("closed before upgrade"))
-        if self.finished is not None and not self.finished.done():
-            self.finished.set_exception(ConnectionError(f"closed after {self.received} of {self.expected} bytes"))
 
     async def wait_for_bytes(self, count: int, timeout: float = 30) -> None:
         """Until `count` payload bytes came (the handshake's messages)."""
