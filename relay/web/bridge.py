@@ -85,6 +85,25 @@ def _large_buffers(transport: asyncio.Transport) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, option, BRIDGE_SOCKET_BUFFER)
 
 
+def _hold(device: TunnelConnection) -> None:
+    """Stop reading the device while its bridge is being built. `peer_full` is the flow
+    control's "the peer cannot take data now", which is what the half-built bridge is; the
+    `link` that attaching the bridge makes recomputes it from the new peer.
+    The heartbeat counts the hold as heard: an unread device cannot show it is alive (its
+    pongs wait in the kernel too), and the hold is the relay's doing, not its silence. So it
+    is dropped as silent only after two more intervals without a byte, which a hold of at most
+    10 s cannot make up unless --heartbeat-interval is under 5 s."""
+    device.heard = True
+    device.peer_full = True
+    device._update_reading()
+
+
+def _release(device: TunnelConnection) -> None:
+    """End the hold unless the device is gone: read it as its current link (if any) allows."""
+    if not device.closing:
+        device.link(device.peer)
+
+
 class _UpgradeAnswer(asyncio.Protocol):
     """Reads the answer to the bridge's upgrade request, then steps aside."""
 
@@ -119,7 +138,8 @@ class Bridges:
         tunnel_id = conn.pairing.tunnel_id
         await self.cluster.publish(Hint("attached", tunnel_id, (conn.side.value,), "", self.cluster.replica_id, epoch))
         if conn.side is Side.DEVICE:
-            await self.bridge_device(conn.pairing)
+            # inside the claim's own task: the epoch is known, though the task is not done
+            await self.bridge_device(conn.pairing, epoch)
         else:
             # A device held here may have been bridged to an older source elsewhere.
             device = conn.pairing.ends[Side.DEVICE]
@@ -153,7 +173,10 @@ class Bridges:
 
     # -- the device's replica opens the bridge ----------------------------------------------
 
-    async def bridge_device(self, pairing: Pairing) -> None:
+    async def bridge_device(self, pairing: Pairing, device_epoch: int | None = None) -> None:
+        """Bridge the device held here to the source's replica, if that is elsewhere and not
+        bridged yet. `device_epoch`: the device's lease, when its claim has just been made
+        (otherwise the finished claim says it)."""
         tunnel_id = pairing.tunnel_id
         device = pairing.ends[Side.DEVICE]
         if not isinstance(device, TunnelConnection) or device.closing or tunnel_id in self.connecting:
@@ -164,9 +187,12 @@ class Bridges:
             return
         if isinstance(current, BridgeEnd) and current.remote == lease and not current.closing:
             return
-        if device.claim is None or not device.claim.done() or device.claim.exception():
-            return
-        device_epoch = device.claim.result()
+        if device_epoch is None:
+            if device.claim is None or not device.claim.done() or device.claim.exception():
+                return
+            device_epoch = device.claim.result()
+        if tunnel_id in self.connecting:
+            return  # another attempt began while this one asked the store (it holds the device)
         self.connecting.add(tunnel_id)
         try:
             await self._open(pairing, device, device_epoch, lease)
@@ -186,25 +212,34 @@ class Bridges:
             f"X-Relay-Replica: {self.cluster.replica_id}\r\nX-Relay-Address: {self.cluster.address}\r\n\r\n"
         ).encode()
         loop = asyncio.get_running_loop()
-        transport, handshake = await asyncio.wait_for(
-            loop.create_connection(lambda: _UpgradeAnswer(request), host.strip("[]"), int(port)), 5)
+        # The other replica links its end as soon as it answers 101 (a Huawei source is told
+        # `connect_tunnel` then), but the device is linked here only once that answer is read:
+        # what the device sent in between would be answered "peer absent" (AWS: STREAM_RESET)
+        # instead of relayed. So the device is not read while the bridge is built; its bytes
+        # wait in the kernel until it is linked, or the attempt is over (10 s at most).
+        _hold(device)
         try:
-            head, rest = await asyncio.wait_for(handshake.answer, 5)
-        except BaseException:
-            transport.close()
-            raise
-        if not head.startswith(b"HTTP/1.1 101"):
-            transport.close()
-            raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
-        if pairing.ends[Side.DEVICE] is not device or device.closing:
-            transport.close()  # the device left while the bridge was being built
-            return
-        bridge = BridgeEnd(Side.SOURCE, pairing, self.hub, transport, lease)  # type: ignore[arg-type]
-        transport.set_protocol(bridge)
-        self.hub.apply(pairing, pairing.attach(bridge))
-        log.info("bridged", extra={"tunnel_id": pairing.tunnel_id, "to": lease.replica_id})
-        if rest:
-            bridge.data_received(rest)
+            transport, handshake = await asyncio.wait_for(
+                loop.create_connection(lambda: _UpgradeAnswer(request), host.strip("[]"), int(port)), 5)
+            try:
+                head, rest = await asyncio.wait_for(handshake.answer, 5)
+            except BaseException:
+                transport.close()
+                raise
+            if not head.startswith(b"HTTP/1.1 101"):
+                transport.close()
+                raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+            if pairing.ends[Side.DEVICE] is not device or device.closing:
+                transport.close()  # the device left while the bridge was being built
+                return
+            bridge = BridgeEnd(Side.SOURCE, pairing, self.hub, transport, lease)  # type: ignore[arg-type]
+            transport.set_protocol(bridge)
+            self.hub.apply(pairing, pairing.attach(bridge))  # links the device: `link` ends the hold
+            log.info("bridged", extra={"tunnel_id": pairing.tunnel_id, "to": lease.replica_id})
+            if rest:
+                bridge.data_received(rest)
+        finally:
+            _release(device)  # whatever happened (failure, timeout, cancellation, the device left)
 
     # -- the source's replica accepts it --------------------------------------------------------
 
