@@ -460,15 +460,13 @@ pub fn encode_binary(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::envelope::DEVICE;
-    use crate::frame::test_util::client_frame;
-    use crate::frame::{OP_CONT, OP_PING};
+/// Tunnel messages for the decoder's tests (and the fuzz targets, with the `test-util` feature).
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util {
+    use super::put_varint;
 
     /// A framed message: type, stream id, payload, service id, connection id.
-    fn msg(t: u8, stream: u8, payload: &[u8], sid: &str, conn: u8) -> Vec<u8> {
+    pub fn msg(t: u8, stream: u8, payload: &[u8], sid: &str, conn: u8) -> Vec<u8> {
         let mut m = vec![0x08, t];
         if stream != 0 {
             m.extend_from_slice(&[0x10, stream]);
@@ -489,6 +487,16 @@ mod tests {
         out.extend(m);
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::msg;
+    use super::*;
+    use crate::envelope::DEVICE;
+    use crate::frame::test_util::client_frame;
+    use crate::frame::{OP_CONT, OP_PING};
+
 
     fn dec(side: u8, peer: bool) -> AwsDecoder {
         let mut d = AwsDecoder::new(side, vec!["SSH".into(), "HTTP".into()], MAX_PAYLOAD);

@@ -138,6 +138,12 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 5) ->
         await asyncio.sleep(0.005)
 
 
+def huawei_ws(session: aiohttp.ClientSession, replica: Replica, tunnel_id: str, side: str, token: str):  # type: ignore[no-untyped-def]
+    """A Huawei end's WebSocket to `replica`."""
+    return session.ws_connect(f"{replica.base.replace('http', 'ws')}/v5/iot/tunnels/{tunnel_id}/{side}-connect",
+                              headers={"tunnel_access_token": token}, autoclose=False, heartbeat=None)
+
+
 def _unread(transport: asyncio.Transport) -> int:
     """Bytes waiting in the kernel's receive buffer of the relay's socket."""
     fd = transport.get_extra_info("socket").fileno()
@@ -165,8 +171,7 @@ async def test_huawei_device_message_sent_while_the_bridge_is_built_is_relayed(r
     tunnel_id = body["tunnel_id"]
     async with aiohttp.ClientSession() as session:
         def ws(replica: Replica, side: str, token: str):  # type: ignore[no-untyped-def]
-            return session.ws_connect(f"{replica.base.replace('http', 'ws')}/v5/iot/tunnels/{tunnel_id}/{side}-connect",
-                                      headers={"tunnel_access_token": token}, autoclose=False, heartbeat=None)
+            return huawei_ws(session, replica, tunnel_id, side, token)
 
         # The device on B, then the source on A: A's hint has B open the bridge.
         device = await ws(b, "device", body["device_access_token"])
@@ -240,8 +245,7 @@ async def test_a_device_connecting_after_its_source_is_bridged_at_once(replicas)
     tunnel_id = body["tunnel_id"]
     async with aiohttp.ClientSession() as session:
         def ws(replica: Replica, side: str, token: str):  # type: ignore[no-untyped-def]
-            return session.ws_connect(f"{replica.base.replace('http', 'ws')}/v5/iot/tunnels/{tunnel_id}/{side}-connect",
-                                      headers={"tunnel_access_token": token}, autoclose=False, heartbeat=None)
+            return huawei_ws(session, replica, tunnel_id, side, token)
 
         source = await ws(a, "source", body["tunnel_access_token"])
         await until(lambda: _claimed(a, tunnel_id, Side.SOURCE), "the source's lease")

@@ -119,24 +119,10 @@ fuzz_target!(init: write_seeds_from_env(seeds), |data: &[u8]| {
     assert_eq!(run(decoder(), &[&stream]), in_reads, "fed whole vs in reads {sizes:?}");
 });
 
-/// A framed tunnel message: type, stream id, payload, service id, connection id.
+/// A framed tunnel message (the codec's own test builder): type, stream id, payload (under
+/// 128 bytes here), service id, connection id.
 fn msg(t: i32, stream: u8, payload: &[u8], sid: &str, conn: u8) -> Vec<u8> {
-    let mut m = vec![0x08, t as u8];
-    if stream != 0 {
-        m.extend_from_slice(&[0x10, stream]);
-    }
-    if !payload.is_empty() {
-        m.extend_from_slice(&[0x22, payload.len() as u8]);
-        m.extend_from_slice(payload);
-    }
-    if !sid.is_empty() {
-        m.extend_from_slice(&[0x2a, sid.len() as u8]);
-        m.extend_from_slice(sid.as_bytes());
-    }
-    if conn != 0 {
-        m.extend_from_slice(&[0x38, conn]);
-    }
-    [(m.len() as u16).to_be_bytes().to_vec(), m].concat()
+    aws::test_util::msg(t as u8, stream, payload, sid, conn)
 }
 
 fn bin(m: &[u8]) -> (bool, u8, &[u8]) {
