@@ -264,6 +264,46 @@ def _agent(args: argparse.Namespace) -> int:
     return asyncio.run(run(settings))
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo-device",
+        help="a demo device on this machine: the agent plus its own SSH server (to try the relay; never on a real device)",
+        description="Runs the device agent for DEVICE_ID together with an SSH server of its own on a loopback "
+                    "port, so that `relay ssh`, `relay exec`, `relay forward --port 22` and the console's terminal "
+                    "can be tried on one machine, without root and without a system sshd (docs/demo.md). The SSH "
+                    "server has one account, 'demo', whose password is new each run and written to "
+                    "--password-file (0600); it opens the shell of the user who runs this command. That is why it "
+                    "is a separate command and never part of `relay agent`: run it on a developer's machine only. "
+                    "It connects to the MQTT broker `relay serve` runs (mqtt://127.0.0.1:1883) unless told otherwise.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("device_id", metavar="DEVICE_ID", help="the device id to announce (1-128 of A-Z a-z 0-9 _ -)")
+    p.add_argument("--mqtt-url", default=config.env("agent_mqtt_url", "mqtt://127.0.0.1:1883"),
+                   help="the broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    p.add_argument("--mqtt-username", default=config.env("agent_mqtt_username"), help="user name for the broker")
+    p.add_argument("--password-file", default="var/demo-device.password",
+                   help="where to write the demo account's password (removed on exit)")
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    def run(args: argparse.Namespace) -> int:
+        import re
+
+        from relay.agent.demo import run_demo
+        from relay.agent.settings import AgentSettings
+
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", args.device_id or ""):
+            raise ConfigError(f"device id {args.device_id!r} must be 1-128 of A-Z a-z 0-9 _ -")
+        config.parse_mqtt_url(args.mqtt_url)
+        settings = AgentSettings(device_id=args.device_id, mqtt_url=args.mqtt_url,
+                                 mqtt_username=args.mqtt_username or None,
+                                 mqtt_password=config.env("agent_mqtt_password") or None)
+        logs.setup(args.log_level, "text")
+        _install_uvloop()
+        return asyncio.run(run_demo(settings, Path(args.password_file), lambda text: print(text, file=sys.stderr, flush=True)))
+
+    p.set_defaults(func=run)
+
+
 def _aws_services(text: str | None) -> tuple[tuple[str, str, int], ...]:
     """--aws-services: SERVICE=PORT or SERVICE=HOST:PORT, comma-separated (a bare host: --ssh-host)."""
     from relay.aws_streams import parse_destinations
@@ -451,7 +491,11 @@ def _add_remote(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     shared.add_argument("--password-stdin", action="store_true",
                         help="read the SSH password from the first line of standard input; otherwise "
                              "RELAY_SSH_PASSWORD, otherwise it is asked for on the terminal")
-    shared.add_argument("--keep", action="store_true", help="leave the tunnel open on exit (it is closed otherwise)")
+    shared.add_argument("--keep", action="store_true",
+                        help="leave the tunnel open on exit (a tunnel this command created is closed otherwise; "
+                             "one that was open before is always left open)")
+    shared.add_argument("--close", action="store_true",
+                        help="close the tunnel on exit even when it was open before this command")
     shared.add_argument("--wait", type=_positive_float, default=60.0,
                         help="seconds to wait for the device to connect and log in (default 60)")
     shared.add_argument("--expires-in", type=_positive_int, help="lifetime of a new tunnel, in seconds")
@@ -501,7 +545,11 @@ def _add_forward(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                    help="use this tunnel (its source token is rotated, unless --source-token-stdin gives it)")
     f.add_argument("--source-token-stdin", action="store_true",
                    help="read the tunnel's source token from the first line of standard input (with --tunnel)")
-    f.add_argument("--keep", action="store_true", help="leave the tunnel open on exit (it is closed otherwise)")
+    f.add_argument("--keep", action="store_true",
+                   help="leave the tunnel open on exit (a tunnel this command created is closed otherwise; "
+                        "one that was open before is always left open)")
+    f.add_argument("--close", action="store_true",
+                   help="close the tunnel on exit even when it was open before this command")
     f.add_argument("--wait", type=_positive_float, default=60.0,
                    help="seconds to wait for the device to connect, and for it to answer each connection (default 60)")
     f.add_argument("--expires-in", type=_positive_int, help="lifetime of a new tunnel, in seconds")
@@ -613,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
     _add_agent(sub)
+    _add_demo(sub)
     common = _connection_options()
     _add_tunnel(sub, common)
     _add_remote(sub, common)

@@ -25,6 +25,7 @@ class ForwardHost:
         self.settings = settings
         self.host = settings.forward_host or settings.ssh_host
         self.ports = frozenset(settings.forward_ports)
+        self.port_map = dict(settings.forward_port_map)
         self._send = send
         self.extra = dict(extra or {})
         self.pipes = forward.Pipes()
@@ -89,6 +90,7 @@ class ForwardHost:
             log.warning("forward to port %d refused: not on the allow-list (%s)", port, allowed, extra=extra)
             await self._answer(conn_id, "403", f"port {port} is not on this device's forwarding allow-list ({allowed})")
             return
+        port = self.port_map.get(port, port)
         target = f"{self.host}:{port}"
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, port), CONNECT_TIMEOUT)

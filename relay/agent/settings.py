@@ -19,6 +19,8 @@ class AgentSettings:
     ssh_timeout: float = 15.0
     forward_ports: tuple[int, ...] = (22,)  # TCP forwarding (docs/forwarding.md): the ports a source may reach
     forward_host: str = ""                  # where they are; empty: ssh_host
+    # a port the source names -> the port it reaches here (`relay demo-device`: 22 -> its own SSH server)
+    forward_port_map: tuple[tuple[int, int], ...] = ()
     tls_ca_file: str | None = None          # to verify a wss:// relay; the system's CAs otherwise
     tls_insecure: bool = False              # do not verify the relay's certificate (Huawei's SDK does not)
     max_message_size: int = 10240

@@ -1,11 +1,21 @@
-"""The device's own SSH server, reached with asyncssh (the agent's only asyncssh user): log
-in with the username and password of `connect`, open an interactive shell on a PTY."""
+"""The agent's only asyncssh user. `Shell`: the device's own SSH server, reached with the
+username and password of `connect`, an interactive shell on a PTY. `DemoSshServer`: the SSH
+server of `relay demo-device` (relay/agent/demo.py), for trying the relay without a device."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import functools
 import logging
+import os
+import pwd
+import secrets
+import struct
+import subprocess
+import termios
+from pathlib import Path
 
 import asyncssh
 
@@ -81,3 +91,142 @@ class Shell:
         self._conn.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._conn.wait_closed(), 5)
+
+
+# -- the demo device's own SSH server (`relay demo-device`, docs/demo.md) ---------------------
+
+DEMO_USER = "demo"
+
+
+def _login_shell() -> str:
+    shell = os.environ.get("SHELL") or pwd.getpwuid(os.getuid()).pw_shell
+    return shell if shell and os.access(shell, os.X_OK) else "/bin/sh"
+
+
+def _set_size(fd: int, cols: int, rows: int) -> None:
+    if cols > 0 and rows > 0:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _take_terminal(fd: int) -> None:
+    """In the child: a session of its own whose controlling terminal is the pseudo-terminal, so
+    that Ctrl-C reaches the foreground job and job control works. (Not start_new_session: under
+    uvloop it may come after preexec_fn, and fd 0 may not be the terminal yet, so both are done
+    here on the terminal's own descriptor.)"""
+    os.setsid()
+    fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+
+
+class _Server(asyncssh.SSHServer):
+    def __init__(self, password: str) -> None:
+        self._password = password
+
+    def begin_auth(self, username: str) -> bool:
+        return True   # always ask: nobody logs in without the password
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def validate_password(self, username: str, password: str) -> bool:
+        ok_user = secrets.compare_digest(username.encode(), DEMO_USER.encode())
+        ok_password = secrets.compare_digest(password.encode(), self._password.encode())
+        return ok_user and ok_password
+
+
+async def _serve_shell(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    """One SSH session: the user's shell on a new pseudo-terminal, bytes both ways."""
+    cols, rows, _, _ = process.get_terminal_size()
+    master, slave = os.openpty()
+    _set_size(slave, cols or 80, rows or 24)
+    env = {**os.environ, "TERM": process.get_terminal_type() or "xterm", "PS1": "demo$ "}
+    try:
+        child = await asyncio.create_subprocess_exec(
+            _login_shell(), stdin=slave, stdout=slave, stderr=slave, env=env, cwd=str(Path.home()),
+            preexec_fn=functools.partial(_take_terminal, slave))
+    except (OSError, subprocess.SubprocessError) as exc:
+        os.close(master)
+        os.close(slave)
+        process.stderr.write(f"demo device: cannot start a shell: {exc}\r\n".encode())
+        process.exit(1)
+        return
+    os.close(slave)
+    os.set_blocking(master, False)
+    loop = asyncio.get_running_loop()
+    output_done = asyncio.Event()
+
+    def readable() -> None:
+        try:
+            data = os.read(master, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:   # EIO: the shell and everything it started have closed the terminal
+            data = b""
+        if data:
+            process.stdout.write(data)
+        else:
+            loop.remove_reader(master)
+            output_done.set()
+
+    loop.add_reader(master, readable)
+
+    async def typed() -> None:
+        while True:
+            try:
+                data = await process.stdin.read(READ_SIZE)
+            except asyncssh.TerminalSizeChanged as change:
+                _set_size(master, change.width, change.height)
+                continue
+            except (asyncssh.Error, OSError):
+                data = b""
+            if not data:
+                return
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(master, view):]
+                except BlockingIOError:   # the shell is not reading: wait, as a terminal would
+                    await asyncio.sleep(0.01)
+                except OSError:
+                    return
+
+    typing = asyncio.create_task(typed())
+    try:
+        status = await child.wait()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(output_done.wait(), 2)   # what the shell printed last
+    finally:
+        typing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await typing
+        loop.remove_reader(master)
+        os.close(master)
+        if child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, 9)
+    process.exit(status if status >= 0 else 128 - status)
+
+
+class DemoSshServer:
+    """The demo device's SSH server on 127.0.0.1 (a free port unless given)."""
+
+    def __init__(self, password: str, port: int = 0) -> None:
+        self._password = password
+        self._port = port
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        host_key = asyncssh.generate_private_key("ssh-ed25519")   # new each run: nothing to keep on disk
+        self._server = await asyncssh.create_server(
+            lambda: _Server(self._password), "127.0.0.1", self._port, server_host_keys=[host_key],
+            process_factory=_serve_shell, encoding=None, allow_scp=False)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)

@@ -333,7 +333,7 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
                             started: Callable[[SourceProxy], None] | None = None) -> int:
     """`relay forward --protocol aws`: until `stop` (SIGINT/SIGTERM) or the tunnel ends."""
     from relay.client.api import ClientError, ssl_context
-    from relay.client.commands import make_api
+    from relay.client.commands import closes_on_exit, make_api
 
     stop = stop or stop_on_signals()
     service = args.service
@@ -378,9 +378,12 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
             terminal.error(f"relay: {exc}")
             return EXIT_FAILURE
         finally:
-            if api is not None and tunnel_id is not None and not args.keep:
+            if api is not None and tunnel_id is not None and closes_on_exit(created, args):
                 with contextlib.suppress(ClientError):
                     await api.close(tunnel_id)
                     terminal.notice(f"tunnel {tunnel_id} closed")
             elif created and tunnel_id is not None:
                 terminal.notice(f"the tunnel {tunnel_id} stays open (--keep)")
+            elif tunnel_id is not None:
+                terminal.notice(f"the tunnel {tunnel_id} was open before this command and stays open "
+                                f"(--close closes it on exit)")

@@ -23,6 +23,9 @@ from relay.errors import ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_PROJECT = "default"
+# where `relay serve` writes the token it generates (next to its default database): a relay
+# started in this directory is found without any setting
+GENERATED_TOKEN_FILE = Path("var/api-tokens.txt")
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -30,14 +33,18 @@ DEFAULT_PROJECT = "default"
 
 def api_token(args: argparse.Namespace) -> str:
     """--token, RELAY_API_TOKEN, or --token-file / RELAY_API_TOKEN_FILE (a bare token, or
-    PROJECT:NAME:TOKEN lines as `relay serve` reads them: the first of the project)."""
+    PROJECT:NAME:TOKEN lines as `relay serve` reads them: the first of the project), or else
+    var/api-tokens.txt when a relay started here generated it."""
     token = args.token or config.env("api_token")
     if token:
         return token.strip()
     path = args.token_file or config.env("api_token_file")
+    if not path and GENERATED_TOKEN_FILE.is_file():
+        path = str(GENERATED_TOKEN_FILE)
     if not path:
         raise ConfigError("no API token: set RELAY_API_TOKEN, or give --token-file FILE "
-                          "(`relay serve` writes var/api-tokens.txt when it generates one)")
+                          "(`relay serve` writes var/api-tokens.txt when it generates one; "
+                          "run this command in the directory where the relay runs to use it)")
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
@@ -196,10 +203,22 @@ async def _run_remote(api: RelayApi, args: argparse.Namespace, opened: Opened, p
                          timeout=args.timeout_command, crlf=args.crlf)
 
 
+def closes_on_exit(created: bool, args: argparse.Namespace) -> bool:
+    """Whether a command closes its tunnel when it ends: the one it created, unless --keep; one
+    that was open before (someone else's, maybe), only when asked with --close."""
+    if getattr(args, "close", False):
+        return True
+    return created and not args.keep
+
+
 async def _after(api: RelayApi, args: argparse.Namespace, opened: Opened, terminal: Terminal) -> None:
-    if args.keep:
-        terminal.notice(f"the tunnel {opened.tunnel_id} stays open (--keep); "
-                        f"close it with: relay tunnel close {opened.tunnel_id}")
+    if not closes_on_exit(opened.created, args):
+        if opened.created:
+            terminal.notice(f"the tunnel {opened.tunnel_id} stays open (--keep); "
+                            f"close it with: relay tunnel close {opened.tunnel_id}")
+        else:
+            terminal.notice(f"the tunnel {opened.tunnel_id} was open before this command and stays open "
+                            f"(--close closes it on exit)")
         return
     try:
         await api.close(opened.tunnel_id)   # also after Ctrl-C: asyncio.run cancels once, then lets this run

@@ -50,6 +50,11 @@ async def test_exec_keep_then_reuse_the_open_tunnel(fleet):
     code, out, err = await cli.run("exec", DEVICE, "--", "echo", "two")
     assert (code, out) == (0, "two\n"), err
     assert f"reusing the open tunnel {kept['tunnel_id']}" in err
+    # a command never closes a tunnel it did not create, unless asked (issue 18)
+    assert "was open before this command and stays open" in err
+    assert [t["status"] for t in await tunnels(relay)] == ["OPEN"]
+    code, out, err = await cli.run("exec", DEVICE, "--close", "--", "echo", "three")
+    assert (code, out) == (0, "three\n"), err
     assert [t["status"] for t in await tunnels(relay)] == ["CLOSED"]
 
 
