@@ -1,16 +1,53 @@
-"""What `relay tunnel` prints: aligned tables and `key: value` lists for people, JSON for
-scripts (`--json`: the API's own answers, pretty-printed, keys as the API names them)."""
+"""What the CLI prints: aligned tables and `key: value` lists for people, JSON for scripts
+(`--json`: the API's own answers, pretty-printed, keys as the API names them), and the one
+sanitizer of every line it prints that is not the remote terminal's own stream.
+
+Devices and tenants choose much of what is printed (a tunnel's description, a device's
+status message, an audit event's outcome and detail, ids, error messages): a control
+character in it would reach the operator's terminal, which obeys it (a title or clipboard
+write, concealed text, a cursor moved up to erase rows). `safe` shows every control
+character escaped instead, and `say` is how the CLI prints (docs/security.md, "Terminal
+injection"). The remote terminal's stream goes through relay/client/termfilter.py instead."""
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
+# C0 controls but tab and line feed, DEL, C1 controls, and the bidirectional overrides and
+# isolates that reorder how a line reads (U+061C, U+200E-200F, U+202A-202E, U+2066-2069).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# In JSON text the C0 ones are escaped already; the others are escaped the JSON way.
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(text: str) -> str:
+    """`text` with every control character shown escaped (ESC as the four characters \\x1b),
+    tabs and line feeds kept. Idempotent: what it returns holds no control character."""
+    return _UNSAFE.sub(_escaped, text)
+
+
+def say(text: str, file: TextIO | None = None, end: str = "\n") -> None:
+    """Print a line (or lines) of ours, sanitized: every print of the CLI goes through here."""
+    stream = sys.stdout if file is None else file
+    stream.write(safe(text) + end)
+    stream.flush()
+
 
 def to_json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    """Pretty JSON, also safe on a terminal: the characters `safe` escapes are written as
+    JSON escapes (the same value to a JSON reader)."""
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    return _UNSAFE_IN_JSON.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def when(value: Any) -> str:
@@ -26,7 +63,7 @@ def when(value: Any) -> str:
 def cell(value: Any) -> str:
     if value is None or value == "":
         return "-"
-    return " ".join(str(value).split())   # one line per row, whatever the field holds
+    return " ".join(safe(str(value)).split())   # one line per row, whatever the field holds
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -67,6 +104,7 @@ SHOW_FIELDS = ("tunnel_id", "device_id", "status", "description", "custom_info",
 
 def fields(info: dict, order: Sequence[str] = SHOW_FIELDS) -> str:
     """`key: value` lines, the known keys first in `order`, then any others."""
+    info = {cell(k): v for k, v in info.items()}   # keys too come from the relay
     keys = [k for k in order if k in info] + sorted(k for k in info if k not in order)
     width = max((len(k) for k in keys), default=0)
     lines = []
@@ -77,8 +115,8 @@ def fields(info: dict, order: Sequence[str] = SHOW_FIELDS) -> str:
         elif key.endswith(("_time", "_at")):
             text = when(value)
         else:
-            text = cell(value)
-        lines.append(f"{key + ':':<{width + 1}} {text}")
+            text = value
+        lines.append(f"{key + ':':<{width + 1}} {cell(text)}")
     return "\n".join(lines)
 
 
@@ -92,9 +130,9 @@ def batch_lines(action: str, answer: dict) -> str:
     lines = []
     for result in answer.get("results", []):
         if result.get("result") == "SUCCESS":
-            lines.append(f"{result.get('tunnel_id')}: {past}")
+            lines.append(f"{cell(result.get('tunnel_id'))}: {past}")
         else:
-            lines.append(f"{result.get('tunnel_id')}: FAILED {result.get('error_code', '?')}: "
+            lines.append(f"{cell(result.get('tunnel_id'))}: FAILED {cell(result.get('error_code', '?'))}: "
                          f"{cell(result.get('error_msg'))}")
     return "\n".join(lines)
 

@@ -87,6 +87,18 @@ async def test_password_from_stdin(fleet):
     assert (code, out) == (0, "relaytest\n"), err
 
 
+async def test_exec_filters_what_reaches_past_the_screen(fleet):
+    """Issue 15, finding 3: the device's own output may colour and move, not write the
+    operator's clipboard or ask the terminal to answer into stdin; --raw-terminal passes all."""
+    _, cli, start_agent = fleet
+    await start_agent()
+    command = r"printf '\033[1;32mgreen\033[0m \033]52;c;ZWNobyBwd25lZA==\007\033P$qm\033\\\033[21tdone\n'"
+    code, out, err = await cli.run("exec", DEVICE, "-q", "--", command)
+    assert (code, out) == (0, "\x1b[1;32mgreen\x1b[0m done\n"), err
+    code, out, err = await cli.run("exec", DEVICE, "-q", "--raw-terminal", "--", command)
+    assert (code, out) == (0, "\x1b[1;32mgreen\x1b[0m \x1b]52;c;ZWNobyBwd25lZA==\x07\x1bP$qm\x1b\\\x1b[21tdone\n"), err
+
+
 # -- relay ssh on a pty ------------------------------------------------------------------------
 
 
