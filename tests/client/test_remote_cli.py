@@ -178,6 +178,24 @@ async def test_ssh_interactive_shell_on_a_pty(fleet):
     assert [t["status"] for t in await tunnels(relay)] == ["CLOSED"]
 
 
+async def test_ssh_filters_the_clipboard_and_keeps_the_colours(fleet):
+    """Issue 15, finding 3, on a real terminal: the remote shell may colour its output and set
+    the title, not write the operator's clipboard nor make the terminal type an answer."""
+    _, cli, start_agent = fleet
+    await start_agent()
+    term = Pty(cli.env, DEVICE)
+    try:
+        await term.expect("$ ")
+        term.type("printf '\\033]52;c;ZWNobyBwd25lZA==\\007\\033[31mred-%d\\033[0m\\033P$qm\\033\\\\\\033]0;t\\007\\033[21t\\n' 7\r")
+        await term.expect("\x1b[31mred-7\x1b[0m\x1b]0;t\x07\r\n")
+        term.type("exit\r")
+        assert await term.wait() == 0
+        for removed in (b"\x1b]52", b"\x1bP", b"\x1b[21t"):
+            assert removed not in term.seen
+    finally:
+        term.close()
+
+
 async def test_ssh_learns_that_the_tunnel_was_closed(fleet):
     relay, cli, start_agent = fleet
     await start_agent()
