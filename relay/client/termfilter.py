@@ -39,7 +39,11 @@ ST8 = "\x9c"
 # 8-bit introducers and the 7-bit ESC sequence each one stands for.
 _C1_INTRODUCERS = {"\x90": "P", "\x98": "X", "\x9b": "[", "\x9d": "]", "\x9e": "^", "\x9f": "_"}
 _STRINGS = {"]": "osc", "P": "dcs", "X": "sos", "^": "pm", "_": "apc"}
-_GROUND_SPECIAL = re.compile("[\x05\x1b\x80-\x9f]")
+# Text and whole CSIs that only draw (finals but h, i, l and t; private modes ?...h/l), at
+# once: the common case. Anything else, and a CSI cut by the end of a message, goes through
+# the state machine one character at a time, which decides the same.
+_DRAWING_RUN = re.compile("(?:[^\x05\x1b\x80-\x9f]+|\x1b\\[[0-?]{0,64}[ -/]{0,4}[@-gjkm-su-~]"
+                          "|\x1b\\[\\?[0-?]{0,64}[hl])+")
 
 ALLOWED_OSC = {"0", "1", "2", "8"}
 LINK_SCHEMES = ("http://", "https://")
@@ -51,6 +55,8 @@ _GROUND, _ESCAPE, _ESC_INTER, _CSI, _STRING, _SKIP_ESC, _SKIP_CSI = range(7)
 
 def _csi_allowed(body: str, final: str) -> bool:
     """body: the parameter and intermediate characters between ESC [ and the final one."""
+    if final not in "tihl":
+        return True   # colours, cursor, erase, scroll, queries with fixed answers: all draw
     private = body[:1] in ("<", "=", ">", "?")
     intermediates = any(" " <= c <= "/" for c in body)
     if intermediates:
@@ -98,13 +104,12 @@ class TerminalFilter:
         i, n = 0, len(text)
         while i < n:
             if self._state == _GROUND:
-                found = _GROUND_SPECIAL.search(text, i)
-                end = found.start() if found else n
-                if end > i:
-                    out.append(text[i:end])
-                if not found:
-                    break
-                i = end
+                run = _DRAWING_RUN.match(text, i)
+                if run:
+                    out.append(run.group())
+                    i = run.end()
+                    if i == n:
+                        break
             self._char(text[i], out)
             i += 1
         return "".join(out)

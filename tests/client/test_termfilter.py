@@ -111,7 +111,8 @@ PIECES = ["\x1b", "]", "52", "5", "2", ";", "c;YQ==", "0", "8", "\x07", "\\", "\
           "http://x", "\x7f", "\x05", " ",
           # whole hostile sequences, which the cuts split anywhere
           "\x1b]52;c;YQ==\x07", "\x9d52;c;YQ==\x9c", "\x1b]52;c;YQ==\x1b\\", "\x1b]52;;?\x07", "\x1b[21t",
-          "\x1b[8;1;1t", "\x1bP$qm\x1b\\", "\x1b_Ga=T\x1b\\", "\x1b]0;t\x07", "\x1b]8;;http://x\x07"]
+          "\x1b[8;1;1t", "\x1bP$qm\x1b\\", "\x1b_Ga=T\x1b\\", "\x1b]0;t\x07", "\x1b]8;;http://x\x07",
+          "\x1b[?1049h", "\x1b[2h", "\x1b[4l", "\x1b[5i", "\x1b[1;31m", "\x1b[" + "1" * 70 + "m"]
 
 OSC_NUMBER = re.compile("\x1b\\](\\d*)(;?)")
 
@@ -122,6 +123,8 @@ def test_never_an_osc_52_and_the_same_whatever_the_chunking(pieces, cuts):
     text = "".join(pieces)
     whole = filtered(text)
     assert chunked(text, cuts) == whole
+    one_by_one = TerminalFilter()   # never the fast path for sequences: the state machine alone
+    assert "".join(one_by_one.feed(c) for c in text) == whole
     assert not re.search("[\x80-\x9f\x05]", whole)                      # no C1 control, no ENQ
     for number, semicolon in OSC_NUMBER.findall(whole):
         assert number in ("0", "1", "2", "8") and semicolon, repr(whole)
