@@ -1,39 +1,19 @@
 """What the CLI prints: aligned tables and `key: value` lists for people, JSON for scripts
-(`--json`: the API's own answers, pretty-printed, keys as the API names them), and the one
-sanitizer of every line it prints that is not the remote terminal's own stream.
-
-Devices and tenants choose much of what is printed (a tunnel's description, a device's
-status message, an audit event's outcome and detail, ids, error messages): a control
-character in it would reach the operator's terminal, which obeys it (a title or clipboard
-write, concealed text, a cursor moved up to erase rows). `safe` shows every control
-character escaped instead, and `say` is how the CLI prints (docs/security.md, "Terminal
-injection"). The remote terminal's stream goes through relay/client/termfilter.py instead."""
+(`--json`: the API's own answers, pretty-printed, keys as the API names them), and `say`,
+the one way the CLI prints a line of its own: sanitized by relay/printable.py's `safe`
+(control characters shown escaped), since devices and tenants choose much of what is
+printed (docs/security.md, "Terminal injection"). The remote terminal's stream goes through
+relay/client/termfilter.py instead."""
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 import orjson
 
-# C0 controls but tab and line feed, DEL, C1 controls, and the bidirectional overrides and
-# isolates that reorder how a line reads (U+061C, U+200E-200F, U+202A-202E, U+2066-2069).
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-# In JSON text the C0 ones are escaped already; the others are escaped the JSON way.
-_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def _escaped(found: re.Match[str]) -> str:
-    code = ord(found.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def safe(text: str) -> str:
-    """`text` with every control character shown escaped (ESC as the four characters \\x1b),
-    tabs and line feeds kept. Idempotent: what it returns holds no control character."""
-    return _UNSAFE.sub(_escaped, text)
+from relay.printable import json_safe, safe
 
 
 def say(text: str, file: TextIO | None = None, end: str = "\n") -> None:
@@ -46,8 +26,7 @@ def say(text: str, file: TextIO | None = None, end: str = "\n") -> None:
 def to_json(value: Any) -> str:
     """Pretty JSON, also safe on a terminal: the characters `safe` escapes are written as
     JSON escapes (the same value to a JSON reader)."""
-    text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
-    return _UNSAFE_IN_JSON.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    return json_safe(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 def when(value: Any) -> str:

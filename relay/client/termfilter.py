@@ -26,7 +26,9 @@ The parser follows the DEC/xterm state machine (vt100.net/emu/dec_ansi_parser), 
 sequence is judged as the terminal would read it. A sequence may be split across messages:
 its start is held (at most MAX_SEQUENCE characters; a longer one is dropped whole, and what
 remains of it is skipped as it comes without being held). Only whole sequences are written,
-so the terminal is back in its ground state after every piece of output."""
+so the terminal is back in its ground state after every piece of output. It works on text:
+the protocols carry terminal output as JSON strings (and recordings as asciicast's), so the
+UTF-8 is decoded before it gets here and a character is never split."""
 
 from __future__ import annotations
 
@@ -72,9 +74,9 @@ def _csi_allowed(body: str, final: str) -> bool:
 
 
 def _osc_allowed(body: str) -> bool:
-    number, _, rest = body.partition(";")
-    if not _:
-        return False
+    number, numbered, rest = body.partition(";")
+    if not numbered:
+        return False   # OSC 104 (reset the palette) and the like: nothing of ours
     if number in ("0", "1", "2"):
         return True
     if number == "8":   # OSC 8 ; params ; URI: a link opened only by a click, and only to the web

@@ -4,7 +4,7 @@ In raw mode the terminal hands over every byte as typed (Ctrl-C is byte 0x03, se
 device's shell like any other key, where it interrupts the running program) and echoes
 nothing: the remote PTY echoes. Its output already has CRLF line ends, so it is written
 as it comes, through the filter of the sequences that reach past the screen (termfilter.py;
-`raw_output` passes everything). Our own notices go to stderr, sanitized (output.safe: they
+`raw_output` passes everything). Our own notices go to stderr, sanitized (relay/printable.py: they
 quote what the device and the relay said), with an explicit CRLF while raw mode is on.
 """
 
@@ -20,8 +20,8 @@ import tty
 from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
-from relay.client.output import safe
 from relay.client.termfilter import TerminalFilter
+from relay.printable import safe
 
 READ_SIZE = 4096
 
