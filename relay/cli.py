@@ -481,6 +481,11 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+RAW = ("write the device's terminal output as it comes: by default the sequences that reach past the screen "
+       "are removed (clipboard writes OSC 52, palette and font changes, window operations, DCS/APC strings, "
+       "queries answered into standard input; docs/security.md)")
+
+
 def _add_remote(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from relay.client import commands
 
@@ -500,6 +505,7 @@ def _add_remote(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                         help="seconds to wait for the device to connect and log in (default 60)")
     shared.add_argument("--expires-in", type=_positive_int, help="lifetime of a new tunnel, in seconds")
     shared.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr (errors still)")
+    shared.add_argument("--raw-terminal", action="store_true", help=RAW)
 
     s = sub.add_parser(
         "ssh", parents=[shared, common], help="an interactive shell on a device, through a tunnel",
@@ -647,6 +653,7 @@ def _add_audit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                    help="shorten pauses longer than this (before --speed); default: keep them")
     p.add_argument("--out", metavar="FILE", help="save the .cast file to FILE ('-': standard output) instead of playing")
     p.add_argument("-q", "--quiet", action="store_true", help="no lines about the recording on stderr")
+    p.add_argument("--raw-terminal", action="store_true", help=RAW)
     p.set_defaults(func=audit.playback)
 
 
@@ -680,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"relay: {exc}", file=sys.stderr)
+        from relay.client.output import say   # a setting may quote what the relay answered
+        say(f"relay: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

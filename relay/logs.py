@@ -9,6 +9,8 @@ import time
 
 import orjson
 
+from relay.printable import json_safe, safe
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -22,7 +24,7 @@ class TextFormatter(logging.Formatter):
         extras = _extras(record)
         if extras:
             line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
-        return line
+        return safe(line)   # ids and messages may be a device's choice; logs are read on terminals
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,7 +38,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        return json_safe(orjson.dumps(entry, default=str).decode())
 
 
 def setup(level: str = "INFO", fmt: str = "text") -> None:

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "relay"
 # Layers from the bottom up; a module may import its own layer and the ones below.
 LAYERS = [
     {"relay.errors", "relay.config", "relay.clock", "relay.tokens", "relay.model", "relay.logs", "relay.envelope",
-     "relay.aws_messages", "relay.audit"},
+     "relay.aws_messages", "relay.audit", "relay.printable"},
     {"relay.codec"},
     {"relay.protocol", "relay.protocol_aws", "relay.store", "relay.cluster", "relay.recording"},
     {"relay.service", "relay.forward", "relay.aws_streams", "relay.notifier", "relay.presence", "relay.broker",

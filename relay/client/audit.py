@@ -17,6 +17,7 @@ from relay.clock import format_time
 from relay.client import output
 from relay.client.api import ClientError
 from relay.client.commands import make_api
+from relay.client.termfilter import TerminalFilter
 from relay.errors import ConfigError
 from relay.recording import parse_cast, play
 
@@ -67,14 +68,14 @@ async def audit_async(args: argparse.Namespace, out: TextIO, err: TextIO, now: f
                 if not marker or len(events) >= wanted:
                     break
     except ClientError as exc:
-        print(f"relay: {exc}", file=err)
+        output.say(f"relay: {exc}", file=err)
         return 1
     if args.json:
-        print(output.to_json({"events": events, "count": len(events), "marker": marker}), file=out)
+        output.say(output.to_json({"events": events, "count": len(events), "marker": marker}), file=out)
         return 0
-    print(events_table(events), file=out)
+    output.say(events_table(events), file=out)
     if marker:
-        print(f"{len(events)} events shown; older ones: --marker {marker} (or a larger --limit)", file=err)
+        output.say(f"{len(events)} events shown; older ones: --marker {marker} (or a larger --limit)", file=err)
     return 0
 
 
@@ -119,7 +120,7 @@ async def playback_async(args: argparse.Namespace, out: BinaryIO, err: TextIO, s
     try:
         data = await fetch_recording(args)
     except ClientError as exc:
-        print(f"relay: {exc}", file=err)
+        output.say(f"relay: {exc}", file=err)
         return 1
     if args.out:
         if args.out == "-":
@@ -128,27 +129,31 @@ async def playback_async(args: argparse.Namespace, out: BinaryIO, err: TextIO, s
         else:
             Path(args.out).write_bytes(data)
             if not args.quiet:
-                print(f"saved the recording {args.session_id} to {args.out} ({len(data)} bytes, asciicast v2)", file=err)
+                output.say(f"saved the recording {args.session_id} to {args.out} ({len(data)} bytes, asciicast v2)",
+                           file=err)
         return 0
     try:
         header, events = parse_cast(data)
     except ValueError as exc:
-        print(f"relay: the recording {args.session_id} cannot be played: {exc}", file=err)
+        output.say(f"relay: the recording {args.session_id} cannot be played: {exc}", file=err)
         return 1
     if not args.quiet:
         length = max((at for at, _, _ in events), default=0.0)
-        print(f"playing {header.get('title') or args.session_id}, recorded {output.when(format_time(header.get('timestamp')))}"
-              f", {length:.1f} s{f' at {args.speed:g}x' if args.speed != 1 else ''} (Ctrl-C stops)", file=err)
+        output.say(f"playing {header.get('title') or args.session_id}, recorded "
+                   f"{output.when(format_time(header.get('timestamp')))}, {length:.1f} s"
+                   f"{f' at {args.speed:g}x' if args.speed != 1 else ''} (Ctrl-C stops)", file=err)
+    screen = None if args.raw_terminal else TerminalFilter()   # the recorded device's output
 
     def write(text: str) -> None:
-        out.write(text.encode("utf-8", "replace"))
+        out.write((text if screen is None else screen.feed(text)).encode("utf-8", "replace"))
         out.flush()
 
     def marker(text: str) -> None:
-        print(f"\r\n[{text}]", file=err, flush=True)
+        err.write("\r\n")
+        output.say(f"[{text}]", file=err)
 
     play(events, write=write, sleep=sleep, speed=args.speed, max_idle=args.max_idle,
          marker=None if args.quiet else marker)
     if not args.quiet:
-        print("\r\n[end of the recording]", file=err)
+        marker("end of the recording")
     return 0

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relay import aws_streams
+from relay.client import output
 from relay.client.running import stop_on_signals, token_and_target, until
 from relay.errors import ConfigError
 
@@ -66,8 +67,8 @@ class SourceProxy:
     def __init__(self, *, endpoint: str, token: str, listeners: dict[str, int], bind: str = "127.0.0.1",
                  highest: int = 3, multiplex: bool = True, ssl: ssl_.SSLContext | bool = True,
                  client_token: str | None = None, wait: float = 60.0,
-                 notice: Callable[[str], None] = print, error: Callable[[str], None] = print,
-                 announce: Callable[[str], None] = print, reconnect_initial: float = 1.0,
+                 notice: Callable[[str], None] = output.say, error: Callable[[str], None] = output.say,
+                 announce: Callable[[str], None] = output.say, reconnect_initial: float = 1.0,
                  max_attempts: int | None = 10) -> None:
         self.listeners = listeners
         self.bind = bind
@@ -285,11 +286,11 @@ async def _destination(args: argparse.Namespace, endpoint: str, token: str,
 
 
 def _stdout(text: str) -> None:
-    print(text, flush=True)
+    output.say(text)
 
 
 def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    output.say(text, file=sys.stderr)
 
 
 # -- `relay forward DEVICE --protocol aws` ----------------------------------------------------------
@@ -361,9 +362,9 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
             def announce(text: str) -> None:
                 address = proxy.addresses.get(service) or next(iter(proxy.addresses.values()), None)
                 if address is not None:
-                    print(f"forwarding {_hostport(*address)} -> device service {service}", flush=True)
+                    output.say(f"forwarding {_hostport(*address)} -> device service {service}")
                 else:   # pragma: no cover
-                    print(text, flush=True)
+                    output.say(text)
 
             proxy = SourceProxy(endpoint=endpoint, token=token, listeners={service: listen[1]}, bind=listen[0],
                                 wait=args.wait, ssl=ssl_context(args.ca_file, args.insecure),

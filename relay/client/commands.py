@@ -65,7 +65,7 @@ def make_api(args: argparse.Namespace) -> RelayApi:
 
 
 def _fail(exc: Exception, err: TextIO) -> None:
-    print(f"relay: {exc}", file=err)
+    output.say(f"relay: {exc}", file=err)
 
 
 # -- relay tunnel ------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ async def tunnel_async(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
 
 
 def _print(out: TextIO, text: str) -> None:
-    print(text, file=out)
+    output.say(text, file=out)
 
 
 async def _create(api: RelayApi, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -111,7 +111,7 @@ async def _list(api: RelayApi, args: argparse.Namespace, out: TextIO, err: TextI
     marker = (page.get("page") or {}).get("marker")
     if count > len(page["tunnels"]) and page["tunnels"]:
         more = f"; the next page: --marker {marker}" if marker else ""
-        print(f"{len(page['tunnels'])} of {count} tunnels shown (--all for every one{more})", file=err)
+        output.say(f"{len(page['tunnels'])} of {count} tunnels shown (--all for every one{more})", file=err)
     return 0
 
 
@@ -171,7 +171,7 @@ def ssh_password(args: argparse.Namespace, device_id: str, stdin: TextIO | None 
 def remote(args: argparse.Namespace) -> int:
     """`relay ssh` and `relay exec`."""
     password = ssh_password(args, args.device_id)   # before anything is opened on the relay
-    terminal = Terminal(quiet=args.quiet)
+    terminal = Terminal(quiet=args.quiet, raw_output=args.raw_terminal)
     return asyncio.run(remote_async(args, password, terminal))
 
 

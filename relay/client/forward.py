@@ -19,6 +19,7 @@ from collections.abc import Callable
 import aiohttp
 
 from relay import forward
+from relay.client import output
 from relay.client.api import ClientError, RelayApi, source_uri, ssl_context
 from relay.client.remote import EXIT_FAILURE, Opened, connect, open_tunnel, take_over
 from relay.client.running import stop_on_signals, token_and_target, until
@@ -278,7 +279,7 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
     api: RelayApi | None = None if (args.tunnel and token and args.keep) else make_api(args)
 
     def announce(text: str) -> None:
-        print(text, flush=True)
+        output.say(text)
 
     async with contextlib.AsyncExitStack() as stack:
         if api is not None:

@@ -1,16 +1,32 @@
-"""What `relay tunnel` prints: aligned tables and `key: value` lists for people, JSON for
-scripts (`--json`: the API's own answers, pretty-printed, keys as the API names them)."""
+"""What the CLI prints: aligned tables and `key: value` lists for people, JSON for scripts
+(`--json`: the API's own answers, pretty-printed, keys as the API names them), and `say`,
+the one way the CLI prints a line of its own: sanitized by relay/printable.py's `safe`
+(control characters shown escaped), since devices and tenants choose much of what is
+printed (docs/security.md, "Terminal injection"). The remote terminal's stream goes through
+relay/client/termfilter.py instead."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
+from relay.printable import json_safe, safe
+
+
+def say(text: str, file: TextIO | None = None, end: str = "\n") -> None:
+    """Print a line (or lines) of ours, sanitized: every print of the CLI goes through here."""
+    stream = sys.stdout if file is None else file
+    stream.write(safe(text) + end)
+    stream.flush()
+
 
 def to_json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    """Pretty JSON, also safe on a terminal: the characters `safe` escapes are written as
+    JSON escapes (the same value to a JSON reader)."""
+    return json_safe(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 def when(value: Any) -> str:
@@ -26,7 +42,7 @@ def when(value: Any) -> str:
 def cell(value: Any) -> str:
     if value is None or value == "":
         return "-"
-    return " ".join(str(value).split())   # one line per row, whatever the field holds
+    return " ".join(safe(str(value)).split())   # one line per row, whatever the field holds
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -67,6 +83,7 @@ SHOW_FIELDS = ("tunnel_id", "device_id", "status", "description", "custom_info",
 
 def fields(info: dict, order: Sequence[str] = SHOW_FIELDS) -> str:
     """`key: value` lines, the known keys first in `order`, then any others."""
+    info = {cell(k): v for k, v in info.items()}   # keys too come from the relay
     keys = [k for k in order if k in info] + sorted(k for k in info if k not in order)
     width = max((len(k) for k in keys), default=0)
     lines = []
@@ -77,8 +94,8 @@ def fields(info: dict, order: Sequence[str] = SHOW_FIELDS) -> str:
         elif key.endswith(("_time", "_at")):
             text = when(value)
         else:
-            text = cell(value)
-        lines.append(f"{key + ':':<{width + 1}} {text}")
+            text = value
+        lines.append(f"{key + ':':<{width + 1}} {cell(text)}")
     return "\n".join(lines)
 
 
@@ -92,9 +109,9 @@ def batch_lines(action: str, answer: dict) -> str:
     lines = []
     for result in answer.get("results", []):
         if result.get("result") == "SUCCESS":
-            lines.append(f"{result.get('tunnel_id')}: {past}")
+            lines.append(f"{cell(result.get('tunnel_id'))}: {past}")
         else:
-            lines.append(f"{result.get('tunnel_id')}: FAILED {result.get('error_code', '?')}: "
+            lines.append(f"{cell(result.get('tunnel_id'))}: FAILED {cell(result.get('error_code', '?'))}: "
                          f"{cell(result.get('error_msg'))}")
     return "\n".join(lines)
 

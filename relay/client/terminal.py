@@ -3,7 +3,9 @@
 In raw mode the terminal hands over every byte as typed (Ctrl-C is byte 0x03, sent to the
 device's shell like any other key, where it interrupts the running program) and echoes
 nothing: the remote PTY echoes. Its output already has CRLF line ends, so it is written
-as it comes. Our own notices go to stderr with an explicit CRLF while raw mode is on.
+as it comes, through the filter of the sequences that reach past the screen (termfilter.py;
+`raw_output` passes everything). Our own notices go to stderr, sanitized (relay/printable.py: they
+quote what the device and the relay said), with an explicit CRLF while raw mode is on.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ import tty
 from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
+from relay.client.termfilter import TerminalFilter
+from relay.printable import safe
+
 READ_SIZE = 4096
 
 
 class Terminal:
     def __init__(self, stdin_fd: int | None = None, stdout: BinaryIO | None = None,
-                 stderr: TextIO | None = None, quiet: bool = False) -> None:
+                 stderr: TextIO | None = None, quiet: bool = False, raw_output: bool = False) -> None:
         self.quiet = quiet
+        self.screen = None if raw_output else TerminalFilter()   # of the remote terminal's stream
         self.stdin_fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
         self.stdout = stdout or sys.stdout.buffer
         self.stderr = stderr or sys.stderr
@@ -59,6 +65,9 @@ class Terminal:
             termios.tcsetattr(self.stdin_fd, termios.TCSADRAIN, saved)
 
     def write(self, text: str) -> None:
+        """The remote terminal's own output."""
+        if self.screen is not None:
+            text = self.screen.feed(text)
         self.stdout.write(text.encode("utf-8", "replace"))
         self.stdout.flush()
 
@@ -69,8 +78,10 @@ class Terminal:
 
     def error(self, text: str) -> None:
         """Like `notice`, also when quiet."""
+        text = safe(text)
         if self.raw:
-            self.stderr.write(f"\r\n[relay] {text}\r\n")
+            lines = text.replace("\n", "\r\n")
+            self.stderr.write(f"\r\n[relay] {lines}\r\n")
         else:
             self.stderr.write(f"{text}\n")
         self.stderr.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import orjson
@@ -30,18 +31,18 @@ async def seed(relay) -> None:  # type: ignore[no-untyped-def]
     assert await log.flush()
 
 
-def session(relay) -> str:  # type: ignore[no-untyped-def]
-    """A recorded session, saved through the audit log; returns its id."""
+def session(relay, output: list[str] = OUTPUT) -> str:  # type: ignore[no-untyped-def]
+    """A recorded session of `output` (four messages), saved through the audit log; returns its id."""
     start = relay.clock.now()
     rec = SessionRecorder("0f1e2d3c4b5a69788796a5b4c3d2e1f0", "proj-a", TUNNEL, "dev-1", start, 1 << 20)
     msgs = [
         ("source", {"operation_type": "connect", "data": {"username": "pi", "password": "never-in-a-recording"}}),
         ("device", {"operation_type": "connect_response", "data": {"status_code": "200"}}),
-        ("device", {"operation_type": "command_response", "data": OUTPUT[0]}),
+        ("device", {"operation_type": "command_response", "data": output[0]}),
         ("source", {"operation_type": "command", "data": "uptime\r"}),
-        ("device", {"operation_type": "command_response", "data": OUTPUT[1]}),
-        ("device", {"operation_type": "command_response", "data": OUTPUT[2]}),
-        ("device", {"operation_type": "command_response", "data": OUTPUT[3]}),
+        ("device", {"operation_type": "command_response", "data": output[1]}),
+        ("device", {"operation_type": "command_response", "data": output[2]}),
+        ("device", {"operation_type": "command_response", "data": output[3]}),
     ]
     for n, (side, body) in enumerate(msgs):
         payload = orjson.dumps({**body, "tunnel_service_type": "ssh", "request_id": f"r{n}"})
@@ -98,6 +99,40 @@ async def test_playback_writes_exactly_the_recorded_output(cli, relay):
     assert "pi@dev-1" in err and "[login as pi]" in err and "[end of the recording]" in err
     code, out, err = await cli.run("playback", session_id, "--max-idle", "0", "-q")
     assert (code, out, err) == (0, "".join(OUTPUT), "")
+
+
+# What a device chose (issue 15, finding 3): an outcome and a detail that would retitle the
+# window, write the clipboard, and move up to erase the rows above.
+HOSTILE = "\x1b]0;pwned\x07\x1b]52;c;ZWNobyBwd25lZA==\x07\x1b[2A\x1b[2K\x9b8m"
+CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+async def test_audit_shows_what_devices_chose_escaped(cli, relay):
+    log = relay.client.server.app[AUDIT]
+    log.record("proj-a", EventType.SSH_LOGIN_FAILED, actor="source", tunnel_id=TUNNEL, device_id="dev-1",
+               outcome="401" + HOSTILE, detail={"username": "root" + HOSTILE, "reason": ["\x1b[8m"]})
+    relay.clock.advance(1)
+    await seed(relay)
+    code, out, err = await cli.run("audit")
+    assert code == 0, err
+    assert not CONTROLS.search(out), out
+    header, *rows = out.splitlines()
+    assert len(rows) == 5 and "401\\x1b]0;pwned\\x07\\x1b]52;c;" in rows[-1] and "username=root\\x1b]0;" in rows[-1]
+    code, out, _ = await cli.run("audit", "--json")
+    assert not CONTROLS.search(out.replace("\n", ""))
+    assert orjson.loads(out)["events"][-1]["outcome"] == "401" + HOSTILE   # the value, JSON-escaped
+
+
+async def test_playback_filters_what_reaches_past_the_screen(cli, relay):
+    hostile = ["pi@dev-1:~$ \x1b]52;c;ZWNobyBwd25lZA==", "\x07\x1b[1;32mgreen\x1b[0m\r\n",
+               "\x1bP$qm\x1b\\\x1b]0;dev-1\x07\x1b[21t\r\n", "pi@dev-1:~$ "]
+    session_id = session(relay, hostile)
+    assert await relay.client.server.app[AUDIT].flush()
+    code, out, err = await cli.run("playback", session_id, "--max-idle", "0", "-q")
+    assert code == 0, err
+    assert out == "pi@dev-1:~$ \x1b[1;32mgreen\x1b[0m\r\n\x1b]0;dev-1\x07\r\npi@dev-1:~$ "
+    code, out, err = await cli.run("playback", session_id, "--max-idle", "0", "-q", "--raw-terminal")
+    assert (code, out) == (0, "".join(hostile))
 
 
 async def test_playback_saves_the_cast_file(cli, relay, tmp_path):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import re
+
 import orjson
 
 from relay.client import output
 from relay.client.api import ApiError
+from relay.client.terminal import Terminal
 
 OPEN = {"tunnel_id": "t-1", "device_id": "dev-1", "status": "OPEN", "create_time": "20261124T161807Z",
         "closed_time": None, "expires_at": "20261125T161807Z", "close_reason": None, "description": "fix\nwifi",
@@ -66,3 +70,55 @@ def test_json_is_the_api_answer():
 def test_api_errors_are_one_line_with_their_code():
     err = ApiError(409, "TUNNEL.409003", "device dev-1 is offline;\n start its agent")
     assert str(err) == "TUNNEL.409003: device dev-1 is offline; start its agent (HTTP 409)"
+
+
+# -- what a device or a tenant chose never drives the operator's terminal (issue 15, finding 3) -
+
+# A title, a clipboard write, concealed text, cursor up and erase line, an 8-bit CSI, a bidi
+# override, a carriage return that rewrites the line, and the bell.
+HOSTILE = ("ok\x1b]0;pwned\x07\x1b]52;c;ZWNobyBwd25lZA==\x07\x1b[8mhidden\x1b[0m\x1b[2A\x1b[2K"
+           "\x9b2K\u202egnp.exe\rFAKE\x07")
+CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]")
+
+
+def test_tables_and_fields_escape_what_the_relay_sent():
+    hostile = {**OPEN, "tunnel_id": "t-1\x1b[1A", "device_id": "dev\x1b]52;c;YQ==\x07", "description": HOSTILE,
+               "status": "OPEN\x1b[8m", "close_reason": "\x9b2J", "extra\x1b[2K": "x"}
+    for text in (output.tunnels_table([hostile, CLOSED]), output.fields(hostile),
+                 output.batch_lines("close", {"results": [{"tunnel_id": hostile["tunnel_id"], "result": "FAILED",
+                                                           "error_code": "\x1b[31m", "error_msg": HOSTILE}]})):
+        assert not CONTROLS.search(text), text
+        assert "\\x1b" in text
+    lines = output.tunnels_table([hostile, CLOSED]).splitlines()
+    starts = [line.index(word) for line, word in zip(lines, ["DEVICE_ID", "dev\\x1b]52", "device-long-name"])]
+    assert len(set(starts)) == 1   # columns still line up with the escapes shown
+
+
+def test_json_escapes_c1_and_bidi_controls_and_keeps_the_value():
+    value = {"description": HOSTILE, "k\x9b": ["\u2066x\u2069", "\x7f"]}
+    text = output.to_json(value)
+    assert not CONTROLS.search(text)
+    assert orjson.loads(text) == value
+
+
+def test_say_is_the_sanitizing_print():
+    out = io.StringIO()
+    output.say(f"relay: TUNNEL.404000: {HOSTILE}", file=out)
+    assert out.getvalue().endswith("FAKE\\x07\n") and not CONTROLS.search(out.getvalue())
+
+
+def test_status_lines_are_sanitized_and_the_stream_is_filtered():
+    stdout, stderr = io.BytesIO(), io.StringIO()
+    terminal = Terminal(stdin_fd=0, stdout=stdout, stderr=stderr)
+    terminal.notice(f"the device ended the session (500): {HOSTILE}")
+    terminal.raw = True   # as in `relay ssh`
+    terminal.error("line one\nline two\x1b[2A")
+    assert not CONTROLS.search(stderr.getvalue().replace("\r\n", "").replace("\n", ""))
+    assert stderr.getvalue().endswith("\r\n[relay] line one\r\nline two\\x1b[2A\r\n")
+    terminal.write("\x1b[32mgreen\x1b[0m \x1b]52;c;YQ")
+    terminal.write("==\x07done\r\n")
+    assert stdout.getvalue() == "\x1b[32mgreen\x1b[0m done\r\n".encode()
+
+    raw = io.BytesIO()
+    Terminal(stdin_fd=0, stdout=raw, stderr=stderr, raw_output=True).write("\x1b]52;c;YQ==\x07")
+    assert raw.getvalue() == b"\x1b]52;c;YQ==\x07"   # --raw-terminal: as it comes

@@ -92,6 +92,18 @@ async def test_password_from_stdin(fleet):
     assert (code, out) == (0, "relaytest\n"), err
 
 
+async def test_exec_filters_what_reaches_past_the_screen(fleet):
+    """Issue 15, finding 3: the device's own output may colour and move, not write the
+    operator's clipboard or ask the terminal to answer into stdin; --raw-terminal passes all."""
+    _, cli, start_agent = fleet
+    await start_agent()
+    command = r"printf '\033[1;32mgreen\033[0m \033]52;c;ZWNobyBwd25lZA==\007\033P$qm\033\\\033[21tdone\n'"
+    code, out, err = await cli.run("exec", DEVICE, "-q", "--", command)
+    assert (code, out) == (0, "\x1b[1;32mgreen\x1b[0m done\n"), err
+    code, out, err = await cli.run("exec", DEVICE, "-q", "--raw-terminal", "--", command)
+    assert (code, out) == (0, "\x1b[1;32mgreen\x1b[0m \x1b]52;c;ZWNobyBwd25lZA==\x07\x1bP$qm\x1b\\\x1b[21tdone\n"), err
+
+
 # -- relay ssh on a pty ------------------------------------------------------------------------
 
 
@@ -169,6 +181,24 @@ async def test_ssh_interactive_shell_on_a_pty(fleet):
     finally:
         term.close()
     assert [t["status"] for t in await tunnels(relay)] == ["CLOSED"]
+
+
+async def test_ssh_filters_the_clipboard_and_keeps_the_colours(fleet):
+    """Issue 15, finding 3, on a real terminal: the remote shell may colour its output and set
+    the title, not write the operator's clipboard nor make the terminal type an answer."""
+    _, cli, start_agent = fleet
+    await start_agent()
+    term = Pty(cli.env, DEVICE)
+    try:
+        await term.expect("$ ")
+        term.type("printf '\\033]52;c;ZWNobyBwd25lZA==\\007\\033[31mred-%d\\033[0m\\033P$qm\\033\\\\\\033]0;t\\007\\033[21t\\n' 7\r")
+        await term.expect("\x1b[31mred-7\x1b[0m\x1b]0;t\x07\r\n")
+        term.type("exit\r")
+        assert await term.wait() == 0
+        for removed in (b"\x1b]52", b"\x1bP", b"\x1b[21t"):
+            assert removed not in term.seen
+    finally:
+        term.close()
 
 
 async def test_ssh_learns_that_the_tunnel_was_closed(fleet):

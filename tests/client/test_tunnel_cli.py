@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+
 import orjson
 import pytest
 
@@ -110,3 +113,47 @@ async def test_the_relay_is_not_there(cli):
 async def test_help_names_the_environment():
     code, out, _ = await Cli(cli_env(type("R", (), {"url": "http://x"})())).run("tunnel", "list", "--help")
     assert code == 0 and "RELAY_URL" in out and "RELAY_API_TOKEN" in out and TOKEN_A not in out
+
+
+# -- what a tenant or the relay chose never drives the terminal (issue 15, finding 3) ----------
+
+HOSTILE = "fix\x1b]0;pwned\x07\x1b]52;c;ZWNobyBwd25lZA==\x07\x1b[8mhidden\x1b[2A\x1b[2K\x9b2K\rFAKE"
+CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+async def test_list_and_show_escape_a_hostile_description(cli, relay):
+    made = await relay.create("dev-1", description=HOSTILE)
+    await relay.create("dev-2", description="plain")
+    code, out, err = await cli.run("tunnel", "list")
+    assert code == 0, err
+    assert not CONTROLS.search(out), out
+    header, *rows = out.splitlines()
+    assert len(rows) == 2 and any(r.endswith("fix\\x1b]0;pwned\\x07\\x1b]52;c;ZWNobyBwd25lZA==\\x07\\x1b[8mhidden"
+                                             "\\x1b[2A\\x1b[2K\\x9b2K\\x0dFAKE") for r in rows)
+    code, out, _ = await cli.run("tunnel", "show", made["tunnel_id"])
+    assert code == 0 and not CONTROLS.search(out) and "description:" in out
+    code, out, _ = await cli.run("tunnel", "show", made["tunnel_id"], "--json")
+    assert orjson.loads(out)["description"] == HOSTILE and not CONTROLS.search(out.replace("\n", ""))
+
+
+async def test_an_error_answer_is_shown_escaped(cli):
+    """A relay (or what pretends to be one) answering with control characters in its error."""
+    body = orjson.dumps({"error_code": "TUNNEL.403000\x1b]0;pwned\x07", "error_msg": HOSTILE})
+
+    async def answer(reader, writer):  # type: ignore[no-untyped-def]
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        code, out, err = await cli.run("tunnel", "list", "--url", f"http://127.0.0.1:{port}")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert code == 1 and out == ""
+    assert err.startswith("relay: TUNNEL.403000\\x1b]0;pwned\\x07: fix\\x1b]0;pwned") and err.count("\n") == 1
+    assert not CONTROLS.search(err.rstrip("\n"))

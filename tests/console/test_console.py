@@ -89,7 +89,8 @@ async def ssh_login(page) -> None:  # type: ignore[no-untyped-def]
     await page.click("#ssh-connect")
     await page.wait_for_selector("#term-state:text-is('logged in')", timeout=TERMINAL_TIMEOUT_MS)
     assert await page.input_value("#ssh-password") == ""      # not kept once used
-    await page.wait_for_function("document.getElementById('screen').textContent.includes('$')")   # the prompt
+    # the prompt; not wait_for_function: its polling evaluates a string, which the CSP refuses
+    await page.wait_for_selector("#screen:has-text('$')")
 
 
 @pytest.mark.timeout(240)

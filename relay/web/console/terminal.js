@@ -1,8 +1,19 @@
 // A small terminal for the console: a screen model that a <pre> shows, and the keys a
 // terminal sends. Not a full emulator: it handles \r, \n, backspace, tabs, erase-in-line and
 // cursor left/right, and strips every other escape sequence (colours, titles, modes).
+//
+// The device chooses every byte it writes here, in the live terminal and in the player:
+// whatever a number in a sequence says, the work and the memory it costs are bounded
+// (issue 15): the cursor stays within MAX_COLUMNS (longer lines wrap, as a terminal's do),
+// counts are clamped to it, at most MAX_LINES lines are kept, and an incomplete sequence
+// waiting for the next message is held up to MAX_PENDING characters (a longer one is dropped,
+// and what remains of it skipped as it comes).
 
-const MAX_LINES = 3000;
+export const MAX_LINES = 3000;
+export const MAX_COLUMNS = 1000;
+export const MAX_PENDING = 4096;
+
+const PRINTABLE_RUN = /[^\x00-\x1f\x7f]+/y;
 
 export class Screen {
   constructor(pre) {
@@ -11,6 +22,7 @@ export class Screen {
     this.row = 0;
     this.col = 0;
     this.pending = "";     // an escape sequence cut in two by the end of a message
+    this.skipping = null;  // "string" or "csi": the rest of a sequence too long to hold
     this.scheduled = false;
   }
 
@@ -19,6 +31,7 @@ export class Screen {
     this.row = 0;
     this.col = 0;
     this.pending = "";
+    this.skipping = null;
     this.render();
   }
 
@@ -26,16 +39,23 @@ export class Screen {
   write(text) {
     let data = this.pending + text;
     this.pending = "";
-    let i = 0;
+    let i = this.skip(data, 0);
     while (i < data.length) {
       const ch = data[i];
       if (ch === "\x1b") {
         const used = this.escape(data, i);
-        if (used === 0) {            // incomplete: keep it for the next message
+        if (used === 0) {            // incomplete: keep it for the next message, if it is not too long
           this.pending = data.slice(i);
+          if (this.pending.length > MAX_PENDING) this.drop();
           break;
         }
         i += used;
+        continue;
+      }
+      PRINTABLE_RUN.lastIndex = i;
+      if (PRINTABLE_RUN.test(data)) {  // a run of text at once, not character by character
+        this.put(data.slice(i, PRINTABLE_RUN.lastIndex));
+        i = PRINTABLE_RUN.lastIndex;
         continue;
       }
       i += 1;
@@ -43,18 +63,48 @@ export class Screen {
       else if (ch === "\n") this.newline();
       else if (ch === "\b") this.col = Math.max(0, this.col - 1);
       else if (ch === "\t") this.put(" ".repeat(8 - (this.col % 8)));
-      else if (ch === "\x07" || ch < " " || ch === "\x7f") continue;   // bell, other controls
-      else this.put(ch);
+      // bell, other controls: ignored
     }
     this.schedule();
   }
 
-  // Line text written at the cursor, overwriting what is there (as a terminal does).
+  // The pending sequence is too long to hold: drop it, and skip the rest of it as it comes.
+  drop() {
+    const kind = this.pending[1];
+    this.skipping = kind === "[" ? "csi" : "]P_^X".includes(kind) ? "string" : null;
+    this.pending = "";
+  }
+
+  // Where the output starts again after the rest of a dropped sequence.
+  skip(data, i) {
+    if (this.skipping === "csi") {
+      while (i < data.length && !(data[i] >= "@" && data[i] <= "~") && data[i] !== "\x1b") i += 1;
+      if (i < data.length) { this.skipping = null; return data[i] === "\x1b" ? i : i + 1; }   // ESC: a new sequence
+      return i;
+    }
+    if (this.skipping === "string") {
+      for (; i < data.length; i += 1) {
+        if (data[i] === "\x07") { this.skipping = null; return i + 1; }
+        if (data[i] === "\x1b" && i + 1 < data.length && data[i + 1] === "\\") { this.skipping = null; return i + 2; }
+        if (data[i] === "\x1b" && i + 1 === data.length) { this.pending = "\x1b"; return i + 1; }   // maybe ESC \
+      }
+      return i;
+    }
+    return i;
+  }
+
+  // Line text written at the cursor, overwriting what is there (as a terminal does); a line
+  // wraps at MAX_COLUMNS.
   put(text) {
-    const line = this.lines[this.row];
-    const padded = line.length < this.col ? line + " ".repeat(this.col - line.length) : line;
-    this.lines[this.row] = padded.slice(0, this.col) + text + padded.slice(this.col + text.length);
-    this.col += text.length;
+    while (text.length > 0) {
+      if (this.col >= MAX_COLUMNS) this.newline();
+      const part = text.slice(0, MAX_COLUMNS - this.col);
+      text = text.slice(part.length);
+      const line = this.lines[this.row];
+      const padded = line.length < this.col ? line + " ".repeat(this.col - line.length) : line;
+      this.lines[this.row] = padded.slice(0, this.col) + part + padded.slice(this.col + part.length);
+      this.col += part.length;
+    }
   }
 
   newline() {
@@ -74,12 +124,13 @@ export class Screen {
     const kind = data[i + 1];
     if (kind === "[") {                               // CSI: ESC [ params final
       let j = i + 2;
-      while (j < data.length && !(data[j] >= "@" && data[j] <= "~")) j += 1;
+      while (j < data.length && !(data[j] >= "@" && data[j] <= "~") && data[j] !== "\x1b") j += 1;
       if (j >= data.length) return 0;
+      if (data[j] === "\x1b") return j - i;           // cut short by a new sequence, as a terminal does
       this.csi(data.slice(i + 2, j), data[j]);
       return j - i + 1;
     }
-    if (kind === "]" || kind === "P" || kind === "_" || kind === "^") {   // OSC, DCS...: until BEL or ESC \
+    if (kind === "]" || kind === "P" || kind === "_" || kind === "^" || kind === "X") {   // OSC, DCS...: until BEL or ESC \
       for (let j = i + 2; j < data.length; j += 1) {
         if (data[j] === "\x07") return j - i + 1;
         if (data[j] === "\x1b" && j + 1 < data.length && data[j + 1] === "\\") return j - i + 2;
@@ -92,28 +143,32 @@ export class Screen {
 
   csi(params, final) {
     const n = parseInt(params, 10);
-    const count = Number.isNaN(n) || n < 1 ? 1 : n;
+    const count = Number.isNaN(n) || n < 1 ? 1 : Math.min(n, MAX_COLUMNS);   // whatever the device asks
     if (final === "K") {                              // erase in line
       const line = this.lines[this.row];
       if (params === "" || params === "0") this.lines[this.row] = line.slice(0, this.col);
       else if (params === "1") this.lines[this.row] = " ".repeat(Math.min(this.col, line.length)) + line.slice(this.col);
       else if (params === "2") this.lines[this.row] = "";
     } else if (final === "C") {
-      this.col += count;
+      this.col = Math.min(this.col + count, MAX_COLUMNS - 1);
     } else if (final === "D") {
       this.col = Math.max(0, this.col - count);
     } else if (final === "G") {
-      this.col = count - 1;
+      this.col = Math.min(count, MAX_COLUMNS) - 1;
     } else if (final === "P") {                       // delete characters
       const line = this.lines[this.row];
       this.lines[this.row] = line.slice(0, this.col) + line.slice(this.col + count);
-    } else if (final === "@") {                       // insert blanks
+    } else if (final === "@") {                       // insert blanks; what is pushed past the edge is lost
       const line = this.lines[this.row];
-      if (this.col < line.length) this.lines[this.row] = line.slice(0, this.col) + " ".repeat(count) + line.slice(this.col);
+      if (this.col < line.length) {
+        const blanks = Math.min(count, MAX_COLUMNS - this.col);
+        this.lines[this.row] = (line.slice(0, this.col) + " ".repeat(blanks) + line.slice(this.col)).slice(0, MAX_COLUMNS);
+      }
     } else if (final === "J" && params === "2") {     // clear screen (`clear`): start a fresh page
       this.newline();
     }
-    // colours (m), modes (h, l) and everything else: stripped
+    // colours (m), modes (h, l) and everything else (scroll regions, insert/delete lines,
+    // repeat: not modelled, so nothing to size): stripped
   }
 
   schedule() {
