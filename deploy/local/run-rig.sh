@@ -34,7 +34,12 @@ PORTS=(18081 18082 18083)
 INTERNAL_PORTS=(18091 18092 18093)
 SHIPPED_PORTS=("$LB_PORT" "$STATS_PORT" "${PORTS[@]}" "${INTERNAL_PORTS[@]}")   # as haproxy.cfg has them
 REDIS_PORT="${RIG_REDIS_PORT:-$REDIS_PORT}"
+numeric() { [[ "$2" =~ ^[0-9]+$ ]] || { echo "run-rig: $1 must be a number, not '$2'" >&2; exit 2; }; }
+[ -z "${RIG_RESTART:-}" ] || numeric RIG_RESTART "$RIG_RESTART"
+numeric RIG_REDIS_PORT "$REDIS_PORT"
 if [ -n "${RIG_BASE_PORT:-}" ]; then
+  numeric RIG_BASE_PORT "$RIG_BASE_PORT"
+  (( RIG_BASE_PORT >= 1024 && RIG_BASE_PORT + 13 <= 65535 )) || { echo "run-rig: RIG_BASE_PORT must be 1024-65522" >&2; exit 2; }
   base="$RIG_BASE_PORT"
   LB_PORT=$base STATS_PORT=$((base + 9))
   PORTS=($((base + 1)) $((base + 2)) $((base + 3)))
