@@ -200,10 +200,10 @@ while true; do
       status=0; wait "$pid" 2>/dev/null || status=$?
       echo "run-rig: $name exited (status $status); the rig goes on with the others (kill -HUP $$ starts it again; log: $WORK/$name.log)" >&2
       PIDS[i + 1]=""
-      DOWN_SINCE[$i]=$SECONDS
+      DOWN_SINCE[i]=$SECONDS
     fi
     if [ -z "${PIDS[$((i + 1))]}" ]; then
-      if [ "$RESTART_NOW" = 1 ] || { [ -n "$RESTART_AFTER" ] && (( SECONDS - DOWN_SINCE[$i] >= RESTART_AFTER )); }; then
+      if [ "$RESTART_NOW" = 1 ] || { [ -n "$RESTART_AFTER" ] && (( SECONDS - DOWN_SINCE[i] >= RESTART_AFTER )); }; then
         start_replica "$i"
         echo "run-rig: $name started again (pid ${PIDS[$((i + 1))]})" >&2
       fi
