@@ -7,7 +7,9 @@ store (`append_audit`, `query_audit`, `purge_audit`) and read through
 
 What an event never holds: a token (of any kind), a password, terminal data. `actor` is the
 NAME of the API token that acted (from `PROJECT:NAME:TOKEN`), or one of the fixed actors
-below for what the ends of a tunnel and the relay itself do.
+below for what the ends of a tunnel and the relay itself do. What a source connection does
+(connects, logs in, forwards) is carried out for the API token that issued its source token,
+so its events name that token (`source_actor`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ EVENT_TYPES: frozenset[str] = frozenset(e.value for e in EventType)
 ACTOR_SOURCE = "source"
 ACTOR_DEVICE = "device"
 ACTOR_RELAY = "relay"
+FIXED_ACTORS = frozenset({ACTOR_SOURCE, ACTOR_DEVICE, ACTOR_RELAY})
+
+
+def token_actor(actor: str) -> str | None:
+    """`actor` when it is an API token's NAME (to keep with the source token it issued), else None."""
+    return None if actor in FIXED_ACTORS else actor
+
+
+def source_actor(issuer: str | None) -> str:
+    """Who acts through a source connection: the NAME of the API token that issued its source
+    token (created the tunnel or last rotated that token), or `source` when none is known."""
+    return issuer or ACTOR_SOURCE
 
 OK = "ok"
 

@@ -66,7 +66,7 @@ class AuditLog:
         self.recordings_saved = 0
         self.recordings_dropped = 0
         self._queue: deque[AuditEvent] = deque()
-        self._recordings: deque[Recording] = deque()
+        self._recordings: deque[tuple[Recording, str]] = deque()   # and the actor of its session_recorded
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
@@ -124,14 +124,15 @@ class AuditLog:
             return None
         return TunnelTap(project_id, tunnel_id, device_id, self.recording_cap, width, height)
 
-    def save_recording(self, recording: Recording) -> None:
-        """Queue a finished recording; the `session_recorded` event is recorded once it is stored."""
+    def save_recording(self, recording: Recording, actor: str = ACTOR_SOURCE) -> None:
+        """Queue a finished recording; the `session_recorded` event (by `actor`) is recorded
+        once it is stored."""
         if self._closed or len(self._recordings) >= self.recording_queue:
             self.recordings_dropped += 1
             self._warn("recordings", f"{self.recording_queue} session recordings are waiting for the store; "
                                      f"{self.recordings_dropped} recording(s) dropped so far")
             return
-        self._recordings.append(recording)
+        self._recordings.append((recording, actor))
         self._wake.set()
 
     # -- writing -------------------------------------------------------------------------
@@ -143,14 +144,14 @@ class AuditLog:
         """Store one recording or one batch of events; False when the store failed."""
         async with self._lock:
             if self._recordings:
-                recording = self._recordings[0]
+                recording, actor = self._recordings[0]
                 try:
                     await self.store.save_recording(recording)
                 except Exception as exc:
                     return self._failed("a session recording", exc)
                 self._recordings.popleft()
                 self.recordings_saved += 1
-                self._enqueue(_recorded_event(recording))
+                self._enqueue(_recorded_event(recording, actor))
                 return True
             batch = list(itertools.islice(self._queue, self.batch))
             if not batch:
@@ -262,9 +263,9 @@ class AuditLog:
         log.warning("%s%s", message, f" ({more} similar warning(s) suppressed)" if more else "")
 
 
-def _recorded_event(recording: Recording) -> AuditEvent:
+def _recorded_event(recording: Recording, actor: str) -> AuditEvent:
     return AuditEvent.new(
-        recording.project_id, EventType.SESSION_RECORDED, time=recording.ended, actor=ACTOR_SOURCE,
+        recording.project_id, EventType.SESSION_RECORDED, time=recording.ended, actor=actor,
         tunnel_id=recording.tunnel_id, device_id=recording.device_id,
         outcome="truncated" if recording.truncated else OK,
         detail={"session_id": recording.session_id, "username": recording.username, "size": recording.size,

@@ -451,6 +451,9 @@ def _add_tunnel(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     c.add_argument("--description", help="for people (at most 1024 characters)")
     c.add_argument("--custom-info", help="for the device: sent along with the MQTT notify")
     c.add_argument("--expires-in", type=_positive_int, help="lifetime in seconds (default: the relay's)")
+    c.add_argument("--record", action="store_true",
+                   help="record the tunnel's SSH sessions (asciicast), to play back with `relay playback` "
+                        "(record_session, docs/audit.md)")
 
     ls = actions.add_parser("list", parents=[common, out], help="list tunnels (a table, or --json)")
     ls.add_argument("--device-id", help="only this device's tunnels")

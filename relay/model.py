@@ -74,6 +74,9 @@ class Tunnel:
     source_client_hash: str | None = None
     device_client_hash: str | None = None
     record_session: bool = False   # record this tunnel's ssh sessions (docs/audit.md)
+    # The NAME of the API token that issued the current source token (created the tunnel, or
+    # last rotated its source token): the audit trail's actor for what the source end does.
+    source_token_issuer: str | None = None
     seq: int = 0  # the store's insertion order, used for paging markers
 
     def token_hash(self, side: Side) -> str:

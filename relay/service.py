@@ -14,7 +14,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
 from relay import errors
-from relay.audit import ACTOR_RELAY, EventType
+from relay.audit import ACTOR_RELAY, EventType, token_actor
 from relay.clock import Clock
 from relay.config import Settings
 from relay.model import CloseReason, ListQuery, Page, Side, Status, Tunnel, TunnelProtocol
@@ -111,7 +111,7 @@ class TunnelService:
 
     async def create(self, project_id: str, device_id: str, *, actor: str = ACTOR_RELAY, **fields: Any) -> CreatedTunnel:
         try:
-            created = await self._create(project_id, device_id, **fields)
+            created = await self._create(project_id, device_id, source_token_issuer=token_actor(actor), **fields)
         except errors.ApiError as exc:
             self.record(project_id, EventType.TUNNEL_CREATED, actor=actor, device_id=device_id, outcome=exc.code)
             raise
@@ -130,6 +130,7 @@ class TunnelService:
         protocol: TunnelProtocol = TunnelProtocol.HUAWEI,
         services: tuple[str, ...] = (),
         record_session: bool = False,
+        source_token_issuer: str | None = None,
     ) -> CreatedTunnel:
         if self.presence is not None:
             self.presence.require_online(device_id)
@@ -149,6 +150,7 @@ class TunnelService:
             protocol=protocol,
             services=services,
             record_session=record_session,
+            source_token_issuer=source_token_issuer,
         )
         # A tunnel of this device that expired but was not swept yet must not block the new one.
         await self.expire_due()
@@ -189,7 +191,7 @@ class TunnelService:
                      actor: str = ACTOR_RELAY) -> RotatedTokens:
         detail = {"sides": sorted(s.value for s in sides)}
         try:
-            rotated = await self._rotate(project_id, tunnel_id, sides)
+            rotated = await self._rotate(project_id, tunnel_id, sides, token_actor(actor))
         except errors.ApiError as exc:
             self.record(project_id, EventType.TOKENS_ROTATED, actor=actor, tunnel_id=tunnel_id, outcome=exc.code,
                         detail=detail)
@@ -197,7 +199,8 @@ class TunnelService:
         self.record(project_id, EventType.TOKENS_ROTATED, actor=actor, tunnel=rotated.tunnel, detail=detail)
         return rotated
 
-    async def _rotate(self, project_id: str, tunnel_id: str, sides: frozenset[Side]) -> RotatedTokens:
+    async def _rotate(self, project_id: str, tunnel_id: str, sides: frozenset[Side],
+                      issuer: str | None = None) -> RotatedTokens:
         tunnel = await self.get(project_id, tunnel_id)
         if tunnel.status is not Status.OPEN:
             raise errors.TunnelClosed(f"tunnel {tunnel_id!r} is closed; its tokens cannot be rotated")
@@ -207,6 +210,7 @@ class TunnelService:
             tunnel_id,
             hash_token(source_token) if source_token else None,
             hash_token(device_token) if device_token else None,
+            issuer,
         )
         if updated is None:
             raise errors.TunnelClosed(f"tunnel {tunnel_id!r} was closed meanwhile; its tokens cannot be rotated")

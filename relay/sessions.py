@@ -48,7 +48,7 @@ class TunnelAudit:
     idle tunnel must cost little memory (docs/architecture.md). The SessionWatcher is made by
     `make` when the first noted message comes."""
 
-    __slots__ = ("project_id", "tunnel_id", "device_id", "record", "make", "watcher")
+    __slots__ = ("project_id", "tunnel_id", "device_id", "record", "make", "watcher", "source_actor")
 
     def __init__(self, project_id: str, tunnel_id: str, device_id: str, record: bool,
                  make: Callable[[TunnelAudit], SessionWatcher]) -> None:
@@ -58,6 +58,7 @@ class TunnelAudit:
         self.record = record
         self.make = make
         self.watcher: SessionWatcher | None = None
+        self.source_actor = ACTOR_SOURCE   # who acts through the current source connection (Hub.attach)
 
     def noted(self, side: Side) -> frozenset[str]:
         return _NOTED[self.record][side]

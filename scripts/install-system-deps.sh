@@ -5,8 +5,9 @@ set -euo pipefail
 # openssh-server (+ client, for ssh-keygen): the device's SSH server in tests/device.
 # redis-server and haproxy: the multi-replica rig in tests/scale; openssl: test certificates.
 # chromium and a font: the web console's browser tests (driven by Playwright).
+# shellcheck: tests/deploy (scripts/validate-manifests.sh) lints deploy/local/run-rig.sh.
 PACKAGES=(mosquitto mosquitto-clients openssh-server openssh-client redis-server haproxy openssl
-          chromium fonts-dejavu-core
+          chromium fonts-dejavu-core shellcheck
           iproute2)  # network namespaces for tests/faults
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -133,6 +133,24 @@ def test_defaults_generate_a_token_and_say_how_to_use_it(tmp_path):
         proc.stderr.close()
 
 
+def test_banner_says_what_it_bound_and_the_public_url_apart(tmp_path):
+    """Behind a load balancer a replica's public URL is not its own address: the log says both."""
+    port, internal = unused_port(), unused_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay.cli", "serve", "--port", str(port), "--host", "127.0.0.1",
+         "--public-url", "http://relay.example:18080", "--internal-port", str(internal)],
+        cwd=tmp_path, env=clean_env(RELAY_API_TOKENS=f"p1:tester:{TOKEN}"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline().rstrip("\n") for _ in range(3)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    assert lines == [f"relay listening on http://127.0.0.1:{port}",
+                     "  public URL (what clients are given): http://relay.example:18080",
+                     f"  internal port (health, metrics, bridges): http://127.0.0.1:{internal}"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--api-tokens-file", "/nonexistent/tokens"], "cannot read the API token file"),
     (["--port", "70000"], "outside 0-65535"),

@@ -113,11 +113,13 @@ class RelayApi:
     # -- the calls of docs/api.md ----------------------------------------------------------
 
     async def create(self, device_id: str, *, description: str | None = None, custom_info: str | None = None,
-                     expires_in: int | None = None) -> dict:
+                     expires_in: int | None = None, record_session: bool = False) -> dict:
         body: dict[str, Any] = {"device_id": device_id}
         for key, value in (("description", description), ("custom_info", custom_info), ("expires_in", expires_in)):
             if value is not None:
                 body[key] = value
+        if record_session:
+            body["record_session"] = True
         return await self._call("POST", json=body)
 
     async def list_page(self, *, device_id: str | None = None, status: str | None = None, limit: int | None = None,

@@ -91,7 +91,7 @@ def _print(out: TextIO, text: str) -> None:
 
 async def _create(api: RelayApi, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     made = await api.create(args.device_id, description=args.description, custom_info=args.custom_info,
-                            expires_in=args.expires_in)
+                            expires_in=args.expires_in, record_session=args.record)
     _print(out, output.to_json(made) if args.json else output.fields(made, output.CREATED_FIELDS))
     return 0
 

@@ -40,10 +40,11 @@ class TunnelStore(abc.ABC):
 
     @abc.abstractmethod
     async def replace_token_hashes(
-        self, tunnel_id: str, source_hash: str | None, device_hash: str | None
+        self, tunnel_id: str, source_hash: str | None, device_hash: str | None, source_issuer: str | None = None
     ) -> Tunnel | None:
         """Swap the token hashes of an OPEN tunnel (None leaves a side as it is). A new token
-        is unused: the AWS client-token binding of each rotated side is forgotten."""
+        is unused: the AWS client-token binding of each rotated side is forgotten. A new
+        source token is kept with `source_issuer` (the API token name that asked for it)."""
 
     # -- AWS-protocol tunnels (docs/aws.md) ------------------------------------------------
 

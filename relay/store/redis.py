@@ -89,8 +89,12 @@ return 1
 """
 
 _REPLACE_HASHES = """
-local tkey, source, device, prefix, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local tkey, source, device, prefix, id, issuer = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if redis.call('HGET', tkey, 'status') ~= 'OPEN' then return 0 end
+if source ~= '' then
+  if issuer ~= '' then redis.call('HSET', tkey, 'source_token_issuer', issuer)
+  else redis.call('HDEL', tkey, 'source_token_issuer') end
+end
 for side, hash in pairs({source = source, device = device}) do
   if hash ~= '' then
     local old = prefix .. 'tok:' .. (redis.call('HGET', tkey, side .. '_token_hash') or '')
@@ -155,6 +159,8 @@ def _fields(tunnel: Tunnel) -> list[str]:
         values["services"] = ",".join(tunnel.services)
     if tunnel.record_session:
         values["record_session"] = "1"
+    if tunnel.source_token_issuer is not None:
+        values["source_token_issuer"] = tunnel.source_token_issuer
     if tunnel.description is not None:
         values["description"] = tunnel.description
     if tunnel.custom_info is not None:
@@ -180,7 +186,8 @@ def _tunnel(h: dict[str, str]) -> Tunnel:
         protocol=TunnelProtocol(h.get("protocol") or TunnelProtocol.HUAWEI.value),
         services=tuple(h["services"].split(",")) if h.get("services") else (),
         source_client_hash=h.get("source_client_hash"), device_client_hash=h.get("device_client_hash"),
-        record_session=h.get("record_session") == "1", seq=int(h.get("seq", 0)),
+        record_session=h.get("record_session") == "1", source_token_issuer=h.get("source_token_issuer"),
+        seq=int(h.get("seq", 0)),
     )
 
 
@@ -262,9 +269,11 @@ class RedisStore(TunnelStore):
         done = await self._call(self._delete(keys=[self._k("t", tunnel_id), self._k("closed")], args=[self.prefix, tunnel_id]))
         return bool(int(done))
 
-    async def replace_token_hashes(self, tunnel_id: str, source_hash: str | None, device_hash: str | None) -> Tunnel | None:
+    async def replace_token_hashes(self, tunnel_id: str, source_hash: str | None, device_hash: str | None,
+                                   source_issuer: str | None = None) -> Tunnel | None:
         done = await self._call(self._replace(keys=[self._k("t", tunnel_id)],
-                                              args=[source_hash or "", device_hash or "", self.prefix, tunnel_id]))
+                                              args=[source_hash or "", device_hash or "", self.prefix, tunnel_id,
+                                                    source_issuer or ""]))
         return await self.get(tunnel_id) if int(done) else None
 
     async def find_by_token_hash(self, token_hash: str) -> Tunnel | None:

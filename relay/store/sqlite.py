@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS tunnels (
     services TEXT,
     source_client_hash TEXT,
     device_client_hash TEXT,
-    record_session INTEGER NOT NULL DEFAULT 0
+    record_session INTEGER NOT NULL DEFAULT 0,
+    source_token_issuer TEXT
 );
 CREATE INDEX IF NOT EXISTS tunnels_project ON tunnels (project_id, seq);
 CREATE INDEX IF NOT EXISTS tunnels_device ON tunnels (project_id, device_id, status);
@@ -67,13 +68,14 @@ MIGRATIONS = (
     ("source_client_hash", "TEXT"),
     ("device_client_hash", "TEXT"),
     ("record_session", "INTEGER NOT NULL DEFAULT 0"),
+    ("source_token_issuer", "TEXT"),
 )
 
 COLUMNS = (
     "seq, tunnel_id, project_id, device_id, status, create_time, expires_at, closed_time,"
     " close_reason, description, custom_info, source_token_hash, device_token_hash,"
     " source_connected, source_state_time, device_connected, device_state_time, notify_status,"
-    " protocol, services, source_client_hash, device_client_hash, record_session"
+    " protocol, services, source_client_hash, device_client_hash, record_session, source_token_issuer"
 )
 
 
@@ -81,7 +83,7 @@ def _row_to_tunnel(row: tuple) -> Tunnel:
     (seq, tunnel_id, project_id, device_id, status, create_time, expires_at, closed_time,
      close_reason, description, custom_info, source_hash, device_hash,
      source_connected, source_time, device_connected, device_time, notify_status,
-     protocol, services, source_client, device_client, record_session) = row
+     protocol, services, source_client, device_client, record_session, source_issuer) = row
     return Tunnel(
         tunnel_id=tunnel_id, project_id=project_id, device_id=device_id,
         create_time=create_time, expires_at=expires_at,
@@ -94,7 +96,7 @@ def _row_to_tunnel(row: tuple) -> Tunnel:
         notify_status=NotifyStatus(notify_status) if notify_status else None,
         protocol=TunnelProtocol(protocol), services=tuple(services.split(",")) if services else (),
         source_client_hash=source_client, device_client_hash=device_client,
-        record_session=bool(record_session), seq=seq,
+        record_session=bool(record_session), source_token_issuer=source_issuer, seq=seq,
     )
 
 
@@ -147,12 +149,14 @@ class SqliteStore(TunnelStore):
             cur = db.execute(
                 "INSERT INTO tunnels (tunnel_id, project_id, device_id, status, create_time,"
                 " expires_at, description, custom_info, source_token_hash, device_token_hash,"
-                " notify_status, protocol, services, record_session) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " notify_status, protocol, services, record_session, source_token_issuer)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (tunnel.tunnel_id, tunnel.project_id, tunnel.device_id, tunnel.status.value,
                  tunnel.create_time, tunnel.expires_at, tunnel.description, tunnel.custom_info,
                  tunnel.source_token_hash, tunnel.device_token_hash,
                  tunnel.notify_status.value if tunnel.notify_status else None,
-                 tunnel.protocol.value, ",".join(tunnel.services) or None, int(tunnel.record_session)),
+                 tunnel.protocol.value, ",".join(tunnel.services) or None, int(tunnel.record_session),
+                 tunnel.source_token_issuer),
             )
             tunnel.seq = cur.lastrowid or 0
             if notify_token is not None:
@@ -213,16 +217,17 @@ class SqliteStore(TunnelStore):
         return cur.rowcount > 0
 
     async def replace_token_hashes(
-        self, tunnel_id: str, source_hash: str | None, device_hash: str | None
+        self, tunnel_id: str, source_hash: str | None, device_hash: str | None, source_issuer: str | None = None
     ) -> Tunnel | None:
         # A new token is unused: the client token its predecessor was bound to is forgotten.
         cur = self._db.execute(
             "UPDATE tunnels SET source_token_hash=COALESCE(?, source_token_hash),"
             " device_token_hash=COALESCE(?, device_token_hash),"
             " source_client_hash=CASE WHEN ? IS NULL THEN source_client_hash END,"
-            " device_client_hash=CASE WHEN ? IS NULL THEN device_client_hash END"
+            " device_client_hash=CASE WHEN ? IS NULL THEN device_client_hash END,"
+            " source_token_issuer=CASE WHEN ? IS NULL THEN source_token_issuer ELSE ? END"
             " WHERE tunnel_id=? AND status='OPEN'",
-            (source_hash, device_hash, source_hash, device_hash, tunnel_id),
+            (source_hash, device_hash, source_hash, device_hash, source_hash, source_issuer, tunnel_id),
         )
         return self._one("tunnel_id=?", (tunnel_id,)) if cur.rowcount else None
 

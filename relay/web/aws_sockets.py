@@ -165,6 +165,7 @@ async def aws_connect(request: web.Request) -> web.StreamResponse:
     conn, early = take_over(request, lambda t: AwsConnection(side, hub, pairing, t, hash_token(token), version))
     assert isinstance(conn, AwsConnection)
     conn.address = address
+    conn.actor = hub.actor_of(tunnel, side)
     tune_transport(conn.transport, settings)
     hub.attach(conn)
     log.info("connected", extra={"tunnel_id": tunnel.tunnel_id, "side": side.value, "protocol": subprotocol})

@@ -271,7 +271,8 @@ AUDIT_SCHEMAS: dict[str, Any] = {
             "time": {"type": "string", "pattern": r"^\d{8}T\d{6}Z$"},
             "timestamp": {"type": "number", "description": "The same time in seconds since the epoch, to the microsecond."},
             "event": {"enum": sorted(EVENT_TYPES)},
-            "actor": {"type": "string", "description": "The NAME of the API token that acted, or source, device, relay."},
+            "actor": {"type": "string", "description": "The NAME of the API token that acted (for what a source "
+                      "connection does: the one that issued its source token), or source, device, relay."},
             "tunnel_id": {"type": ["string", "null"]},
             "device_id": {"type": ["string", "null"]},
             "outcome": {"type": "string", "description": "ok, or an error code or short word."},

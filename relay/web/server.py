@@ -31,11 +31,13 @@ async def run(settings: Settings, *, generated_token_file: str | None = None) ->
     listener = await loop.create_server(
         HandshakeDeadline(runner.server, settings.handshake_timeout), sock=sock, ssl=_tls_context(settings))
     internal_runner = None
+    internal_bound: str | None = None
     if settings.internal_port is not None:
         internal_runner = web.AppRunner(create_internal_app(app), access_log=None, handle_signals=False)
         await internal_runner.setup()
         await web.TCPSite(internal_runner, settings.internal_host, settings.internal_port, reuse_address=True).start()
-    _banner(settings, generated_token_file)
+        internal_bound = _hostport(internal_runner.addresses[0])
+    _banner(settings, generated_token_file, bound=_hostport(sock.getsockname()), internal=internal_bound)
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -122,11 +124,24 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _banner(settings: Settings, token_file: str | None) -> None:
+def _hostport(address: tuple) -> str:  # type: ignore[type-arg]
+    """host:port of a bound socket's address, as the system reports it (IPv6 hosts in brackets)."""
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _banner(settings: Settings, token_file: str | None, *, bound: str, internal: str | None = None) -> None:
+    # What this process bound, and apart from it the public URL clients are given (behind a
+    # load balancer the two differ: a replica's log must say which port is its own).
     base = settings.base_url
+    scheme = "https" if settings.tls_cert else "http"
     project = settings.api_keys[0].project_id if settings.api_keys else "PROJECT"
-    lines = [f"relay listening on {base}", f"  OpenAPI document: {base}/openapi.json",
-             f"  web console: {base}/console"]
+    lines = [f"relay listening on {scheme}://{bound}"]
+    if base != f"{scheme}://{bound}":
+        lines.append(f"  public URL (what clients are given): {base}")
+    if internal:
+        lines.append(f"  internal port (health, metrics, bridges): http://{internal}")
+    lines += [f"  OpenAPI document: {base}/openapi.json", f"  web console: {base}/console"]
     if settings.mqtt_url:
         lines.append(f"  devices: MQTT broker {settings.mqtt_url}; run `relay agent --help` on a device (docs/device.md)")
     if token_file:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from aiohttp import hdrs, web
 
 from relay import codec, errors
-from relay.audit import EventType
+from relay.audit import ACTOR_SOURCE, EventType, source_actor
 from relay.cluster import Cluster, Hint
 from relay.config import Settings
 from relay.model import CloseReason, Side, Status, Tunnel, TunnelProtocol
@@ -37,6 +37,7 @@ from relay.web import rest, validation
 from relay.web.metrics import Counters
 
 if TYPE_CHECKING:
+    from relay.recording import Recording
     from relay.web.bridge import Bridges
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class TunnelConnection(End):
     """One upgraded WebSocket connection, one side of one tunnel."""
 
     __slots__ = ("side", "hub", "pairing", "transport", "decoder", "peer", "closing", "done",
-                 "heard", "pinged", "timer", "own_full", "peer_full", "token_hash", "claim", "address")
+                 "heard", "pinged", "timer", "own_full", "peer_full", "token_hash", "claim", "address", "actor")
 
     def __init__(self, side: Side, hub: Hub, pairing: Pairing | AwsPairing, transport: asyncio.Transport,
                  token_hash: str) -> None:
@@ -121,6 +122,7 @@ class TunnelConnection(End):
         self.token_hash = token_hash          # to notice a rotation made on another replica
         self.claim: asyncio.Task[int] | None = None   # the cluster lease; its result is our epoch
         self.address: str = ""                         # the client's IP, for the per-address limit
+        self.actor: str = side.value                   # who acts through it, for the audit trail (Hub.actor_of)
 
     # -- the hot path --------------------------------------------------------------------
 
@@ -293,7 +295,16 @@ class Hub:
 
     # -- ends coming and going -------------------------------------------------------------
 
+    @staticmethod
+    def actor_of(tunnel: Tunnel, side: Side) -> str:
+        """The audit trail's actor for a connection of `side`: for the source, the API token
+        that issued its source token (relay.audit.source_actor)."""
+        return source_actor(tunnel.source_token_issuer) if side is Side.SOURCE else side.value
+
     def attach(self, conn: TunnelConnection) -> None:
+        scope = getattr(conn.pairing, "watcher", None)
+        if conn.side is Side.SOURCE and scope is not None:
+            scope.source_actor = conn.actor   # logins and forwards from now on are this connection's
         self.audit_end(conn, "connected")
         self.apply(conn.pairing, conn.pairing.attach(conn))
         conn.claim = self.spawn(self._claim(conn))
@@ -377,12 +388,15 @@ class Hub:
         project_id, tunnel_id, device_id = scope.project_id, scope.tunnel_id, scope.device_id
 
         def emit(event: EventType, actor: str, outcome: str, detail: dict) -> None:  # type: ignore[type-arg]
+            actor = scope.source_actor if actor == ACTOR_SOURCE else actor
             service.record(project_id, event, actor=actor, tunnel_id=tunnel_id, device_id=device_id,
                            outcome=outcome, detail=detail)
 
+        def save(recording: Recording) -> None:
+            audit.save_recording(recording, scope.source_actor)
+
         tap = audit.tap(project_id, tunnel_id, device_id, requested=scope.record)
-        return SessionWatcher(project_id, tunnel_id, device_id, clock=service.clock, emit=emit,
-                              save=audit.save_recording, tap=tap)
+        return SessionWatcher(project_id, tunnel_id, device_id, clock=service.clock, emit=emit, save=save, tap=tap)
 
     def audit_end(self, conn: TunnelConnection, what: str) -> None:
         """`{side}_connected`, `_disconnected` or `_evicted` for a connection of this relay."""
@@ -390,7 +404,7 @@ class Hub:
         owner = (scope.project_id, scope.device_id) if scope is not None else self.owners.get(conn.pairing.tunnel_id)
         if owner is None or self.service.audit is None:
             return
-        self.service.record(owner[0], EventType(f"{conn.side.value}_{what}"), actor=conn.side.value,
+        self.service.record(owner[0], EventType(f"{conn.side.value}_{what}"), actor=conn.actor,
                             tunnel_id=conn.pairing.tunnel_id, device_id=owner[1],
                             detail={"address": conn.address} if conn.address else None)
 
@@ -550,6 +564,7 @@ async def _connect(request: web.Request, side: Side) -> web.StreamResponse:
     conn, early = take_over(request, lambda t: TunnelConnection(side, hub, pairing, t, hash_token(token)))
     assert isinstance(conn, TunnelConnection)
     conn.address = address
+    conn.actor = hub.actor_of(tunnel, side)
     tune_transport(conn.transport, settings)
     hub.attach(conn)
     log.info("connected", extra={"tunnel_id": tunnel_id, "side": side.value})

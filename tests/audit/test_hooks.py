@@ -11,6 +11,7 @@ import pytest
 
 from relay.audit import EventType
 from relay.recording import parse_cast
+from tests.conftest import TOKEN_A2
 from tests.dataplane.conftest import Tunnel, message, receive_close, receive_json
 from tests.device.conftest import eventually, mosquitto  # noqa: F401 (fixture)
 
@@ -132,6 +133,45 @@ async def test_a_scripted_tunnel_life_is_audited_once_per_event(relay_factory, m
     stored = orjson.dumps(events) + cast
     for secret in (PASSWORD, "guess", tunnel.source_token, tunnel.device_token):
         assert secret.encode() not in stored
+
+
+async def _login(source, device, request_id: str, username: str = "pi") -> None:  # type: ignore[no-untyped-def]
+    await source.send_str(message("connect", request_id, {"username": username, "password": PASSWORD}))
+    await receive_json(device)
+    await device.send_str(message("connect_response", request_id, {"status_code": "200"}))
+    await receive_json(source)
+
+
+@pytest.mark.timeout(60)
+async def test_what_a_source_does_names_the_api_token_that_issued_its_token(relay):
+    """alice creates the tunnel, ci rotates its source token: each login is theirs."""
+    async with aiohttp.ClientSession() as session:
+        tunnel = await open_tunnel(relay, session, record_session=True)   # by alice (TOKEN_A)
+        source, device = await tunnel.pair()
+        await _login(source, device, "as-alice", "user-a")
+        await source.send_str(message("disconnect", "bye-alice"))   # the recorded session ends
+        await receive_json(device)
+        status, rotated = await relay.call("POST", f"/v5/iot/proj-a/tunnels/{tunnel.tunnel_id}/rotate-token",
+                                           token=TOKEN_A2, json={"side": "source"})   # by ci
+        assert status == 200
+        assert (await receive_close(source))[0] == 4001
+        source = await tunnel.connect("source", rotated["tunnel_access_token"])
+        assert (await receive_json(source))["operation_type"] == "connect_tunnel"
+        await _login(source, device, "as-ci", "user-c")
+        await source.close()
+        await device.close()
+        await eventually(lambda: _has(relay, "device_disconnected"), 5)
+        events = await flushed(relay)
+    # (the test relay's clock stands still: events of one moment come in any order)
+    actors = [(e["event"], e["actor"]) for e in events]
+    logins = {e["detail"]["username"]: e["actor"] for e in events if e["event"] == "ssh_login_succeeded"}
+    assert logins == {"user-a": "alice", "user-c": "ci"}
+    recorded = {e["detail"]["username"]: e["actor"] for e in events if e["event"] == "session_recorded"}
+    assert recorded == {"user-a": "alice", "user-c": "ci"}
+    assert sorted(a for e, a in actors if e == "source_connected") == ["alice", "ci"]
+    assert sorted(a for e, a in actors if e == "source_disconnected") == ["alice", "ci"]
+    assert {a for e, a in actors if e.startswith("device_")} == {"device"}
+    assert ("tokens_rotated", "ci") in actors and ("tunnel_created", "alice") in actors
 
 
 async def _delivered(tunnel: Tunnel) -> bool:

@@ -59,6 +59,19 @@ async def test_create_list_show_rotate_close_delete(cli):
     assert code == 1 and "TUNNEL.404000" in err
 
 
+async def test_create_with_record_turns_recording_on(cli, relay):
+    code, out, err = await cli.run("tunnel", "create", "dev-rec", "--record", "--json")
+    assert code == 0, err
+    recorded = orjson.loads(out)["tunnel_id"]
+    code, out, err = await cli.run("tunnel", "create", "dev-plain", "--json")
+    assert code == 0, err
+    plain = orjson.loads(out)["tunnel_id"]
+    assert (await relay.call("GET", f"/v5/iot/proj-a/tunnels/{recorded}"))[1]["record_session"] is True
+    assert (await relay.call("GET", f"/v5/iot/proj-a/tunnels/{plain}"))[1]["record_session"] is False
+    code, out, _ = await cli.run("tunnel", "create", "--help")
+    assert code == 0 and "--record" in out
+
+
 async def test_batch_close_and_delete_report_each_tunnel(cli, relay):
     ids = [(await relay.create(f"dev-{i}"))["tunnel_id"] for i in range(3)]
     code, out, _ = await cli.run("tunnel", "close", *ids, UNKNOWN)

@@ -120,9 +120,9 @@ async def test_tunnel_and_terminal_end_to_end(relay_factory, mosquitto, sshd, ag
     assert await row(page, tunnel_id).locator(".col-status").inner_text() == "OPEN"
 
     # the agent got the MQTT notify and connected its end
-    await refresh_until(page, tunnel_id, ".col-device-state", "CONNECTED")
-    assert await row(page, tunnel_id).locator(".col-source").inner_text() == "DISCONNECTED"
-    assert await row(page, tunnel_id).locator(".col-notify").inner_text() == "DELIVERED"
+    await refresh_until(page, tunnel_id, ".col-device-state", "connected")
+    assert await row(page, tunnel_id).locator(".col-source").inner_text() == "not connected"
+    assert await row(page, tunnel_id).locator(".col-notify").inner_text() == "sent to broker"
 
     # the terminal, with the source token of the create answer
     await page.click("#secrets-terminal")
@@ -131,7 +131,7 @@ async def test_tunnel_and_terminal_end_to_end(relay_factory, mosquitto, sshd, ag
     await page.keyboard.type("echo console-ok")
     await page.keyboard.press("Enter")
     await wait_for_line(page, "console-ok")
-    await refresh_until(page, tunnel_id, ".col-source", "CONNECTED")
+    await refresh_until(page, tunnel_id, ".col-source", "connected")
 
     # Ctrl-C interrupts the running command; Backspace edits the line
     await page.click("#screen")    # Refresh took the focus

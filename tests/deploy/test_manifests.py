@@ -130,6 +130,10 @@ def test_ingress_keeps_websockets_open(rendered, overlay):
     assert annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
     assert annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"] == "3600"
     assert "nginx.ingress.kubernetes.io/upstream-hash-by" not in annotations  # optional component only
+    # a dead or draining pod still in the endpoints costs the client nothing: the next pod is tried at once
+    assert annotations["nginx.ingress.kubernetes.io/proxy-next-upstream"].split() == ["error", "timeout", "http_503"]
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-next-upstream-tries"]) >= 2
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-connect-timeout"]) <= 5
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "relay", "port": {"name": "http"}}
 
@@ -229,6 +233,8 @@ def test_local_rig_matches_haproxy_config():
     assert "bind 127.0.0.1:18080" in config and "balance roundrobin" in config
     assert re.search(r"timeout tunnel 1h", config)
     assert "http-check send meth GET uri /readyz" in config
+    # a request sent to a dead replica before the checks notice is retried on another one
+    assert "option redispatch 1" in config and re.search(r"^\s*retry-on conn-failure\b", config, re.M)
     servers = re.findall(r"server r\d 127\.0\.0\.1:(\d+) check port (\d+)", config)
     assert servers == [("18081", "18091"), ("18082", "18092"), ("18083", "18093")]
     assert "PORTS=(18081 18082 18083)" in script and "INTERNAL_PORTS=(18091 18092 18093)" in script

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -73,33 +74,41 @@ class Replica:
             return err.code
 
 
+SHIPPED_HAPROXY = Path(__file__).resolve().parents[2] / "deploy" / "local" / "haproxy.cfg"
+
+
+def shipped_haproxy_config(lb_port: int, stats_port: int, replicas: list[Replica]) -> str:
+    """deploy/local/haproxy.cfg as shipped, only its ports moved to these replicas' (so the
+    tests run the very settings users get: retries, redispatch, health checks)."""
+    text = SHIPPED_HAPROXY.read_text()
+    moves = [(r"bind 127\.0\.0\.1:18080\b", f"bind 127.0.0.1:{lb_port}"),
+             (r"bind 127\.0\.0\.1:18089\b", f"bind 127.0.0.1:{stats_port}")]
+    moves += [(rf"server {r.name} 127\.0\.0\.1:\d+ check port \d+",
+               f"server {r.name} 127.0.0.1:{r.port} check port {r.internal_port}") for r in replicas]
+    for pattern, replacement in moves:
+        text, count = re.subn(pattern, replacement, text)
+        assert count == 1, f"{pattern!r} is not once in {SHIPPED_HAPROXY}"
+    return text
+
+
 class Haproxy:
     def __init__(self, folder: Path, replicas: list[Replica]) -> None:
         self.port = free_port()
+        self.stats_port = free_port()
         config = folder / "haproxy.cfg"
-        servers = "\n".join(
-            f"    server {r.name} 127.0.0.1:{r.port} check port {r.internal_port} inter 500ms fall 1 rise 1"
-            for r in replicas)
-        config.write_text(f"""global
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout tunnel 1h
-frontend relay
-    bind 127.0.0.1:{self.port}
-    default_backend replicas
-backend replicas
-    balance roundrobin
-    option httpchk GET /readyz
-{servers}
-""")
+        config.write_text(shipped_haproxy_config(self.port, self.stats_port, replicas))
         binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
         self.proc = subprocess.Popen([binary, "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         wait_for_port(self.port, self.proc, "haproxy")
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        """haproxy's stats CSV: a row per proxy/server name ("relays/r2", "relays/BACKEND")."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/;csv", timeout=5) as resp:
+            lines = resp.read().decode().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","))) for line in lines[1:] if line]
+        return {f"{row['pxname']}/{row['svname']}": row for row in rows}
 
     @property
     def base(self) -> str:

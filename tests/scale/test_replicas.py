@@ -186,3 +186,30 @@ async def test_redis_restart(rig):
         assert orjson.loads((await device.receive(timeout=10)).data)["request_id"] == "after"
         await source.close()
         await device.close()
+
+
+async def test_a_dead_replica_costs_the_next_upgrade_through_haproxy_nothing(rig):
+    """Until the health checks mark a killed replica down (a second or two), haproxy still
+    picks it; the shipped config then retries the request on another replica at once, so
+    the client's first try succeeds (without it: 3 s of retries on the dead one, then 503)."""
+    lb = rig.start_lb()
+    victim = rig.replicas[1]
+    for _ in range(3):   # a round only proves something if haproxy picked the dead replica
+        for _ in range(100):
+            if all(lb.stats()[f"relays/{r.name}"]["status"] == "UP" for r in rig.replicas):
+                break
+            await asyncio.sleep(0.2)
+        bodies = [create(rig, lb.base, f"after-kill-{n}") for n in range(3)]
+        before = int(lb.stats()["relays/BACKEND"]["wredis"])
+        victim.signal(signal.SIGKILL)
+        victim.wait()
+        async with aiohttp.ClientSession() as session:
+            for body in bodies:   # round robin: one of any three requests is for the dead replica
+                source = await ws(session, lb.base, body["tunnel_id"], "source", body["tunnel_access_token"])
+                await source.close()
+        for body in bodies:
+            assert rig.call(lb.base, "PUT", f"/v5/iot/p1/tunnels/{body['tunnel_id']}")[0] == 204
+        if int(lb.stats()["relays/BACKEND"]["wredis"]) > before:
+            return   # the dead replica was picked, and the upgrade went to another one
+        victim.start()   # the health checks were quicker this time: once more
+    pytest.fail("haproxy never picked the killed replica before its health checks marked it down")

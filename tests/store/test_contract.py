@@ -94,6 +94,19 @@ async def test_token_hashes_replaced_only_while_open(store):
     assert await store.replace_token_hashes(t.tunnel_id, None, "m" * 64) is None
 
 
+async def test_the_source_token_keeps_the_name_of_who_issued_it(store):
+    t = tunnel()
+    t.source_token_issuer = "alice"
+    await store.insert(t, 10)
+    assert (await store.get(t.tunnel_id)).source_token_issuer == "alice"
+    device_only = await store.replace_token_hashes(t.tunnel_id, None, "m" * 64, "ci")
+    assert device_only.source_token_issuer == "alice"   # a device token says nothing about the source's
+    rotated = await store.replace_token_hashes(t.tunnel_id, "n" * 64, None, "ci")
+    assert rotated.source_token_issuer == "ci" and (await store.get(t.tunnel_id)).source_token_issuer == "ci"
+    unnamed = await store.replace_token_hashes(t.tunnel_id, "o" * 64, None)
+    assert unnamed.source_token_issuer is None
+
+
 async def test_connect_state(store):
     t = tunnel()
     await store.insert(t, 10)

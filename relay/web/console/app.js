@@ -24,6 +24,7 @@ const state = {
   selected: new Set(),
   refreshTimer: null,
   listSeq: 0,           // only the latest list request is shown
+  followSeq: 0,         // only the latest followSourceState runs
   terminal: null,
   view: "tunnels",      // or "audit"
   audit: null,          // the AuditView (audit.js)
@@ -251,11 +252,60 @@ async function loadTunnels() {
   renderTunnels();
 }
 
-function connectBadge(connectState) {
+// -- what the table's states mean to an operator (docs/console.md) ---------------------------
+// The one place that turns the API's values into words. A value the relay adds later is shown
+// as itself (lower case) until it gets a label here.
+
+const NOTIFY_LABELS = {
+  PENDING: { text: "waiting for broker", kind: "warn",
+    title: "The MQTT notify is in the relay's outbox: the broker has not taken it yet." },
+  DELIVERED: { text: "sent to broker", kind: "idle",
+    title: "The MQTT broker took the notify. That does not say the device got it: see Device end." },
+};
+const NO_NOTIFY_TITLE = "No MQTT notify (the relay has no broker, or the tunnel was created without one).";
+// A closed tunnel's close_reason, beside its CLOSED badge ("closed" would only repeat it).
+const CLOSE_REASON_LABELS = { closed: "", expired: "expired" };
+
+function labelOf(labels, value) {
+  return labels[value] || { text: String(value).toLowerCase().replace(/_/g, " "), kind: "idle", title: String(value) };
+}
+
+function notifyCell(t) {
+  if (t.status !== "OPEN") return el("span", { class: "muted" }, "—");
+  if (!t.notify_status) return el("span", { class: "muted", title: NO_NOTIFY_TITLE }, "—");
+  const label = labelOf(NOTIFY_LABELS, t.notify_status);
+  const node = badge(label.text, label.kind);
+  node.title = label.title;
+  return node;
+}
+
+// A tunnel end: "connected" or "not connected" while the tunnel is open; nothing once it is closed.
+function endCell(t, connectState, missingKind) {
+  if (t.status !== "OPEN") return el("span", { class: "muted" }, "—");
   const connected = connectState && connectState.status === "CONNECTED";
-  const node = badge(connected ? "CONNECTED" : "DISCONNECTED", connected ? "ok" : "idle");
+  const node = badge(connected ? "connected" : "not connected", connected ? "ok" : missingKind);
   if (connectState && connectState.last_update_time) node.title = "since " + formatTime(connectState.last_update_time) + " UTC";
   return node;
+}
+
+function sourceConnected(t) {
+  return !!t && !!t.source_connect_state && t.source_connect_state.status === "CONNECTED";
+}
+
+// The list again when this console's terminal connects or goes away, until the tunnel's
+// Source column agrees: the relay records the new state a moment after the socket opens.
+const FOLLOW_DELAYS_MS = [0, 250, 500, 1000, 1000, 1000, 1000];
+
+async function followSourceState(tunnelId, connected) {
+  const seq = ++state.followSeq;
+  for (const delay of FOLLOW_DELAYS_MS) {
+    // (a microtask first: a log out that closes the terminal has forgotten the token by then)
+    await new Promise((resolve) => (delay ? setTimeout(resolve, delay) : queueMicrotask(resolve)));
+    if (seq !== state.followSeq || !state.token) return;
+    try { await loadTunnels(); } catch { return; }
+    const shown = state.tunnels.find((t) => t.tunnel_id === tunnelId);
+    if (!shown || sourceConnected(shown) === connected) return;
+  }
 }
 
 function renderTunnels() {
@@ -267,7 +317,7 @@ function renderTunnels() {
       if (check.checked) state.selected.add(t.tunnel_id); else state.selected.delete(t.tunnel_id);
       renderBatchBar();
     });
-    const actions = el("td", { class: "actions-cell" });
+    const actions = el("div", { class: "row-actions" });
     if (open) {
       actions.append(
         el("button", { type: "button", class: "btn btn-small btn-primary", onclick: () => openTerminalFor(t) }, "Terminal"),
@@ -279,21 +329,25 @@ function renderTunnels() {
     }
     actions.append(el("button", { type: "button", class: "btn btn-small btn-ghost", title: "This tunnel's audit trail",
       onclick: () => showAudit({ tunnel_id: t.tunnel_id }) }, "History"));
+    const actionsCell = el("td", { class: "actions-cell" }, actions);
     const statusCell = el("td", { class: "col-status" }, badge(t.status, open ? "open" : "closed"));
-    if (!open && t.close_reason) statusCell.append(el("span", { class: "muted small reason" }, t.close_reason));
-    const ended = open ? formatTime(t.expires_at) : formatTime(t.closed_time);
+    const reason = open || !t.close_reason ? ""
+      : (t.close_reason in CLOSE_REASON_LABELS ? CLOSE_REASON_LABELS[t.close_reason] : t.close_reason);
+    if (reason) statusCell.append(el("span", { class: "muted small reason" }, reason));
+    const ends = open ? ["ends", formatTime(t.expires_at)] : ["closed", formatTime(t.closed_time)];
     return el("tr", { dataset: { tunnelId: t.tunnel_id }, class: open ? "" : "row-closed" },
       el("td", { class: "check" }, check),
-      el("td", { class: "mono col-tunnel", title: t.tunnel_id }, t.tunnel_id,
-        t.description ? el("div", { class: "muted small description" }, t.description) : null),
+      el("td", { class: "col-tunnel", title: t.tunnel_id }, el("div", { class: "mono tunnel-id" }, t.tunnel_id),
+        t.description ? el("div", { class: "muted small description", title: t.description }, t.description) : null),
       el("td", { class: "mono col-device" }, t.device_id),
       statusCell,
-      el("td", { class: "col-source" }, connectBadge(t.source_connect_state)),
-      el("td", { class: "col-device-state" }, connectBadge(t.device_connect_state)),
-      el("td", { class: "col-notify" }, t.notify_status ? badge(t.notify_status, t.notify_status === "DELIVERED" ? "ok" : "warn") : el("span", { class: "muted" }, "—")),
-      el("td", { class: "nowrap small" }, formatTime(t.create_time)),
-      el("td", { class: "nowrap small" }, ended),
-      actions,
+      el("td", { class: "col-source" }, endCell(t, t.source_connect_state, "idle")),
+      el("td", { class: "col-device-state" }, endCell(t, t.device_connect_state, "warn")),
+      el("td", { class: "col-notify" }, notifyCell(t)),
+      el("td", { class: "col-times small" },
+        el("div", { class: "nowrap", title: "created (UTC)" }, formatTime(t.create_time)),
+        el("div", { class: "nowrap muted", title: `${ends[0]} (UTC)` }, `${ends[0]} ${ends[1]}`)),
+      actionsCell,
     );
   });
   $("tunnel-rows").replaceChildren(...rows);
@@ -341,6 +395,7 @@ async function createTunnel(event) {
   if (description) body.description = description;
   const expires = $("create-expires").value.trim();
   if (expires) body.expires_in = Number(expires);
+  if ($("create-record").checked) body.record_session = true;
   $("create-error").textContent = "";
   $("create-submit").disabled = true;
   try {
@@ -453,12 +508,14 @@ class TunnelTerminal {
     this.socket = socket;
     socket.addEventListener("open", () => {
       if (this.socket !== socket) return;
+      followSourceState(this.tunnel.tunnel_id, true);
       this.setState("waiting for device", "warn");
       this.message("Connected to the relay; waiting for the device to connect its end of the tunnel…");
     });
     socket.addEventListener("message", (event) => this.onMessage(event.data));
     socket.addEventListener("close", (event) => {
       if (this.socket !== socket) return;
+      followSourceState(this.tunnel.tunnel_id, false);
       this.loggedIn = false;
       this.deviceThere = false;
       this.updateControls();
@@ -552,7 +609,10 @@ class TunnelTerminal {
     if (this.loggedIn) this.send("disconnect", { status_code: "200", status_msg: "console closed" }, "bye");
     const socket = this.socket;
     this.socket = null;
-    if (socket) socket.close(1000, "console closed");
+    if (socket) {
+      socket.close(1000, "console closed");
+      followSourceState(this.tunnel.tunnel_id, false);
+    }
   }
 
   setState(text, kind) {

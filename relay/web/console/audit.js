@@ -35,10 +35,23 @@ export function parseCast(text) {
   return { header, events };
 }
 
-// "2026-11-24T16:18" or "2026-11-24T16:18:07" (a datetime-local input, read as UTC) -> the API's form
-function utcParam(value) {
-  if (!value) return null;
-  return (value.length === 16 ? value + ":00" : value.slice(0, 19)) + "Z";
+// A UTC time as typed in the Since/Until boxes -> the API's form (2026-11-24T16:18:07Z); null
+// when empty. Takes "2026-11-24 16:18", "2026-11-24 16:18:07" (or a T between, or a Z after)
+// and the API's own "20261124T161807Z"; 24-hour clock, whatever the browser's locale.
+const UTC_INPUT_RE = /^(\d{4})-?(\d{2})-?(\d{2})(?:[T ]+(\d{2}):?(\d{2})(?::?(\d{2}))?)?Z?$/i;
+
+export function utcParam(value) {
+  const text = (value || "").trim();
+  if (!text) return null;
+  const m = UTC_INPUT_RE.exec(text);
+  const [, y, mo, d, h = "00", mi = "00", s = "00"] = m || [];
+  const when = m ? new Date(Date.UTC(+y, +mo - 1, +d, +h, +mi, +s)) : null;
+  // Date.UTC rolls Feb 30 over to March: a date that comes back different was not one
+  if (!when || when.getUTCDate() !== +d || when.getUTCHours() !== +h || when.getUTCMinutes() !== +mi
+      || when.getUTCSeconds() !== +s) {
+    throw new Error(`${JSON.stringify(text.slice(0, 40))} is not a UTC time like 2026-11-24 16:18:07`);
+  }
+  return `${y}-${mo}-${d}T${h}:${mi}:${s}Z`;
 }
 
 function detailText(detail) {
@@ -218,7 +231,14 @@ export class AuditView {
     const { $ } = this.d;
     $("audit-form").addEventListener("submit", (event) => {
       event.preventDefault();
-      this.apply(this.readForm());
+      let filter;
+      try {
+        filter = this.readForm();
+      } catch (error) {
+        this.d.toast(error.message, "error");
+        return;
+      }
+      this.apply(filter);
     });
     $("audit-type").addEventListener("change", () => $("audit-form").requestSubmit());
     $("audit-clear").addEventListener("click", () => {
@@ -246,12 +266,19 @@ export class AuditView {
 
   readForm() {
     const { $ } = this.d;
+    const time = (id, name) => {
+      try {
+        return utcParam($(id).value);
+      } catch (error) {
+        throw new Error(`${name}: ${error.message}`);
+      }
+    };
     return {
       device_id: $("audit-device").value.trim(),
       tunnel_id: $("audit-tunnel").value.trim(),
       event_type: $("audit-type").value,
-      since: utcParam($("audit-since").value),
-      until: utcParam($("audit-until").value),
+      since: time("audit-since", "Since"),
+      until: time("audit-until", "Until"),
     };
   }
 
@@ -268,6 +295,9 @@ export class AuditView {
     }
     $("audit-device").value = filter.device_id || "";
     $("audit-tunnel").value = filter.tunnel_id || "";
+    // the times as applied, in one UTC form (2026-11-24 16:18:07), whatever was typed
+    $("audit-since").value = filter.since ? filter.since.replace("T", " ").replace("Z", "") : "";
+    $("audit-until").value = filter.until ? filter.until.replace("T", " ").replace("Z", "") : "";
     this.filter = filter;
     this.markers = [null];
     return this.load().catch((e) => this.d.reportError(e, "Audit"));
