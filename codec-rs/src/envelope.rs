@@ -1,6 +1,7 @@
 //! Huawei secure-tunnel envelope rules for one complete text message.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::frame::{header_len, truncate_utf8, write_header, MAX_CLOSE_REASON, OP_TEXT};
 use crate::json::{self, Doc, Field};
@@ -103,7 +104,26 @@ pub struct Policy {
     /// connections). A message carrying one is dropped while the peer is connected: what the
     /// device still sends for a replaced source must not reach its successor. Boxed: most
     /// decoders never have any, and an idle tunnel must cost little memory.
-    pub retired: Option<Box<HashSet<Box<str>>>>,
+    pub retired: Option<Box<HashSet<Box<str>, BuildHasherDefault<Fnv1a>>>>,
+}
+
+/// FNV-1a: the retired set is asked about every device message while it exists, so a fast
+/// hash beats SipHash here. Its keys are at most `request_id_window` ids chosen by the
+/// tunnel's own source: colliding ids could only slow down that source's own tunnel.
+#[derive(Default)]
+pub struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 fn side_name(side: u8) -> &'static str {
@@ -175,7 +195,7 @@ impl Policy {
 
     /// Replace the retired request ids (an empty set retires none).
     pub fn retire<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
-        let set: HashSet<Box<str>> = ids.into_iter().map(Box::from).collect();
+        let set: HashSet<Box<str>, BuildHasherDefault<Fnv1a>> = ids.into_iter().map(Box::from).collect();
         self.retired = if set.is_empty() { None } else { Some(Box::new(set)) };
     }
 
