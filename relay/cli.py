@@ -210,7 +210,8 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mqtt-username", default=e("mqtt_username"), help="user name for the broker")
     p.add_argument("--mqtt-password", default=None,
                    help="password for the broker (prefer RELAY_AGENT_MQTT_PASSWORD: a command line is visible to others)")
-    p.add_argument("--mqtt-client-id", default=e("mqtt_client_id", ""), help="MQTT client id; default: the device id")
+    p.add_argument("--mqtt-client-id", default=e("mqtt_client_id", ""), help="MQTT client id, stable: the broker keeps this agent's session (and the notifies "
+                        "published while it is away) under it; default: the device id")
     p.add_argument("--mqtt-ca-file", default=e("mqtt_ca_file"), help="CA bundle to verify an mqtts:// broker")
     p.add_argument("--ssh-host", default=e("ssh_host", d.ssh_host), help="the device's SSH server")
     p.add_argument("--ssh-port", type=_port, default=int(e("ssh_port", str(d.ssh_port)) or d.ssh_port), help="its port")

@@ -41,8 +41,26 @@ class JsonFormatter(logging.Formatter):
         return json_safe(orjson.dumps(entry, default=str).decode())
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes, not to the stream it was at
+    set-up: commands run in-process (tests under pytest's capture, embedders) call `setup`
+    while sys.stderr is a stream that is closed later, and a handler bound to it would print a
+    `Logging error` traceback for every record after that."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # type: ignore[no-untyped-def]
+        pass   # StreamHandler.__init__ and setStream assign it: the current stderr always wins
+
+
 def setup(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -2,16 +2,24 @@
 of the platform that imports gmqtt.
 
 Delivery is at least once and survives restarts: the service puts every notify in the
-store's outbox (with the tunnel, in one step); this notifier publishes each outbox entry with
-QoS 1 to `$oc/devices/{device_id}/sys/events/down` (AWS-protocol tunnels: AWS's
-`$aws/things/{device_id}/tunnels/notify`, docs/aws.md) and removes it when the broker's PUBACK
-comes. While the broker is unreachable entries wait; after every (re)connection everything
-still in the outbox is published again. A tunnel closed before delivery has no entry any
-more, so it is never delivered. The device token in an entry is a secret: it goes into the
-MQTT payload and nowhere else (logs carry tunnel and device ids only).
+store's outbox (with the tunnel, in one step); this notifier publishes each waiting outbox
+entry with QoS 1 to `$oc/devices/{device_id}/sys/events/down` (AWS-protocol tunnels: AWS's
+`$aws/things/{device_id}/tunnels/notify`, docs/aws.md) and marks it delivered when the
+broker's PUBACK comes. While the broker is unreachable entries wait; after every
+(re)connection everything still waiting is published again. A tunnel closed before delivery
+has no entry any more, so it is never delivered. The device token in an entry is a secret: it
+goes into the MQTT payload and nowhere else (logs carry tunnel and device ids only).
 
-Presence: the notifier subscribes to `$oc/devices/+/sys/presence` and feeds what it hears to
-`relay.presence.Presence`, which the service asks before creating a tunnel.
+A PUBACK only says the broker took the notify: a device that was not subscribed at that
+moment (its agent started a moment later, or its session was new) never hears of it. So the
+notifier listens to `$oc/devices/+/sys/presence` (whatever `--presence-check` says) and, each
+time a device says `online`, has the store queue again the notify of every open tunnel of
+that device whose device end is not connected (`TunnelStore.renotify`). Acknowledgements are
+recorded before that: a publish the device missed was acknowledged before its `online` came
+(the broker answers a connection in order), so it is queued again.
+
+Presence also feeds `relay.presence.Presence`, which the service asks before creating a
+tunnel (when `--presence-check` is strict or known).
 
 Reconnection is ours, not gmqtt's: every connection gets a fresh client, so its state
 (packet ids, in-flight packets, subscriptions) never outlives the connection it belongs to,
@@ -35,7 +43,7 @@ from gmqtt.storage import PersistentStorage
 from relay.clock import Clock
 from relay.config import Settings, parse_mqtt_url
 from relay.model import CloseReason, PendingNotify, Side, Status, Tunnel, TunnelProtocol
-from relay.notify import (PRESENCE_FILTER, aws_notify_topic, build_aws_notify, build_notify, cancel_and_wait,
+from relay.notify import (ONLINE, PRESENCE_FILTER, aws_notify_topic, build_aws_notify, build_notify, cancel_and_wait,
                           device_of_presence_topic, down_topic, mqtt_tls_context, quiet_gmqtt_logger)
 from relay.presence import Presence, State
 from relay.store.base import TunnelStore
@@ -98,6 +106,7 @@ class Notifier:
         self._wake = asyncio.Event()
         self._in_flight: dict[int, PendingNotify] = {}
         self._acked: list[PendingNotify] = []
+        self._came_online: set[str] = set()   # devices that said `online` since the last round
         self._gmqtt_log = quiet_gmqtt_logger("relay.notifier.gmqtt")
         self.on_delivered: Callable[[Tunnel], None] | None = None   # the audit trail's hook (set by the app)
 
@@ -173,8 +182,8 @@ class Notifier:
     async def _serve(self, client: _Client) -> None:
         self.connected = True
         refresh = None
+        client.subscribe(PRESENCE_FILTER, qos=1)   # for presence checks and to notify devices again
         if self.presence is not None:
-            client.subscribe(PRESENCE_FILTER, qos=1)
             refresh = asyncio.get_running_loop().time() + PRESENCE_SETTLE
             self.presence.begin_refresh()
         self._wake.set()   # publish whatever waits in the outbox
@@ -193,6 +202,7 @@ class Notifier:
                 if self._wake.is_set():
                     self._wake.clear()
                     await self._record_acks()
+                    await self._renotify()
                     await self._publish_pending(client)
         finally:
             lost.cancel()
@@ -210,11 +220,18 @@ class Notifier:
         acked, self._acked = self._acked, []
         for entry in acked:
             if await self.store.notify_delivered(entry.tunnel_id, entry.device_token):
-                log.info("tunnel notify delivered", extra={"tunnel_id": entry.tunnel_id})
+                log.info("tunnel notify acknowledged by the MQTT broker", extra={"tunnel_id": entry.tunnel_id})
                 if self.on_delivered is not None:
                     tunnel = await self.store.get(entry.tunnel_id)
                     if tunnel is not None:
                         self.on_delivered(tunnel)
+
+    async def _renotify(self) -> None:
+        devices, self._came_online = self._came_online, set()
+        for device_id in sorted(devices):
+            for tunnel_id in await self.store.renotify(device_id):
+                log.info("tunnel notify queued again: the device came online and its end is not connected",
+                         extra={"tunnel_id": tunnel_id, "device_id": device_id})
 
     async def _publish_pending(self, client: _Client) -> None:
         waiting = {(e.tunnel_id, e.device_token) for e in self._in_flight.values()}
@@ -246,7 +263,12 @@ class Notifier:
 
     def _on_message(self, client, topic, payload, qos, properties):  # type: ignore[no-untyped-def]
         device_id = device_of_presence_topic(topic)
-        if device_id is None or self.presence is None:
+        if device_id is None:
+            return 0
+        if payload.strip().lower() == ONLINE:
+            self._came_online.add(device_id)
+            self._wake.set()
+        if self.presence is None:
             return 0
         before = self.presence.state(device_id)
         after = self.presence.update(device_id, payload, self.clock.now())

@@ -241,6 +241,12 @@ class Pairing(PairingRules):
             if peer is not None:
                 # The session on the old connection is over: its peer ends its side of it.
                 actions.append(Send(peer, disconnect_message(Reasons.PEER_REPLACED[other(side)])))
+        if side is Side.SOURCE:
+            # Whatever the device still sends for an earlier source's requests (output it sent
+            # before it read that source's end) belongs to a session that is over: it must not
+            # reach this source. Request ids are unique in the tunnel, so every id remembered so
+            # far is an earlier connection's.
+            self.decoders[Side.DEVICE].retire_request_ids(self.decoders[Side.SOURCE].request_ids())
         actions += self._link(end)
         peer = self.ends[other(side)]
         if peer is not None:

@@ -86,6 +86,23 @@ def test_a_replaced_source_ends_the_device_session():
     assert [m["operation_type"] for m in sends(actions, new)] == ["connect_tunnel"]
 
 
+def test_a_new_source_retires_the_request_ids_of_the_earlier_ones():
+    """The device's late output for an earlier source's requests is dropped, not relayed to
+    the source that replaced it (request ids are unique in the tunnel)."""
+    from tests.codec.frames import envelope, frame
+
+    p = Pairing("t")
+    old, dev, new = FakeEnd(Side.SOURCE, "old"), FakeEnd(Side.DEVICE, "dev"), FakeEnd(Side.SOURCE, "new")
+    p.attach(old)
+    p.attach(dev)
+    p.decoders[Side.SOURCE].feed(frame(envelope("connect", "c1")))
+    p.attach(new)
+    late = envelope("command_response", "c1", data="prompt$ ")
+    assert p.decoders[Side.DEVICE].feed(frame(late)) == (b"", b"", None)
+    fresh = envelope("command_response", "device", data="hello")
+    assert p.decoders[Side.DEVICE].feed(frame(fresh))[0].endswith(fresh)
+
+
 def test_detach_tells_the_peer_and_keeps_it():
     p = Pairing("t")
     src, dev = FakeEnd(Side.SOURCE, "src"), FakeEnd(Side.DEVICE, "dev")

@@ -1,6 +1,7 @@
 //! Huawei secure-tunnel envelope rules for one complete text message.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::frame::{header_len, truncate_utf8, write_header, MAX_CLOSE_REASON, OP_TEXT};
 use crate::json::{self, Doc, Field};
@@ -79,6 +80,11 @@ impl RequestIds {
         self.order.len()
     }
 
+    /// The ids in the window, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.order.iter().map(|id| &**id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
@@ -94,6 +100,30 @@ pub struct Policy {
     /// (a handful: a linear scan beats hashing here). Shared: every tunnel notes the same few,
     /// and an idle tunnel must cost little memory.
     pub noted: std::sync::Arc<[Box<str>]>,
+    /// Request ids of sessions that are over (a device side's: the requests of earlier source
+    /// connections). A message carrying one is dropped while the peer is connected: what the
+    /// device still sends for a replaced source must not reach its successor. Boxed: most
+    /// decoders never have any, and an idle tunnel must cost little memory.
+    pub retired: Option<Box<HashSet<Box<str>, BuildHasherDefault<Fnv1a>>>>,
+}
+
+/// FNV-1a: the retired set is asked about every device message while it exists, so a fast
+/// hash beats SipHash here. Its keys are at most `request_id_window` ids chosen by the
+/// tunnel's own source: colliding ids could only slow down that source's own tunnel.
+#[derive(Default)]
+pub struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 fn side_name(side: u8) -> &'static str {
@@ -154,7 +184,19 @@ fn write_reply(out: &mut Vec<u8>, op: &str, service: &str, rid: &str, data: &[&s
 
 impl Policy {
     pub fn new(side: u8, services: Vec<String>, request_id_window: usize) -> Self {
-        Policy { side, services, request_ids: RequestIds::new(request_id_window), noted: std::sync::Arc::from(Vec::new()) }
+        Policy {
+            side,
+            services,
+            request_ids: RequestIds::new(request_id_window),
+            noted: std::sync::Arc::from(Vec::new()),
+            retired: None,
+        }
+    }
+
+    /// Replace the retired request ids (an empty set retires none).
+    pub fn retire<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
+        let set: HashSet<Box<str>, BuildHasherDefault<Fnv1a>> = ids.into_iter().map(Box::from).collect();
+        self.retired = if set.is_empty() { None } else { Some(Box::new(set)) };
     }
 
     /// Check one complete text message (UTF-8 first, then JSON, then the envelope).
@@ -219,6 +261,11 @@ impl Policy {
             return Ok(Outcome::Answered);
         }
         if peer_connected {
+            if let Some(retired) = &self.retired {
+                if retired.contains(rid) {
+                    return Ok(Outcome::Consumed);
+                }
+            }
             if NOTE && self.noted.iter().any(|n| **n == *op) {
                 return Ok(Outcome::ForwardNoted);
             }
@@ -266,6 +313,22 @@ mod tests {
         let long = "r".repeat(129);
         assert_eq!(p.check(&env("command", &long), true, &mut out).unwrap_err().reason, "request_id must be 1 to 128 bytes");
         assert_eq!(p.check(&env("command", ""), true, &mut out).unwrap_err().reason, "request_id must be 1 to 128 bytes");
+    }
+
+    #[test]
+    fn retired_ids_are_dropped_while_the_peer_is_connected() {
+        let mut p = policy(DEVICE);
+        let mut out = Vec::new();
+        p.retire(["c1", "k1"]);
+        assert_eq!(p.check(&env("command_response", "c1"), true, &mut out), Ok(Outcome::Consumed));
+        assert_eq!(p.check(&env("disconnect", "k1"), true, &mut out), Ok(Outcome::Consumed));
+        assert_eq!(p.check(&env("command_response", "c2"), true, &mut out), Ok(Outcome::Forward));
+        assert!(out.is_empty());
+        // without a peer the usual answer
+        assert_eq!(p.check(&env("command_response", "c1"), false, &mut out), Ok(Outcome::Answered));
+        p.retire(std::iter::empty());
+        assert!(p.retired.is_none());
+        assert_eq!(p.check(&env("command_response", "c1"), true, &mut out), Ok(Outcome::Forward));
     }
 
     #[test]

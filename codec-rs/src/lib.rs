@@ -323,6 +323,19 @@ mod bindings {
                 self.on_note = None;
             }
 
+            /// The request ids this side's requests used, as remembered (the window), oldest first.
+            fn request_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+                PyTuple::new(py, self.inner.policy.request_ids.iter().collect::<Vec<_>>())
+            }
+
+            /// From now on, while the peer is connected, drop the messages whose request_id is
+            /// one of `ids`: they belong to a session that is over. Replaces the earlier ids.
+            fn retire_request_ids(&mut self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
+                let ids = str_items(ids, "ids")?;
+                self.inner.policy.retire(ids.iter().map(String::as_str));
+                Ok(())
+            }
+
             /// Feed one read; returns (to_peer, to_sender, close).
             fn feed<'py>(slf: &Bound<'py, Self>, data: &[u8]) -> PyResult<FeedResult<'py>> {
                 let py = slf.py();

@@ -4,6 +4,12 @@ On every connection: a last will that publishes a retained `offline` on the pres
 if the connection is lost, a subscription to the down topic (QoS 1), then a retained
 `online`. On a clean stop it publishes `offline` itself (a clean disconnect fires no will).
 Like the platform's notifier, it reconnects with a fresh client each time.
+
+The session is persistent (clean session off, the same client id every time): the broker
+keeps the subscription and queues the QoS 1 notifies published while the agent is away (a
+network outage, a restart), and hands them over when it is back. A notify published before
+the agent's first session existed is sent again by the relay when the agent says `online`
+(relay/notifier.py).
 """
 
 from __future__ import annotations
@@ -102,7 +108,7 @@ class DeviceLink:
 
     def _new_client(self) -> _Client:
         will = gmqtt.Message(self.presence, OFFLINE, qos=1, retain=True)
-        client = _Client(self.settings.client_id, clean_session=True, will_message=will, logger=self._gmqtt_log)
+        client = _Client(self.settings.client_id, clean_session=False, will_message=will, logger=self._gmqtt_log)
         if self.settings.mqtt_username:
             client.set_auth_credentials(self.settings.mqtt_username, self.settings.mqtt_password)
         client.on_message = self._on_message

@@ -302,13 +302,14 @@ async def _aws_tunnel(api: Any, device_id: str, service: str, notice: Callable[[
     its source token rotated, or a new one (`"protocol": "aws"`, `"services": [service]`)."""
     from relay.client.api import ClientError
 
+    from relay.client.remote import rotate_for_reuse
+
     page = await api.list_page(device_id=device_id, status="OPEN", limit=1)
     for tunnel in page.get("tunnels") or []:
         if tunnel.get("protocol", "huawei") != "aws":
             raise ClientError(f"{device_id} has an open tunnel of the Huawei protocol ({tunnel['tunnel_id']}): "
                               "close it first (relay tunnel close ID), or use relay forward without --protocol aws")
-        notice(f"reusing the open AWS tunnel {tunnel['tunnel_id']} of {device_id} (rotating its source token)...")
-        rotated = await api.rotate(tunnel["tunnel_id"], "source")
+        rotated = await rotate_for_reuse(api, tunnel["tunnel_id"], notice, tunnel)
         token = rotated.get("source_access_token") or rotated["tunnel_access_token"]
         return tunnel["tunnel_id"], api.url, token, False
     notice(f"creating an AWS tunnel to {device_id} (service {service})...")
@@ -318,6 +319,36 @@ async def _aws_tunnel(api: Any, device_id: str, service: str, notice: Callable[[
         body["expires_in"] = expires_in
     made = await api._call("POST", json=body)   # RelayApi.create speaks Huawei's fields only
     return made["tunnel_id"], made.get("tunnel_uri") or api.url, made["source_access_token"], True
+
+
+DEVICE_POLL = 0.25   # seconds between two looks at the tunnel's device_connect_state
+
+
+async def _device_end_connects(api: Any, tunnel_id: str, wait: float, terminal: Any) -> bool:
+    """Wait (at most `wait` seconds) for the destination end of the tunnel: the AWS protocol
+    tells a source nothing about it, so `relay forward` asks the REST API, and announces
+    "forwarding" only when both ends are there. False (said why) when it does not come."""
+    from relay.client.remote import device_end_connected
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    info = await api.show(tunnel_id)
+    if device_end_connected(info):
+        return True
+    device = info.get("device_id") or "the device"
+    terminal.notice(f"waiting for the destination end of the tunnel ({device}'s agent) to connect...")
+    while loop.time() < deadline:
+        await asyncio.sleep(DEVICE_POLL)
+        info = await api.show(tunnel_id)
+        if device_end_connected(info):
+            terminal.notice("the device is connected")
+            return True
+        if info.get("status") != "OPEN":
+            terminal.error(f"relay: the tunnel {tunnel_id} was closed while waiting for {device}")
+            return False
+    terminal.error(f"relay: {device} did not connect within {wait:g} s: is it online, and does its agent "
+                   "hear AWS tunnel notifies ($aws/things/{thing}/tunnels/notify)?".replace("{thing}", device))
+    return False
 
 
 def forward_aws_command(args: argparse.Namespace) -> int:
@@ -349,8 +380,8 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
                 tunnel_id, endpoint = args.tunnel, args.url
             elif args.tunnel:
                 assert api is not None
-                terminal.notice(f"rotating the source token of the tunnel {args.tunnel}...")
-                rotated = await api.rotate(args.tunnel, "source")
+                from relay.client.remote import rotate_for_reuse
+                rotated = await rotate_for_reuse(api, args.tunnel, terminal.notice)
                 tunnel_id, endpoint = args.tunnel, args.url
                 token = rotated.get("source_access_token") or rotated["tunnel_access_token"]
             else:
@@ -358,6 +389,8 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
                 tunnel_id, endpoint, token, created = await _aws_tunnel(api, args.device_id, service, terminal.notice,
                                                                         args.expires_in)
             assert token is not None
+            if api is not None and not await _device_end_connects(api, tunnel_id, args.wait, terminal):
+                return EXIT_FAILURE
 
             def announce(text: str) -> None:
                 address = proxy.addresses.get(service) or next(iter(proxy.addresses.values()), None)

@@ -94,7 +94,7 @@ class Forwarder:
                     await asyncio.sleep(delay)
                     delay = min(30.0, delay * 2)
                     continue
-                self.notice("waiting for the device...")
+                self.notice("waiting for the device's end of the tunnel (its agent) to connect...")
                 reader = asyncio.create_task(self._read(self._ws))
                 if server is None:
                     ready = asyncio.create_task(self.device_ready.wait())
@@ -295,8 +295,7 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
                 opened = Opened(args.tunnel, source_uri(args.url, args.tunnel), token, created=False)
             elif args.tunnel:
                 assert api is not None
-                terminal.notice(f"rotating the source token of the tunnel {args.tunnel}...")
-                opened = await take_over(api, args.tunnel)
+                opened = await take_over(api, args.tunnel, terminal.notice)
             else:
                 assert api is not None
                 opened = await open_tunnel(api, args.device_id, terminal.notice, expires_in=args.expires_in,

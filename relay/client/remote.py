@@ -38,14 +38,12 @@ class Opened:
 async def open_tunnel(api: RelayApi, device_id: str, notice: Callable[[str], None], *,
                       description: str | None = None, expires_in: int | None = None) -> Opened:
     """A tunnel to `device_id` with a source token we hold: a new one, or the device's open
-    tunnel with its source token rotated (the token is only returned by create and rotate;
+    tunnel taken over (`take_over`: the token is only returned by create and rotate;
     rotating it cuts off any other application connected to that tunnel)."""
     for attempt in range(2):
         page = await api.list_page(device_id=device_id, status="OPEN", limit=1)
         if page.get("tunnels"):
-            tunnel_id = page["tunnels"][0]["tunnel_id"]
-            notice(f"reusing the open tunnel {tunnel_id} of {device_id} (rotating its source token)...")
-            return await take_over(api, tunnel_id)
+            return await take_over(api, page["tunnels"][0]["tunnel_id"], notice, page["tunnels"][0])
         notice(f"creating a tunnel to {device_id}...")
         try:
             made = await api.create(device_id, description=description, expires_in=expires_in)
@@ -57,10 +55,33 @@ async def open_tunnel(api: RelayApi, device_id: str, notice: Callable[[str], Non
     raise ClientError(f"could not open a tunnel to {device_id}")   # pragma: no cover (two races in a row)
 
 
-async def take_over(api: RelayApi, tunnel_id: str) -> Opened:
+def device_end_connected(info: dict) -> bool:
+    """Whether a TunnelInfo says the device's end of the tunnel is connected."""
+    return (info.get("device_connect_state") or {}).get("status") == "CONNECTED"
+
+
+async def rotate_for_reuse(api: RelayApi, tunnel_id: str, notice: Callable[[str], None],
+                           info: dict | None = None) -> dict:
+    """Rotate what reusing an open tunnel needs: its source token (the only way to get one),
+    and its device token too when the device's end is not connected. That device may never
+    have had the token (it missed the notify) or may have given up on the tunnel; rotating
+    makes the relay publish the new one to it over MQTT, as on create. The answer of rotate."""
+    info = info if info is not None else await api.show(tunnel_id)
+    device = info.get("device_id") or "the device"
+    if device_end_connected(info):
+        notice(f"reusing the open tunnel {tunnel_id} of {device} (rotating its source token)...")
+        return await api.rotate(tunnel_id, "source")
+    notice(f"reusing the open tunnel {tunnel_id} of {device}: its device end is not connected, so both its tokens "
+           f"are rotated and the relay sends the new device token to {device} over MQTT...")
+    return await api.rotate(tunnel_id, "all")
+
+
+async def take_over(api: RelayApi, tunnel_id: str, notice: Callable[[str], None] = lambda text: None,
+                    info: dict | None = None) -> Opened:
     """An existing tunnel, with a new source token (which cuts off the application that
-    held the old one): the source token is only returned by create and rotate."""
-    rotated = await api.rotate(tunnel_id, "source")
+    held the old one), and a new device token sent to the device when its end is not
+    connected (`rotate_for_reuse`)."""
+    rotated = await rotate_for_reuse(api, tunnel_id, notice, info)
     return Opened(tunnel_id, source_uri(api.url, tunnel_id), rotated["tunnel_access_token"], created=False)
 
 

@@ -137,6 +137,9 @@ class Decoder(FrameDecoder):
         self._frag = bytearray()  # unmasked payload of the fragmented message in progress
         self._ids: set[str] = set()
         self._id_order: deque[str] = deque()
+        # request ids of sessions that are over (a device side's: earlier source connections'):
+        # their messages are dropped while the peer is connected
+        self._retired: frozenset[str] = frozenset()
 
     def reset(self) -> None:
         """A new connection replaces the old one: drop partial state, keep request-id history and counters."""
@@ -144,6 +147,15 @@ class Decoder(FrameDecoder):
         self._frag = bytearray()
         self._in_message = False
         self._closed = False
+
+    def request_ids(self) -> tuple[str, ...]:
+        """The request ids this side's requests used, as remembered (the window), oldest first."""
+        return tuple(self._id_order)
+
+    def retire_request_ids(self, ids: Iterable[str]) -> None:
+        """From now on, while the peer is connected, drop the messages whose request_id is one
+        of ``ids``: they belong to a session that is over. Replaces the earlier ids."""
+        self._retired = frozenset(_str_items(ids, "ids"))
 
     # ---- decoding
     def feed(self, data: builtins.bytes) -> tuple[builtins.bytes, builtins.bytes, Close | None]:
@@ -242,6 +254,8 @@ class Decoder(FrameDecoder):
             to_sender.append(encode_text(orjson.dumps(reply)))
             return _ANSWERED
         if self._peer_connected:
+            if self._retired and rid in self._retired:
+                return _CONSUMED
             # when nothing is noted this costs one truth test of an empty frozenset
             if self._noted and op in self._noted:
                 return _NOTED

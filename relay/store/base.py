@@ -2,10 +2,13 @@
 open tunnel per device, the per-project quota) are enforced inside the store so that
 concurrent requests, or several replicas sharing one store, cannot break them.
 
-The store also keeps the notify outbox: the device token of each tunnel whose MQTT notify
-has not been acknowledged by the broker yet. It lives with the tunnels so that it survives
-restarts and is shared by replicas; an entry goes when its notify is delivered or when its
-tunnel closes. It holds a secret (the device token): a store never logs it."""
+The store also keeps the notify outbox: the device token of each OPEN tunnel the relay
+notified, marked waiting (to be published) or delivered (the broker acknowledged it). It lives
+with the tunnels so that it survives restarts and is shared by replicas. An entry stays after
+delivery, because a broker's acknowledgement does not mean the device got it: when the device
+comes online while its end of the tunnel is not connected, the notify is queued again
+(`renotify`). It goes when its tunnel closes. It holds a secret (the device token): a store
+never logs it."""
 
 from __future__ import annotations
 
@@ -86,12 +89,19 @@ class TunnelStore(abc.ABC):
 
     @abc.abstractmethod
     async def pending_notifies(self, limit: int) -> list[PendingNotify]:
-        """Up to `limit` outbox entries, oldest first."""
+        """Up to `limit` outbox entries waiting to be published, oldest first."""
 
     @abc.abstractmethod
     async def notify_delivered(self, tunnel_id: str, device_token: str) -> bool:
-        """Remove the entry if it still holds this token (a newer token, queued by a rotation
-        meanwhile, stays) and mark the notify DELIVERED; False when nothing matched."""
+        """The broker acknowledged the notify: if the entry still holds this token (a newer
+        token, queued by a rotation meanwhile, stays waiting) it stops waiting, and the notify
+        is marked DELIVERED; False when nothing matched. The entry is kept (see `renotify`)."""
+
+    @abc.abstractmethod
+    async def renotify(self, device_id: str) -> list[str]:
+        """The device came online: every OPEN tunnel of `device_id` (in any project) whose
+        notify was delivered and whose device end is not connected gets its entry waiting again
+        (notify PENDING). Returns their ids."""
 
     @abc.abstractmethod
     async def aclose(self) -> None: ...

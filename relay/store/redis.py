@@ -8,8 +8,9 @@ Layout (every key under one prefix, default `relay:`):
     dev:{project}:{device}   the id of the device's OPEN tunnel
     expiry                   sorted set: OPEN tunnels by expires_at
     closed                   sorted set: CLOSED tunnels by closed_time
-    outbox                   hash: tunnel_id -> device token of a notify not yet delivered
-    outbox:order             sorted set: outbox entries, oldest first
+    outbox                   hash: tunnel_id -> device token of each notified OPEN tunnel, kept
+                             until it closes (a device that comes online is notified again)
+    outbox:order             sorted set: the entries waiting to be published, oldest first
     tok:{token_hash}         the id of the tunnel one of whose current tokens has this hash (AWS
                              clients present a token and no tunnel id; docs/aws.md)
 
@@ -140,10 +141,27 @@ return 1
 _NOTIFY_DELIVERED = """
 local tkey, outbox, order, id, token = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
 if redis.call('HGET', outbox, id) ~= token then return 0 end
-redis.call('HDEL', outbox, id)
 redis.call('ZREM', order, id)
 if redis.call('EXISTS', tkey) == 1 then redis.call('HSET', tkey, 'notify_status', 'DELIVERED') end
 return 1
+"""
+
+
+# The device came online: its OPEN tunnels whose notify was delivered and whose device end is
+# not connected are queued again. The outbox holds only open tunnels, so it is small.
+_RENOTIFY = """
+local outbox, order, seqkey, device, prefix = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
+local again = {}
+for _, id in ipairs(redis.call('HKEYS', outbox)) do
+  local tkey = prefix .. 't:' .. id
+  if not redis.call('ZSCORE', order, id) and redis.call('HGET', tkey, 'device_id') == device
+      and redis.call('HGET', tkey, 'status') == 'OPEN' and redis.call('HGET', tkey, 'device_connected') ~= '1' then
+    redis.call('HSET', tkey, 'notify_status', 'PENDING')
+    redis.call('ZADD', order, redis.call('INCR', seqkey), id)
+    again[#again + 1] = id
+  end
+end
+return again
 """
 
 
@@ -208,6 +226,7 @@ class RedisStore(TunnelStore):
         self._claim_access = self.redis.register_script(_CLAIM_ACCESS)
         self._queue_notify = self.redis.register_script(_QUEUE_NOTIFY)
         self._delivered = self.redis.register_script(_NOTIFY_DELIVERED)
+        self._renotify = self.redis.register_script(_RENOTIFY)
         self._audit = RedisAudit(self.redis, prefix, self._call)   # relay/store/audit_redis.py
 
     def _k(self, *parts: str) -> str:
@@ -323,6 +342,10 @@ class RedisStore(TunnelStore):
     async def notify_delivered(self, tunnel_id: str, device_token: str) -> bool:
         keys = [self._k("t", tunnel_id), self._k("outbox"), self._k("outbox:order")]
         return bool(int(await self._call(self._delivered(keys=keys, args=[tunnel_id, device_token]))))
+
+    async def renotify(self, device_id: str) -> list[str]:
+        keys = [self._k("outbox"), self._k("outbox:order"), self._k("seq")]
+        return list(await self._call(self._renotify(keys=keys, args=[device_id, self.prefix])))
 
     async def aclose(self) -> None:
         await self.redis.aclose()

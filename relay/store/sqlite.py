@@ -52,11 +52,15 @@ CREATE INDEX IF NOT EXISTS tunnels_closed ON tunnels (status, closed_time);
 -- AWS clients present a token and no tunnel id (docs/aws.md): tunnels are found by token hash.
 CREATE INDEX IF NOT EXISTS tunnels_source_token ON tunnels (source_token_hash);
 CREATE INDEX IF NOT EXISTS tunnels_device_token ON tunnels (device_token_hash);
--- The notify outbox: device tokens not yet acknowledged by the MQTT broker. Secret; rowid
--- order is queueing order (INSERT OR REPLACE gives a re-queued entry a new rowid).
+-- The notify outbox: the device token of each OPEN tunnel that was notified, kept until the
+-- tunnel closes so that the notify can be published again when the device comes online
+-- without its end connected (docs/device.md). Secret. `delivered`: the broker acknowledged
+-- it (0: waiting to be published). rowid order is queueing order (INSERT OR REPLACE gives a
+-- re-queued entry a new rowid).
 CREATE TABLE IF NOT EXISTS notify_outbox (
     tunnel_id TEXT PRIMARY KEY,
-    device_token TEXT NOT NULL
+    device_token TEXT NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -118,6 +122,9 @@ class SqliteStore(TunnelStore):
                     if column not in present:
                         self._db.execute(f"ALTER TABLE tunnels ADD COLUMN {column} {declaration}")
             self._db.executescript(SCHEMA)
+            outbox = {row[1] for row in self._db.execute("PRAGMA table_info(notify_outbox)")}
+            if "delivered" not in outbox:   # an older file: its entries were all waiting
+                self._db.execute("ALTER TABLE notify_outbox ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0")
             self._audit = SqliteAudit(self._db)   # relay/store/audit_sqlite.py
         except sqlite3.Error as exc:
             raise errors.ConfigError(f"cannot open the SQLite database {path!r}: {exc}") from exc
@@ -298,7 +305,7 @@ class SqliteStore(TunnelStore):
 
     async def pending_notifies(self, limit: int) -> list[PendingNotify]:
         rows = self._db.execute(
-            "SELECT tunnel_id, device_token FROM notify_outbox ORDER BY rowid LIMIT ?", (limit,)
+            "SELECT tunnel_id, device_token FROM notify_outbox WHERE delivered=0 ORDER BY rowid LIMIT ?", (limit,)
         ).fetchall()
         return [PendingNotify(tunnel_id, token) for tunnel_id, token in rows]
 
@@ -306,7 +313,7 @@ class SqliteStore(TunnelStore):
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            cur = db.execute("DELETE FROM notify_outbox WHERE tunnel_id=? AND device_token=?",
+            cur = db.execute("UPDATE notify_outbox SET delivered=1 WHERE tunnel_id=? AND device_token=?",
                              (tunnel_id, device_token))
             if cur.rowcount:
                 db.execute("UPDATE tunnels SET notify_status='DELIVERED' WHERE tunnel_id=? AND status='OPEN'",
@@ -316,6 +323,24 @@ class SqliteStore(TunnelStore):
             db.execute("ROLLBACK")
             raise
         return cur.rowcount > 0
+
+    async def renotify(self, device_id: str) -> list[str]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # The outbox holds only open tunnels: it is small, and is where the search starts.
+            ids = [row[0] for row in db.execute(
+                "SELECT o.tunnel_id FROM notify_outbox o JOIN tunnels t ON t.tunnel_id=o.tunnel_id"
+                " WHERE o.delivered=1 AND t.device_id=? AND t.status='OPEN' AND t.device_connected=0"
+                " ORDER BY o.rowid", (device_id,))]
+            for tunnel_id in ids:
+                db.execute("UPDATE notify_outbox SET delivered=0 WHERE tunnel_id=?", (tunnel_id,))
+                db.execute("UPDATE tunnels SET notify_status='PENDING' WHERE tunnel_id=?", (tunnel_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return ids
 
     async def aclose(self) -> None:
         self._db.close()

@@ -307,3 +307,52 @@ async def test_a_v2_source_has_one_connection_at_a_time_and_a_new_one_replaces_t
         assert (code, out) == (0, "two\n"), err
         code, out, _ = await asyncio.wait_for(first, 20)
         assert code != 0 and "never" not in out
+
+
+# -- reusing an open tunnel (issue 14, point 7) ----------------------------------------------------
+
+
+async def test_relay_forward_protocol_aws_announces_forwarding_only_with_the_destination_there(aws_fleet, tmp_path):
+    """An open AWS tunnel whose destination end is not connected: `relay forward` sends the
+    device a new token, says what it waits for, and never says "forwarding" (streams would
+    die unanswered) until the destination is there."""
+    relay, start_agent = aws_fleet
+    created = await create(relay)   # no agent yet: nobody takes the notify
+    env_cli = cli_env(relay)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay.cli", "forward", DEVICE, "--protocol", "aws", "--listen", "127.0.0.1:0",
+        "--wait", "2", "--keep", env=env_cli, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 40)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+    text = err.decode()
+    assert proc.returncode == 255, text
+    assert "forwarding" not in out.decode(), out
+    assert f"reusing the open tunnel {created['tunnel_id']}" in text and "its device end is not connected" in text
+    assert "waiting for the destination end of the tunnel" in text and "did not connect within 2 s" in text
+
+    # with the agent running, the same command gets the device there (a new token over MQTT) and then forwards
+    agent = await start_agent()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay.cli", "forward", DEVICE, "--protocol", "aws", "--listen", "127.0.0.1:0",
+        "--wait", "30", env=env_cli, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 40)).decode()
+        found = re.fullmatch(r"forwarding 127\.0\.0\.1:(\d+) -> device service SSH\n", line)
+        assert found, line
+        assert agent.aws.session is not None and agent.aws.session.connected.is_set()
+        code, out_text, ssh_err = await ssh(found.group(1), "echo both-ends", ssh_env(tmp_path))
+        assert (code, out_text) == (0, "both-ends\n"), ssh_err
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.communicate(), 20)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 import pytest
 from aiohttp.test_utils import unused_port
 
 from relay.client.api import ApiError, RelayApi, Unreachable, source_uri
 from tests.conftest import TOKEN_A, TOKEN_B
+from tests.device.conftest import eventually
 
 
 async def test_every_call(relay):
@@ -57,3 +61,46 @@ def test_source_uri_keeps_scheme_host_and_prefix():
     assert source_uri("https://relay.example.com/base/", "t 1") == \
         "wss://relay.example.com/base/v5/iot/tunnels/t%201/source-connect"
     assert source_uri("http://127.0.0.1:8080", "t") == "ws://127.0.0.1:8080/v5/iot/tunnels/t/source-connect"
+
+
+async def test_taking_over_a_tunnel_sends_the_device_a_new_token_only_when_its_end_is_not_connected(relay_factory,
+                                                                                                     mosquitto):
+    """`relay forward --tunnel ID` (take_over) and every reuse: the source token is always
+    rotated; the device token too, and published again, when the device end is not connected."""
+    from relay.client.remote import take_over
+    from relay.notify import parse_notifies
+
+    relay = await relay_factory(mqtt_url=mosquitto.url)
+    created = await relay.create("dev-take")
+    notices: list[str] = []
+
+    async def delivered() -> bool:
+        return (await relay.call("GET", f"/v5/iot/proj-a/tunnels/{created['tunnel_id']}"))[1]["notify_status"] \
+            == "DELIVERED"
+
+    await eventually(delivered)   # the create's notify is behind us: the subscriber sees only what follows
+    sub = await mosquitto.subscribe("$oc/devices/dev-take/sys/events/down")
+    async with RelayApi(relay.url, TOKEN_A, "proj-a") as api:
+        opened = await take_over(api, created["tunnel_id"], notices.append)
+        [(_, payload)] = await sub.messages()
+        [notify] = parse_notifies(payload)
+        assert notify.tunnel_id == created["tunnel_id"] and notify.token != created["device_access_token"]
+        assert opened.token != created["tunnel_access_token"]
+        assert "its device end is not connected" in notices[-1]
+
+        # the device connects with its new token: a take-over leaves its token alone
+        async with aiohttp.ClientSession() as http:
+            device = await http.ws_connect(relay.settings.tunnel_uri(created["tunnel_id"], "device"),
+                                           headers={"tunnel_access_token": notify.token})
+            try:
+                for _ in range(200):
+                    if (await api.show(created["tunnel_id"]))["device_connect_state"]["status"] == "CONNECTED":
+                        break
+                    await asyncio.sleep(0.05)
+                again = await take_over(api, created["tunnel_id"], notices.append)
+                assert "rotating its source token" in notices[-1]
+                assert again.token != opened.token
+                assert not device.closed
+                assert (await api.show(created["tunnel_id"]))["device_connect_state"]["status"] == "CONNECTED"
+            finally:
+                await device.close()

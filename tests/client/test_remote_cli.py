@@ -237,3 +237,43 @@ async def test_ctrl_c_while_waiting_closes_the_tunnel(fleet):
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 130, err
     assert [t["status"] for t in await tunnels(relay)] == ["CLOSED"]
+
+
+async def _abandoned_tunnel(relay, start_agent) -> dict:  # type: ignore[no-untyped-def]
+    """An open tunnel of DEVICE whose device end is not connected while the agent runs and
+    listens: another device connection took the end over (the agent, evicted with 4000,
+    gives up on the tunnel, as docs/device.md says), then went away."""
+    import aiohttp
+
+    agent = await start_agent()
+    created = await relay.create(DEVICE)
+    tunnel_id = created["tunnel_id"]
+
+    async def device_status() -> str:
+        code, info = await relay.call("GET", f"/v5/iot/proj-a/tunnels/{tunnel_id}")
+        assert code == 200
+        return info["device_connect_state"]["status"]
+
+    await eventually(lambda: _is(device_status, "CONNECTED"), timeout=20)
+    async with aiohttp.ClientSession() as http:
+        usurper = await http.ws_connect(relay.settings.tunnel_uri(tunnel_id, "device"),
+                                        headers={"tunnel_access_token": created["device_access_token"]})
+        await eventually(lambda: agent._tunnel_task is not None and agent._tunnel_task.done(), timeout=20)
+        await usurper.close()
+    await eventually(lambda: _is(device_status, "DISCONNECTED"), timeout=20)
+    return created
+
+
+async def _is(get, value) -> bool:  # type: ignore[no-untyped-def]
+    return (await get()) == value
+
+
+async def test_exec_reusing_a_tunnel_without_its_device_end_sends_the_device_a_new_token(fleet):
+    """Reusing the open tunnel must not wait for a device that has no reason to come: its
+    device token is rotated too, and the relay publishes it to the device (issue 14, point 7)."""
+    relay, cli, start_agent = fleet
+    created = await _abandoned_tunnel(relay, start_agent)
+    code, out, err = await cli.run("exec", DEVICE, "--wait", "30", "--", "echo", "two")
+    assert (code, out) == (0, "two\n"), err
+    assert f"reusing the open tunnel {created['tunnel_id']}" in err
+    assert "its device end is not connected" in err and "sends the new device token" in err

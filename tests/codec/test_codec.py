@@ -480,6 +480,37 @@ def test_request_id_window_fifo(codec: ModuleType) -> None:
     assert make_feed_code(d, "a") == 4409
 
 
+def test_retired_request_ids_are_dropped_while_the_peer_is_connected(codec: ModuleType) -> None:
+    src = make(codec)
+    assert src.request_ids() == ()
+    src.feed(b"".join(frame(envelope(op, rid)) for op, rid in
+                      [("connect", "c1"), ("command", "k1"), ("disconnect", "x"), ("command", "k2")]))
+    assert src.request_ids() == ("c1", "k1", "k2")   # the requests that need fresh ids, oldest first
+    dev = make(codec, codec.DEVICE)
+    dev.retire_request_ids(src.request_ids())
+    old = [envelope("command_response", "c1", data="old$ "), envelope("disconnect", "k2")]
+    mine = envelope("command_response", "c9", data="new$ ")
+    assert dev.feed(b"".join(map(frame, old)) + frame(mine)) == (server_text(mine), b"", None)
+    assert dev.messages == 3
+    # without a peer a retired id gets the usual answer
+    dev.peer_connected = False
+    _, answer, _ = dev.feed(frame(envelope("command_response", "k1")))
+    assert b'"status_code":"404"' in answer
+    dev.peer_connected = True
+    dev.retire_request_ids([])
+    assert dev.feed(frame(old[0]))[0] == server_text(old[0])
+    for bad in ("c1", ["c1", 2], None):
+        with pytest.raises(TypeError):
+            dev.retire_request_ids(bad)
+
+
+def test_request_ids_are_the_window(codec: ModuleType) -> None:
+    d = make(codec, request_id_window=2)
+    d.feed(b"".join(frame(envelope("command", r)) for r in "abc"))
+    assert d.request_ids() == ("b", "c")
+    assert make(codec, request_id_window=0).request_ids() == ()
+
+
 def make_feed_code(d, rid: str) -> int | None:
     return close_code(d.feed(frame(envelope("command", rid))))
 

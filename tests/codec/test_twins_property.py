@@ -174,16 +174,23 @@ def _run(chunks: list[bytes], side: int = 0, peer: bool = True, max_size: int = 
             rs.reset()
         elif action == 2:
             py.peer_connected = rs.peer_connected = not py.peer_connected
+        elif action == 3:   # a new source retired these (docs/codec.md); then none again
+            py.retire_request_ids(["1", "3"])
+            rs.retire_request_ids(["1", "3"])
+        elif action == 4:
+            py.retire_request_ids([])
+            rs.retire_request_ids([])
         a = py.feed(chunk)
         b = rs.feed(chunk)
         assert a == b, (i, chunk)
         assert _state(py) == _state(rs)
+        assert py.request_ids() == rs.request_ids()
 
 
 @SETTINGS
 @given(data=st.data(), side=st.sampled_from([0, 1]), peer=st.booleans(),
        max_size=st.sampled_from([10240, 10240, 64, 200, 0]), window=st.sampled_from([1024, 2, 0]),
-       actions=st.lists(st.sampled_from([0, 0, 0, 0, 1, 2]), max_size=6))
+       actions=st.lists(st.sampled_from([0, 0, 0, 0, 1, 2, 3, 4]), max_size=6))
 def test_twins_on_frame_streams(data: st.DataObject, side: int, peer: bool, max_size: int, window: int,
                                 actions: list[int]) -> None:
     stream = data.draw(frame_stream())

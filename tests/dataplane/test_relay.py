@@ -320,6 +320,33 @@ async def test_new_source_connection_evicts_the_old_one(tunnel):
     assert orjson.loads((await new.receive(timeout=5)).data)["data"] == "hello"
 
 
+async def test_what_the_device_sends_for_a_replaced_source_does_not_reach_the_new_one(tunnel):
+    """Output the device sent for the old source's session before it read that session's end
+    (its shell prompt, request c1) arrives after the new source took over: it is dropped; what
+    the device sends for the new source, or on its own, goes through (issue 14, point 8)."""
+    old, device = await tunnel.pair()
+    await old.send_str(message("connect", "c1", {"username": "u", "password": "p"}))
+    assert orjson.loads((await device.receive(timeout=5)).data)["request_id"] == "c1"
+    await old.send_str(message("command", "k1", "ls\n"))
+    assert orjson.loads((await device.receive(timeout=5)).data)["request_id"] == "k1"
+    new = await tunnel.connect("source")
+    assert (await receive_close(old))[0] == 4000
+    assert (await receive_json(new))["operation_type"] == "connect_tunnel"
+    # still in flight from the device when the new source came: the old session's output
+    await device.send_str(message("command_response", "c1", "old-prompt$ "))
+    await device.send_str(message("command_response", "k1", "old-listing"))
+    await device.send_str(message("disconnect", "k1", {"status_code": "200", "status_msg": "old shell ended"}))
+    await device.send_str(message("command_response", "device", "the device's own"))
+    got = await receive_json(new)
+    assert (got["request_id"], got["data"]) == ("device", "the device's own")
+    await new.send_str(message("connect", "c2", {"username": "u", "password": "p"}))
+    told = await receive_json(device)
+    assert told["operation_type"] == "disconnect"   # the old source's session is over
+    assert (await receive_json(device))["request_id"] == "c2"
+    await device.send_str(message("connect_response", "c2", {"status_code": "200", "status_msg": "ok"}))
+    assert (await receive_json(new))["request_id"] == "c2"
+
+
 async def test_peer_leaving_is_told_and_the_other_side_stays(tunnel):
     source, device = await tunnel.pair()
     await device.close()

@@ -4,6 +4,7 @@ process), OpenSSH's sshd, and an application's WebSocket on the source side."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import platform
 import re
 
@@ -275,3 +276,68 @@ async def test_a_new_source_does_not_inherit_the_old_sources_ssh_login(setup, ht
         await first.close()
         if second is not None:
             await second.close()
+
+
+# -- a notify the device missed (issue 14, point 6) ---------------------------------------
+
+
+async def device_state(relay, tunnel_id: str) -> dict:
+    return (await relay.call("GET", f"/v5/iot/proj-a/tunnels/{tunnel_id}"))[1]
+
+
+async def test_an_agent_that_subscribes_after_its_notify_was_acknowledged_still_gets_it(
+        relay_factory, mosquitto, agent_factory):
+    """The broker acknowledged the notify while no agent was subscribed (it started a moment
+    later): the relay sends the notify again when the agent says `online`, and the device
+    end connects."""
+    relay = await relay_factory(mqtt_url=mosquitto.url)
+    created = await relay.create("dev-late")
+    await eventually(lambda: _notify_is(relay, created["tunnel_id"], "DELIVERED"))   # nobody listened
+    await agent_factory("dev-late", mosquitto.url)
+    await eventually(lambda: _device_is(relay, created["tunnel_id"], "CONNECTED"), timeout=20)
+    assert (await device_state(relay, created["tunnel_id"]))["notify_status"] == "DELIVERED"
+
+
+async def test_a_notify_published_while_the_agent_is_away_reaches_it_when_it_is_back(mosquitto):
+    """The agent's MQTT session is persistent (clean session off, the same client id): what
+    the relay publishes while the agent is away (a restart, an outage) is kept by the broker
+    and handed over when it reconnects, presence or not."""
+    from relay.agent.mqtt import DeviceLink
+    from relay.agent.settings import AgentSettings
+    from relay.notify import build_notify, down_topic
+
+    settings = AgentSettings(device_id="dev-away", mqtt_url=mosquitto.url, mqtt_reconnect_delay=0.2)
+    heard: list = []
+
+    async def run_link() -> tuple[DeviceLink, asyncio.Task]:
+        link = DeviceLink(settings, heard.append)
+        task = asyncio.create_task(link.run())
+        await asyncio.wait_for(link.connected.wait(), 10)
+        return link, task
+
+    async def stop_link(link: DeviceLink, task: asyncio.Task) -> None:
+        link.stopping = True
+        await link.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    link, task = await run_link()
+    await stop_link(link, task)
+    payload = build_notify(tunnel_uri="ws://127.0.0.1:1/v5/iot/tunnels/t-away/device-connect", token="tok-away",
+                           expires_in=60, now=0.0)
+    await mosquitto.publish(down_topic("dev-away"), payload.decode())
+    link, task = await run_link()
+    try:
+        await eventually(lambda: heard, timeout=10)
+        assert [(n.tunnel_id, n.token) for n in heard] == [("t-away", "tok-away")]
+    finally:
+        await stop_link(link, task)
+
+
+async def _notify_is(relay, tunnel_id: str, status: str) -> bool:
+    return (await device_state(relay, tunnel_id))["notify_status"] == status
+
+
+async def _device_is(relay, tunnel_id: str, status: str) -> bool:
+    return (await device_state(relay, tunnel_id))["device_connect_state"]["status"] == status

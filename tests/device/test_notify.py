@@ -154,3 +154,22 @@ async def test_an_older_database_gets_the_new_column(tmp_path):
     old = await store.get("old")
     assert old is not None and old.notify_status is None
     await store.aclose()
+
+
+async def test_an_older_outbox_gets_the_delivered_column_and_keeps_its_entries_waiting(tmp_path):
+    path = str(tmp_path / "old-outbox.db")
+    store = SqliteStore(path)
+    await store.insert(tunnel("t1", "d1"), 10)
+    await store.aclose()
+    db = sqlite3.connect(path)   # the outbox as versions before re-notify made it
+    db.execute("DROP TABLE notify_outbox")
+    db.execute("CREATE TABLE notify_outbox (tunnel_id TEXT PRIMARY KEY, device_token TEXT NOT NULL)")
+    db.execute("INSERT INTO notify_outbox VALUES ('t1', 'tok-old')")
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    assert [(e.tunnel_id, e.device_token) for e in await store.pending_notifies(10)] == [("t1", "tok-old")]
+    assert await store.notify_delivered("t1", "tok-old")
+    assert await store.pending_notifies(10) == []
+    assert await store.renotify("d1") == ["t1"]
+    await store.aclose()

@@ -120,7 +120,7 @@ async def test_ssh_login_and_scp_of_50_mb_through_relay_forward(fleet, sshd, tmp
         _, err_bytes = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 0, err_bytes.decode()
         text = err_bytes.decode()
-        assert "waiting for the device..." in text and "-> device port" in text and "closed:" in text
+        assert "waiting for the device's end of the tunnel (its agent) to connect..." in text and "-> device port" in text and "closed:" in text
         assert [t["status"] for t in await tunnels(relay)] == ["CLOSED"]
     finally:
         if proc.returncode is None:

@@ -159,6 +159,38 @@ async def test_notify_outbox(store):
     assert await store.pending_notifies(10) == []
 
 
+async def test_a_device_that_comes_online_gets_its_delivered_notify_queued_again(store):
+    """The broker's acknowledgement does not mean the device got the notify (it may not have
+    subscribed yet): when it comes online with its end of the tunnel not connected, the
+    notify waits to be published again, with the same token."""
+    t, other, quiet = tunnel("d1"), tunnel("d2"), tunnel("d3", project="p2")
+    await store.insert(t, 10, notify_token="tok-1")
+    await store.insert(other, 10, notify_token="tok-2")
+    await store.insert(quiet, 10)   # no broker at its creation: no entry, nothing to send again
+    assert await store.renotify("d1") == []   # not delivered yet: it is waiting anyway
+    assert await store.notify_delivered(t.tunnel_id, "tok-1")
+    assert await store.notify_delivered(other.tunnel_id, "tok-2")
+    assert await store.pending_notifies(10) == []
+
+    assert await store.renotify("d1") == [t.tunnel_id]
+    assert [(p.tunnel_id, p.device_token) for p in await store.pending_notifies(10)] == [(t.tunnel_id, "tok-1")]
+    assert (await store.get(t.tunnel_id)).notify_status is NotifyStatus.PENDING
+    assert (await store.get(other.tunnel_id)).notify_status is NotifyStatus.DELIVERED
+    assert await store.renotify("d3") == []
+    assert await store.notify_delivered(t.tunnel_id, "tok-1")
+    assert (await store.get(t.tunnel_id)).notify_status is NotifyStatus.DELIVERED
+
+    # a device whose end is connected has its token: nothing to send
+    await store.set_connect_state(t.tunnel_id, Side.DEVICE, True, 1001.0)
+    assert await store.renotify("d1") == []
+    await store.set_connect_state(t.tunnel_id, Side.DEVICE, False, 1002.0)
+    assert await store.renotify("d1") == [t.tunnel_id]
+    # a closed tunnel's token is gone
+    await store.close(t.tunnel_id, 1003.0, CloseReason.CLOSED)
+    assert await store.renotify("d1") == []
+    assert await store.pending_notifies(10) == []
+
+
 async def test_closing_drops_an_undelivered_notify(store):
     t = tunnel()
     await store.insert(t, 10, notify_token="tok")
