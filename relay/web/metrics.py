@@ -23,6 +23,7 @@ class Counters:
         # counts of decoders no longer in use, by (protocol, side)
         self.retired_messages: Counter[tuple[str, str]] = Counter()
         self.retired_bytes: Counter[tuple[str, str]] = Counter()
+        self.refused_connections = 0                      # over --max-http-connections-per-address
 
 
 def _line(name: str, value: float, **labels: str) -> str:
@@ -68,6 +69,10 @@ async def render(hub: Any, store: TunnelStore) -> str:
     metric("relay_closes_total", "counter",
            "Connections closed by the relay, by close code (4000 = evicted, 44xx and 1002-1009 = rejected input).",
            [(n, {"code": str(code)}) for code, n in sorted(counters.closes.items())])
+
+    metric("relay_connections_refused_total", "counter",
+           "Connections refused (429) because their client address held --max-http-connections-per-address.",
+           [(counters.refused_connections, {})])
 
     by_status = await store.count_by_status()
     metric("relay_tunnels", "gauge", "Tunnels in the store, by status.", [(n, {"status": s}) for s, n in sorted(by_status.items())])
