@@ -185,6 +185,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    default=int(e("audit_queue_size", str(d.audit_queue_size))),
                    help="audit events held in memory while the store is slow or away; beyond it they are "
                         "dropped and counted (relay_audit_events_dropped_total)")
+    p.add_argument("--audit-rate", type=_positive_float, default=float(e("audit_rate", str(d.audit_rate))),
+                   help="audit events a second one project may add, sustained (with --audit-burst at once); "
+                        "beyond, they are counted (relay_audit_events_limited_total) and summed up in one "
+                        "audit_events_limited event")
+    p.add_argument("--audit-burst", type=_positive_int, default=int(e("audit_burst", str(d.audit_burst))),
+                   help="audit events one project may add at once")
     p.add_argument("--log-level", default=e("log_level", d.log_level), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default=e("log_format", "text"), choices=["text", "json"])
     p.set_defaults(func=_serve)
@@ -334,6 +340,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
     settings = dataclasses.replace(
         settings, audit_retention=args.audit_retention, recording_cap=args.recording_cap,
         record_projects=_project_list(args.record_projects), audit_queue_size=args.audit_queue_size,
+        audit_rate=args.audit_rate, audit_burst=args.audit_burst,
     )
     return settings, generated
 

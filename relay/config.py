@@ -78,6 +78,8 @@ class Settings:
     recording_cap: int = 1024 * 1024      # bytes of one session recording; the rest is cut (marked truncated)
     record_projects: tuple[str, ...] = () # projects whose ssh sessions are always recorded
     audit_queue_size: int = 10000         # events waiting to be written; beyond it they are counted as dropped
+    audit_rate: float = 100.0             # audit events a second one project may add, sustained ...
+    audit_burst: int = 2000               # ... and at once; beyond, counted and summed up in one event
     aws_region: str = "self-hosted"       # `region` in the notifies of AWS-protocol tunnels (docs/aws.md)
 
     @property

@@ -88,6 +88,9 @@ async def render(hub: Any, store: TunnelStore) -> str:
         metric("relay_audit_write_failures_total", "counter", "Audit writes the store refused (each is retried).",
                [(audit.write_failures, {})])
         metric("relay_audit_queue_depth", "gauge", "Audit events waiting to be written.", [(audit.queue_depth, {})])
+        metric("relay_audit_events_limited_total", "counter",
+               "Audit events not stored because their project went over --audit-rate/--audit-burst, by project.",
+               [(n, {"project_id": project}) for project, n in sorted(audit.limited.items())])
         metric("relay_audit_recordings_saved_total", "counter", "Session recordings stored.", [(audit.recordings_saved, {})])
         metric("relay_audit_recordings_dropped_total", "counter",
                "Session recordings not stored (their queue was full, or shutdown came first).",
