@@ -33,8 +33,10 @@ async def run(settings: Settings, *, generated_token_file: str | None = None) ->
     loop = asyncio.get_running_loop()
     assert runner.server is not None
     counters = app[HUB].counters
-    listener = await loop.create_server(ConnectionGuard(runner.server, settings, counters), sock=sock,
-                                        ssl=_tls_context(settings))
+    tls = _tls_context(settings)
+    listener = await loop.create_server(  # a TLS handshake gets the same deadline as a request head
+        ConnectionGuard(runner.server, settings, counters), sock=sock, ssl=tls,
+        ssl_handshake_timeout=settings.handshake_timeout if tls else None)
     internal_runner = internal_listener = None
     if settings.internal_port is not None:
         # The internal port gets the same deadlines and bounds: it is reachable by whoever

@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 import select
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 
 import pytest
 from aiohttp.test_utils import unused_port
 
-from tests.test_serve import TOKEN, Served
+from tests.test_serve import TOKEN, Served, clean_env
 
 LIMIT = 20.0            # seconds: far above the 1 s bounds the relay is given
 DRIP_EVERY = 0.25
@@ -147,3 +149,26 @@ def test_connections_per_address_are_bounded(tmp_path):
         for sock in held:
             sock.close()
         relay.stop()
+
+
+def test_a_stalled_tls_handshake_has_the_same_deadline(tmp_path):
+    """With --tls-cert the relay speaks TLS itself: a client that opens the socket and never
+    sends its ClientHello (or drips it) is cut off like a stalled request head, not after
+    asyncio's 60 s."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+    port = unused_port()
+    proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "serve", "--port", str(port), "--db", "relay.db",
+                             "--handshake-timeout", "1", "--tls-cert", str(tmp_path / "cert.pem"),
+                             "--tls-key", str(tmp_path / "key.pem")],
+                            cwd=tmp_path, env=clean_env(RELAY_API_TOKENS=f"p1:tester:{TOKEN}"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "relay listening on https://" in proc.stdout.readline()
+        with socket.create_connection(("127.0.0.1", port), timeout=LIMIT) as sock:
+            closed, _ = closed_within(sock, drip=b"\x16\x03\x01\x02\x00")   # the start of a ClientHello, dripped
+            assert closed, f"a stalled TLS handshake held the connection for {LIMIT} s"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
