@@ -81,9 +81,13 @@ async def error_bodies(request: web.Request, handler):  # type: ignore[no-untype
             response.force_close()
         return response
     except ConnectionError:
-        # The client went away before it was answered (mid-body, say): its business, no error of ours.
-        log.info("the client left before %s %s was answered", request.method, request.path[:200])
-        raise
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # The client went away before it was answered (mid-body, say): its business, no error of ours.
+            log.info("the client left before %s %s was answered", request.method, request.path[:200])
+            raise
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return rest.error_response(errors.InternalError("unexpected error; the relay's log has the details"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
