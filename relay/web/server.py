@@ -44,9 +44,13 @@ async def run(settings: Settings, *, generated_token_file: str | None = None) ->
         internal_runner = web.AppRunner(create_internal_app(app), handle_signals=False, **_handler_options(settings))
         await internal_runner.setup()
         assert internal_runner.server is not None
-        internal_listener = await loop.create_server(
-            ConnectionGuard(internal_runner.server, settings, counters), settings.internal_host,
-            settings.internal_port, reuse_address=True)
+        try:
+            internal_listener = await loop.create_server(
+                ConnectionGuard(internal_runner.server, settings, counters), settings.internal_host,
+                settings.internal_port, reuse_address=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {settings.internal_host}:{settings.internal_port} "
+                              f"(the internal port): {exc.strerror}") from exc
     _banner(settings, generated_token_file)
 
     stop = asyncio.Event()
