@@ -122,7 +122,8 @@ class ConnectionGuard:
         factory.connection_lost = connection_lost  # type: ignore[method-assign]
 
     def __call__(self) -> asyncio.BaseProtocol:
-        handler = self.factory()
+        # aiohttp's Server makes its handlers this way (web.Server.__call__), with its settings.
+        handler = QuietRequestHandler(self.factory, loop=self.factory._loop, **self.factory._kwargs)
         self.timers[handler] = asyncio.get_running_loop().call_later(self.timeout, self._expire, handler)
         return handler
 
@@ -180,6 +181,21 @@ class ConnectionGuard:
         if getattr(handler, "_request_count", 1) == 0:
             log.info("closing a connection that sent no request in time")
             transport.close()
+
+
+class QuietRequestHandler(web.RequestHandler):
+    """aiohttp's handler, whose answer to a malformed request does not quote the request:
+    aiohttp's says e.g. "Got more than 8190 bytes when reading: b'X-Auth-Token: ...'", the
+    start of a padded token, which proxies and clients may log. The log line is
+    relay.web.app.QuietHttpLog's."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if message is not None and exc is not None:
+            message = f"{status} malformed HTTP request ({type(exc).__name__})"
+        return super().handle_error(request, status, exc, message)
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:

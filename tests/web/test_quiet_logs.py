@@ -68,6 +68,9 @@ def test_no_token_reaches_the_log(session):
                for name, a in answers.items() if name in ("x-auth-token", "cookie", "authorization", "tunnel-header"))
     assert TOKEN not in log and SECRET not in log
     assert TOKEN[:16] not in log and SECRET[:16] not in log   # not even the start of one
+    # nor is it echoed in the answer, which proxies and clients may log
+    assert not any(TOKEN[:16].encode() in a or SECRET[:16].encode() in a for a in answers.values())
+    assert b"malformed HTTP request (LineTooLong)" in answers["cookie"]
 
 
 def test_malformed_requests_are_one_info_line_each_without_traceback(session):
