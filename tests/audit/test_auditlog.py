@@ -251,3 +251,13 @@ def test_the_rate_bound_comes_from_the_settings(store, clock):
     for _ in range(20):
         log.record("p1", EventType.TUNNEL_CREATED, actor="alice")
     assert log.queue_depth == 7 and log.limited["p1"] == 13
+
+
+def test_the_rate_bookkeeping_of_many_projects_is_bounded(store, clock, monkeypatch):
+    import relay.auditlog as auditlog
+    monkeypatch.setattr(auditlog, "MAX_BUCKETS", 3)
+    log = AuditLog(store, clock, rate=1.0, burst=2)
+    for n in range(10):
+        clock.advance(5.0)   # each project's allowance refills before the next one comes
+        log.record(f"p{n}", EventType.TUNNEL_CREATED, actor="alice")
+    assert len(log._buckets) <= 3 and log.queue_depth == 10
