@@ -63,6 +63,7 @@ def quiet_aiohttp_log() -> None:
     """Install QuietHttpLog on aiohttp's server logger (once: adding it again is a no-op)."""
     logging.getLogger("aiohttp.server").addFilter(QUIET_HTTP_LOG)
 
+
 _HTTP_ERRORS: dict[int, type[errors.ApiError]] = {
     404: errors.RouteNotFound,
     405: errors.MethodNotAllowed,
@@ -77,7 +78,9 @@ async def error_bodies(request: web.Request, handler):  # type: ignore[no-untype
         return await handler(request)
     except errors.ApiError as exc:
         response = rest.error_response(exc)
-        if isinstance(exc, errors.RequestTimeout):   # the rest of the body is not waited for
+        if isinstance(exc, errors.RequestTimeout):
+            # No keep-alive after a stalled body: aiohttp discards what still comes (at most
+            # its lingering time, 10 s) and closes the connection.
             response.force_close()
         return response
     except ConnectionError:
