@@ -49,6 +49,8 @@ class EventType(str, enum.Enum):
     FORWARD_OPENED = "forward_opened"
     FORWARD_CLOSED = "forward_closed"
     SESSION_RECORDED = "session_recorded"   # detail: session_id (GET .../recordings/{session_id})
+    # the trail itself
+    EVENTS_LIMITED = "audit_events_limited"  # detail: dropped (events over the project's rate bound), since
 
 
 EVENT_TYPES: frozenset[str] = frozenset(e.value for e in EventType)

@@ -8,6 +8,13 @@ while the queue is full are not written, and that is never silent: it is counted
 (`dropped`, `relay_audit_events_dropped_total`) and logged (at most one warning a minute
 per kind). `flush` writes everything queued (shutdown, tests); `purge` applies retention.
 
+One project cannot flood the trail (docs/security.md): each project may add `rate` events a
+second, sustained, and `burst` at once (a token bucket on the relay's clock). Events over
+that are not stored; they are counted (`limited`, `relay_audit_events_limited_total` by
+project), logged (one warning a minute per project), and summed up in the trail itself: the
+project's next event that fits comes after one `audit_events_limited` event saying how many
+were left out since when.
+
 Which sessions are recorded: those of the projects in `record_projects`. The data plane
 asks `tap(...)` for a TunnelTap per tunnel (None when the project is not recorded), feeds it
 the messages, and hands each finished Recording to `save_recording`; the `session_recorded`
@@ -21,11 +28,11 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from relay.audit import ACTOR_SOURCE, OK, AuditEvent, EventType
+from relay.audit import ACTOR_RELAY, ACTOR_SOURCE, OK, AuditEvent, EventType
 from relay.clock import Clock
 from relay.config import Settings
 from relay.recording import Recording, TunnelTap
@@ -38,6 +45,21 @@ DEFAULT_BATCH = 200
 DEFAULT_RECORDING_QUEUE = 16       # recordings waiting to be stored (each up to the cap)
 DEFAULT_RETENTION = 30 * 86400
 WARN_EVERY = 60.0                  # seconds between two warnings of one kind
+DEFAULT_RATE = 100.0               # events a second one project may add, sustained ...
+DEFAULT_BURST = 2000               # ... and at once
+MAX_BUCKETS = 10_000               # projects whose rate is followed; full buckets are forgotten first
+
+
+class _Bucket:
+    """One project's allowance: `tokens` events may be added now; `dropped` were not since `since`."""
+
+    __slots__ = ("tokens", "stamp", "dropped", "since")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+        self.dropped = 0
+        self.since = 0.0
 
 
 class AuditLog:
@@ -45,9 +67,10 @@ class AuditLog:
                  batch: int = DEFAULT_BATCH, retention: float = DEFAULT_RETENTION,
                  record_projects: Iterable[str] = (), recording_cap: int = 1024 * 1024,
                  recording_queue: int = DEFAULT_RECORDING_QUEUE, retry_initial: float = 0.1,
-                 retry_max: float = 10.0, purge_interval: float = 3600.0) -> None:
-        if queue_size < 1 or batch < 1:
-            raise ValueError("queue_size and batch must be at least 1")
+                 retry_max: float = 10.0, purge_interval: float = 3600.0, rate: float = DEFAULT_RATE,
+                 burst: int = DEFAULT_BURST) -> None:
+        if queue_size < 1 or batch < 1 or burst < 1 or rate <= 0:
+            raise ValueError("queue_size, batch and burst must be at least 1, rate above 0")
         self.store = store
         self.clock = clock
         self.queue_size = queue_size
@@ -59,12 +82,16 @@ class AuditLog:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.purge_interval = purge_interval
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, _Bucket] = {}
         # what the metrics show (relay/web/metrics.py)
         self.written = 0                 # events stored
         self.dropped = 0                 # events not stored: the queue was full (or shutdown came first)
         self.write_failures = 0          # store calls that failed (each retried)
         self.recordings_saved = 0
         self.recordings_dropped = 0
+        self.limited: Counter[str] = Counter()   # events over a project's rate bound, by project
         self._queue: deque[AuditEvent] = deque()
         self._recordings: deque[tuple[Recording, str]] = deque()   # and the actor of its session_recorded
         self._wake = asyncio.Event()
@@ -78,7 +105,8 @@ class AuditLog:
     def from_settings(cls, store: TunnelStore, clock: Clock, settings: Settings, **overrides: Any) -> AuditLog:
         options: dict[str, Any] = dict(queue_size=settings.audit_queue_size, retention=settings.audit_retention,
                                        record_projects=settings.record_projects,
-                                       recording_cap=settings.recording_cap)
+                                       recording_cap=settings.recording_cap, rate=settings.audit_rate,
+                                       burst=settings.audit_burst)
         options.update(overrides)
         return cls(store, clock, **options)
 
@@ -97,8 +125,45 @@ class AuditLog:
             self.dropped += 1
             self._warn("unknown", f"an audit event of unknown type {str(event)[:40]!r} was dropped")
             return
-        self._enqueue(AuditEvent.new(project_id, kind, time=self.clock.now(), actor=actor, tunnel_id=tunnel_id,
+        now = self.clock.now()
+        if not self._within_rate(project_id, now):
+            return
+        self._enqueue(AuditEvent.new(project_id, kind, time=now, actor=actor, tunnel_id=tunnel_id,
                                      device_id=device_id, outcome=outcome, detail=detail))
+
+    def _within_rate(self, project_id: str, now: float) -> bool:
+        """Whether the project may add an event now (and takes it from its allowance). The
+        first event after some were left out is preceded by the event that says so."""
+        bucket = self._buckets.get(project_id)
+        if bucket is None:
+            if len(self._buckets) >= MAX_BUCKETS:
+                self._forget_full_buckets(now)
+            bucket = self._buckets[project_id] = _Bucket(float(self.burst), now)
+        bucket.tokens = min(float(self.burst), bucket.tokens + max(0.0, now - bucket.stamp) * self.rate)
+        bucket.stamp = now
+        if bucket.tokens < 1.0:
+            if not bucket.dropped:
+                bucket.since = now
+            bucket.dropped += 1
+            self.limited[project_id] += 1
+            self._warn(f"rate:{project_id}", f"project {project_id!r} adds audit events faster than "
+                                             f"{self.rate:g} a second (burst {self.burst}); "
+                                             f"{self.limited[project_id]} left out so far")
+            return False
+        bucket.tokens -= 1.0
+        if bucket.dropped:
+            self._enqueue(AuditEvent.new(project_id, EventType.EVENTS_LIMITED, time=now, actor=ACTOR_RELAY,
+                                         outcome=f"{bucket.dropped} dropped",
+                                         detail={"dropped": bucket.dropped, "since": bucket.since,
+                                                 "rate": self.rate, "burst": self.burst}))
+            bucket.dropped = 0
+        return True
+
+    def _forget_full_buckets(self, now: float) -> None:
+        """Projects whose allowance has refilled are as new: their buckets can go."""
+        for project_id, bucket in list(self._buckets.items()):
+            if not bucket.dropped and bucket.tokens + (now - bucket.stamp) * self.rate >= self.burst:
+                del self._buckets[project_id]
 
     def _enqueue(self, event: AuditEvent) -> None:
         if self._closed:   # after shutdown nothing writes any more: counted, not kept

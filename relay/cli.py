@@ -126,6 +126,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--handshake-timeout", type=_positive_float,
                    default=float(e("handshake_timeout", str(d.handshake_timeout))),
                    help="seconds a new connection may take to send its request (slow clients are cut off)")
+    p.add_argument("--keepalive-timeout", type=_positive_float,
+                   default=float(e("keepalive_timeout", str(d.keepalive_timeout))),
+                   help="seconds an idle keep-alive connection is kept; the next request head must be whole by then")
+    p.add_argument("--body-timeout", type=_positive_float, default=float(e("body_timeout", str(d.body_timeout))),
+                   help="seconds a request body may take to arrive (then 408 and the connection is closed)")
+    p.add_argument("--max-http-connections-per-address", type=int,
+                   default=int(e("max_http_connections_per_address", str(d.max_http_connections_per_address))),
+                   help="connections one client IP address may hold on each port before they become tunnels "
+                        "(0: no limit; behind a load balancer or reverse proxy every client shares its address: "
+                        "raise it there, and bound clients in the proxy)")
     p.add_argument("--hide-device-token", action="store_true",
                    default=e("hide_device_token", "") in ("1", "true", "yes"),
                    help="do not return the device token from create and rotate (devices then get it only over MQTT)")
@@ -175,6 +185,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    default=int(e("audit_queue_size", str(d.audit_queue_size))),
                    help="audit events held in memory while the store is slow or away; beyond it they are "
                         "dropped and counted (relay_audit_events_dropped_total)")
+    p.add_argument("--audit-rate", type=_positive_float, default=float(e("audit_rate", str(d.audit_rate))),
+                   help="audit events a second one project may add, sustained (with --audit-burst at once); "
+                        "beyond, they are counted (relay_audit_events_limited_total) and summed up in one "
+                        "audit_events_limited event")
+    p.add_argument("--audit-burst", type=_positive_int, default=int(e("audit_burst", str(d.audit_burst))),
+                   help="audit events one project may add at once")
     p.add_argument("--log-level", default=e("log_level", d.log_level), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default=e("log_format", "text"), choices=["text", "json"])
     p.set_defaults(func=_serve)
@@ -347,6 +363,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
         max_connections_per_address=max(0, args.max_connections_per_address),
         socket_buffer=max(0, args.socket_buffer), aws_region=args.aws_region, sqlite_cache_kib=args.sqlite_cache_kib,
         heartbeat_interval=args.heartbeat_interval, handshake_timeout=args.handshake_timeout, expose_device_token=not args.hide_device_token,
+        keepalive_timeout=args.keepalive_timeout, body_timeout=args.body_timeout,
+        max_http_connections_per_address=max(0, args.max_http_connections_per_address),
         log_level=args.log_level, tls_cert=args.tls_cert or None, tls_key=args.tls_key or None,
         store_url=args.store_url, replica_id=args.replica_id, internal_port=args.internal_port,
         internal_host=args.internal_host, internal_address=args.internal_address,
@@ -363,6 +381,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
     settings = dataclasses.replace(
         settings, audit_retention=args.audit_retention, recording_cap=args.recording_cap,
         record_projects=_project_list(args.record_projects), audit_queue_size=args.audit_queue_size,
+        audit_rate=args.audit_rate, audit_burst=args.audit_burst,
     )
     return settings, generated
 

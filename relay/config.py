@@ -43,7 +43,12 @@ class Settings:
     socket_buffer: int = 0                # kernel send/receive buffer of each tunnel socket, bytes; 0: the kernel's autotuning
     sweep_interval: float = 1.0           # how often expiry and retention are enforced
     heartbeat_interval: float = 20.0      # WebSocket ping period; a peer silent for two is dropped
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 10.0       # seconds a new connection may take to send its first request head
+    # Bounds on what one client can hold (docs/operations.md, docs/security.md): slow or idle
+    # HTTP connections are closed, and one address holds a bounded number of them.
+    keepalive_timeout: float = 15.0       # an idle keep-alive connection is closed, and the next request head must be whole, within this
+    body_timeout: float = 10.0            # seconds a request body may take to arrive
+    max_http_connections_per_address: int = 256   # connections not (yet) tunnels one client address may hold; 0: no limit
     expose_device_token: bool = True      # also return the device token from create (AWS does)
     log_level: str = "INFO"
     tls_cert: str | None = None           # serve https/wss itself (PEM certificate chain)
@@ -73,6 +78,8 @@ class Settings:
     recording_cap: int = 1024 * 1024      # bytes of one session recording; the rest is cut (marked truncated)
     record_projects: tuple[str, ...] = () # projects whose ssh sessions are always recorded
     audit_queue_size: int = 10000         # events waiting to be written; beyond it they are counted as dropped
+    audit_rate: float = 100.0             # audit events a second one project may add, sustained ...
+    audit_burst: int = 2000               # ... and at once; beyond, counted and summed up in one event
     aws_region: str = "self-hosted"       # `region` in the notifies of AWS-protocol tunnels (docs/aws.md)
 
     @property

@@ -54,7 +54,9 @@ TunnelNotClosed = _api_error("TunnelNotClosed", 409, "TUNNEL.409001", "Only a cl
 TunnelClosed = _api_error("TunnelClosed", 409, "TUNNEL.409002", "The tunnel is closed; its tokens cannot be rotated.")
 DeviceOffline = _api_error("DeviceOffline", 409, "TUNNEL.409003", "The device is offline.")
 TunnelGone = _api_error("TunnelGone", 410, "TUNNEL.410000", "The tunnel is closed or expired; connect to a new one.")
+RequestTimeout = _api_error("RequestTimeout", 408, "TUNNEL.408000", "The request body did not arrive in time.")
 TooManyConnections = _api_error("TooManyConnections", 429, "TUNNEL.429000", "This address holds too many tunnel connections.")
+TooManyHttpConnections = _api_error("TooManyHttpConnections", 429, "TUNNEL.429001", "This address holds too many open connections.")
 InternalError = _api_error("InternalError", 500, "TUNNEL.500000", "An unexpected error; see the relay's log.")
 StoreUnavailable = _api_error("StoreUnavailable", 503, "TUNNEL.503000", "The tunnel store cannot be reached.")
 ShuttingDown = _api_error("ShuttingDown", 503, "TUNNEL.503001", "The relay is shutting down; connect again.")
@@ -64,4 +66,5 @@ ALL_API_ERRORS: tuple[type[ApiError], ...] = (
     Unauthenticated, TokenUsed, Forbidden, InstanceMismatch, QuotaExceeded, WrongProtocol, TunnelNotFound, RouteNotFound, MethodNotAllowed,
     DeviceBusy, TunnelNotClosed, TunnelClosed, DeviceOffline, TunnelGone, TooManyConnections, InternalError, StoreUnavailable,
     ShuttingDown, RecordingNotFound,
+    RequestTimeout, TooManyHttpConnections,
 )

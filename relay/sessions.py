@@ -15,6 +15,7 @@ from typing import Any
 from relay.audit import ACTOR_SOURCE, EventType
 from relay.clock import Clock
 from relay.envelope import parse
+from relay.forward import requested_port, valid_connection_id
 from relay.model import Side
 from relay.recording import Recording, TunnelTap
 
@@ -28,19 +29,29 @@ RECORDED = {
     Side.SOURCE: frozenset({"command", "disconnect"}),
     Side.DEVICE: frozenset({"command_response", "disconnect"}),
 }
-MAX_PENDING = 64   # logins / forward opens waiting for an answer, per tunnel (bounds memory)
+# What one tunnel's watcher keeps is bounded in count and in size, whatever its ends send
+# (docs/security.md): request ids are at most 128 bytes (the codec refuses longer ones),
+# user names are cut to 64 characters, a port is kept only as an integer in 1..65535.
+MAX_PENDING = 64         # logins, and forward opens, waiting for an answer, per tunnel (the oldest goes first)
+MAX_OPEN_FORWARDS = 256  # forwarded connections whose close is audited, per tunnel
+MAX_USERNAME = 64
 _NOTED = {False: AUDITED, True: {side: AUDITED[side] | RECORDED[side] for side in Side}}
 
 Emit = Callable[[EventType, str, str, dict[str, Any]], None]   # (event, actor, outcome, detail)
 
 
+_CLOSED_BY = {Side.SOURCE: 1, Side.DEVICE: 2}
+
+
 class _Forward:
+    """A forwarded connection: its port (an int in range, or None) and which halves closed."""
+
     __slots__ = ("port", "open", "closed_by")
 
-    def __init__(self, port: Any) -> None:
+    def __init__(self, port: int | None) -> None:
         self.port = port
         self.open = False
-        self.closed_by: set[Side] = set()
+        self.closed_by = 0   # bits of _CLOSED_BY
 
 
 class TunnelAudit:
@@ -100,7 +111,7 @@ class SessionWatcher:
         self.save = save
         self.tap = tap
         self._logins: dict[str, str] | None = None           # request_id of a `connect` -> its username
-        self._forwards: dict[str, _Forward] | None = None    # connection id -> state
+        self._forwards: dict[str, _Forward] | None = None    # connection id -> state (pending and open)
 
     @property
     def logins(self) -> dict[str, str]:
@@ -133,8 +144,7 @@ class SessionWatcher:
         elif op == "connect_response":
             self._login_answered(rid, data)
         elif op == "forward_open":
-            if len(self.forwards) < MAX_PENDING * 16 and isinstance(rid, str):
-                self.forwards[rid] = _Forward(data.get("port") if isinstance(data, dict) else None)
+            self._forward_requested(rid, data)
         elif op == "forward_open_response":
             self._forward_answered(rid, data)
         elif op == "forward_close":
@@ -157,17 +167,17 @@ class SessionWatcher:
 
     def _login_started(self, rid: Any, data: Any) -> None:
         username = data.get("username") if isinstance(data, dict) else None
-        if not isinstance(rid, str):
+        if not _trackable(rid):
             return
         if len(self.logins) >= MAX_PENDING:
             self.logins.pop(next(iter(self.logins)))
-        self.logins[rid] = username[:64] if isinstance(username, str) else ""
+        self.logins[rid] = username[:MAX_USERNAME] if isinstance(username, str) else ""
 
     def _login_answered(self, rid: Any, data: Any) -> None:
         if not isinstance(rid, str) or rid not in self.logins:
             return
         username = self.logins.pop(rid)
-        status = str(data.get("status_code")) if isinstance(data, dict) else "none"
+        status = _status(data)
         if status == "200":
             self.emit(EventType.SSH_LOGIN_SUCCEEDED, ACTOR_SOURCE, "ok", {"username": username})
             return
@@ -175,30 +185,44 @@ class SessionWatcher:
         detail: dict[str, Any] = {"username": username, "status_code": status}
         if isinstance(message, str):
             detail["status_msg"] = message[:200]
-        self.emit(EventType.SSH_LOGIN_FAILED, ACTOR_SOURCE, status[:8], detail)
+        self.emit(EventType.SSH_LOGIN_FAILED, ACTOR_SOURCE, status, detail)
 
     # -- forwarded connections -----------------------------------------------------------------
+
+    def _forward_requested(self, rid: Any, data: Any) -> None:
+        if not _trackable(rid) or rid in self.forwards:
+            return
+        pending = [key for key, forward in self.forwards.items() if not forward.open]
+        if len(pending) >= MAX_PENDING:   # the oldest unanswered open is no longer awaited
+            del self.forwards[pending[0]]
+        self.forwards[rid] = _Forward(requested_port(data))
 
     def _forward_answered(self, rid: Any, data: Any) -> None:
         forward = self.forwards.get(rid) if isinstance(rid, str) else None
         if forward is None or forward.open:
             return
-        status = str(data.get("status_code")) if isinstance(data, dict) else "none"
-        if status == "200":
-            forward.open = True
-            self.emit(EventType.FORWARD_OPENED, ACTOR_SOURCE, "ok", {"connection_id": rid, "port": forward.port})
-        else:
+        status = _status(data)
+        detail: dict[str, Any] = {"connection_id": rid, "port": forward.port}
+        if status != "200":
             del self.forwards[rid]
-            self.emit(EventType.FORWARD_OPENED, ACTOR_SOURCE, status, {"connection_id": rid, "port": forward.port})
+            self.emit(EventType.FORWARD_OPENED, ACTOR_SOURCE, status, detail)
+            return
+        if sum(1 for f in self.forwards.values() if f.open) >= MAX_OPEN_FORWARDS:
+            # Its opening is audited, its close cannot be: the watcher keeps no more.
+            del self.forwards[rid]
+            detail["close_audited"] = False
+        else:
+            forward.open = True
+        self.emit(EventType.FORWARD_OPENED, ACTOR_SOURCE, "ok", detail)
 
     def _forward_closed(self, side: Side, rid: Any, data: Any) -> None:
         forward = self.forwards.get(rid) if isinstance(rid, str) else None
         if forward is None:
             return
         why = data.get("status_msg") if isinstance(data, dict) else None
-        forward.closed_by.add(side)
+        forward.closed_by |= _CLOSED_BY[side]
         # Both halves closed (eof each way), or one end aborted: the connection is over.
-        if len(forward.closed_by) == 2 or not (isinstance(why, str) and why == "eof"):
+        if forward.closed_by == 3 or not (isinstance(why, str) and why == "eof"):
             self._end_forward(rid, why if isinstance(why, str) else "closed")
 
     def _end_forward(self, rid: str, why: str) -> None:
@@ -206,3 +230,18 @@ class SessionWatcher:
         if forward is not None and forward.open:
             self.emit(EventType.FORWARD_CLOSED, ACTOR_SOURCE, "ok",
                       {"connection_id": rid, "port": forward.port, "reason": why[:200]})
+
+
+def _trackable(rid: Any) -> bool:
+    """A request id the watcher may keep: a string of 1 to 128 bytes, as the codec requires
+    of every message (checked again here: a watcher never keeps more than that)."""
+    return isinstance(rid, str) and len(rid) <= 128 and valid_connection_id(rid)
+
+
+def _status(data: Any) -> str:
+    """An answer's status_code as a short string ("none" when it has none): a device chooses
+    it, and the audit trail keeps it."""
+    status = data.get("status_code") if isinstance(data, dict) else None
+    if isinstance(status, bool) or not isinstance(status, (str, int)):
+        return "none"
+    return str(status)[:8]

@@ -171,3 +171,89 @@ def test_odd_messages_never_raise(clock, payload):
     w = watcher(clock, Trail(), record=True)
     w.observe(Side.SOURCE, payload)
     w.observe(Side.DEVICE, payload)
+
+
+# -- what a watcher keeps is bounded (issue 15, finding 1) -------------------------------------
+
+
+def retained_size(root: object) -> int:
+    """Bytes of everything `root` holds on to (containers, slots, strings, numbers), each
+    object counted once; callables (its clock, emit and save) are the owner's, not its own."""
+    import sys
+    seen: set[int] = set()
+    stack, total = [root], 0
+    while stack:   # bounded: each object is visited once
+        obj = stack.pop()
+        if id(obj) in seen or callable(obj) or isinstance(obj, (type, ManualClock)):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        for cls in type(obj).__mro__:
+            for slot in getattr(cls, "__slots__", ()):
+                if hasattr(obj, slot):
+                    stack.append(getattr(obj, slot))
+    return total
+
+
+def test_a_flood_of_forward_opens_and_logins_keeps_the_watcher_small(clock):
+    """A tenant holding both tokens sends forward_open with a ~9.9 KB nested `port` and the
+    longest request ids the codec lets through, answers each with 200 from its device, and
+    leaves logins unanswered: the watcher keeps bounded counts of small entries (the probe
+    saw 235 MB per tunnel)."""
+    trail = Trail()
+    w = watcher(clock, trail)
+    empty = retained_size(w)
+    huge_port = [[] for _ in range(3300)]                     # "[[],[],...]": 9.9 KB of JSON
+    for n in range(600):
+        rid = f"{n:06d}".ljust(128, "f")                      # 128 bytes, the most the codec allows
+        w.observe(Side.SOURCE, msg("forward_open", rid, {"port": huge_port}, "tcp"))
+        w.observe(Side.DEVICE, msg("forward_open_response", rid, {"status_code": "200"}, "tcp"))
+    for n in range(600):                                      # opens never answered
+        w.observe(Side.SOURCE, msg("forward_open", f"p{n:05d}".ljust(128, "p"), {"port": huge_port}, "tcp"))
+        w.observe(Side.SOURCE, msg("connect", f"l{n:05d}".ljust(128, "l"), {"username": "u" * 5000, "password": "x"}))
+    kept = retained_size(w) - empty
+    assert len(w.forwards) <= 256 + 64 and len(w.logins) <= 64
+    assert kept < 200_000, f"the watcher keeps {kept} bytes"
+    # every opening was audited, with no port (it was not a port), and nothing big went to the trail
+    opened = [e for e in trail.events if e[0] is EventType.FORWARD_OPENED]
+    assert len(opened) == 600 and {e[3]["port"] for e in opened} == {None}
+    assert max(len(orjson.dumps(e[3])) for e in trail.events) < 400
+
+
+@pytest.mark.parametrize("port, kept", [(22, 22), (65535, 65535), (0, None), (65536, None), (-1, None),
+                                        ("22", None), (True, None), (22.0, None), ([22], None), ({"p": 22}, None)])
+def test_a_forward_port_is_kept_only_as_an_integer_in_range(clock, port, kept):
+    trail = Trail()
+    w = watcher(clock, trail)
+    w.observe(Side.SOURCE, msg("forward_open", "f-1", {"port": port}, "tcp"))
+    w.observe(Side.DEVICE, msg("forward_open_response", "f-1", {"status_code": "200"}, "tcp"))
+    assert trail.events[-1][3]["port"] == kept
+
+
+def test_forwards_beyond_the_open_bound_are_audited_when_opened(clock):
+    trail = Trail()
+    w = watcher(clock, trail)
+    for n in range(300):
+        w.observe(Side.SOURCE, msg("forward_open", f"f-{n}", {"port": 22}, "tcp"))
+        w.observe(Side.DEVICE, msg("forward_open_response", f"f-{n}", {"status_code": "200"}, "tcp"))
+    opened = [e for e in trail.events if e[0] is EventType.FORWARD_OPENED]
+    assert len(opened) == 300
+    assert [e[3].get("close_audited", True) for e in opened] == [True] * 256 + [False] * 44
+    w.observe(Side.DEVICE, msg("forward_close", "f-0", {"status_msg": "error: reset"}, "tcp"))
+    assert trail.kinds()[-1] is EventType.FORWARD_CLOSED
+
+
+def test_a_device_status_code_is_kept_short(clock):
+    trail = Trail()
+    w = watcher(clock, trail)
+    w.observe(Side.SOURCE, msg("connect", "r1", {"username": "pi", "password": "x"}))
+    w.observe(Side.DEVICE, msg("connect_response", "r1", {"status_code": [[] for _ in range(3000)]}))
+    w.observe(Side.SOURCE, msg("connect", "r2", {"username": "pi", "password": "x"}))
+    w.observe(Side.DEVICE, msg("connect_response", "r2", {"status_code": "4" * 5000}))
+    assert [e[2] for e in trail.events] == ["none", "44444444"]
+    assert all(len(orjson.dumps(e[3])) < 100 for e in trail.events)

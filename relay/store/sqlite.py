@@ -3,10 +3,18 @@
 Calls are synchronous: each statement touches a handful of indexed rows and takes well under
 a millisecond, less than handing it to a thread would cost. WAL mode keeps readers and the
 one writer apart; `BEGIN IMMEDIATE` makes check-then-insert atomic.
+
+The file holds recordings and, until they are delivered, device tokens (the notify outbox):
+it and its -wal and -shm files are readable by their owner only (0600; SQLite gives the
+-wal and -shm the database file's mode), deleted content is overwritten with zeros
+(`secure_delete`), and within a second of an outbox entry going the WAL is checkpointed and
+truncated, so that no copy of a delivered token stays in either file (docs/security.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sqlite3
 
@@ -17,6 +25,8 @@ from relay.model import (Claim, CloseReason, ListQuery, NotifyStatus, Page, Pend
 from relay.recording import Recording, RecordingPage, RecordingQuery
 from relay.store.audit_sqlite import SqliteAudit
 from relay.store.base import TunnelStore
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tunnels (
@@ -104,14 +114,39 @@ def _row_to_tunnel(row: tuple) -> Tunnel:
     )
 
 
+PRIVATE = 0o600
+SCRUB_DELAY = 1.0   # seconds from a token leaving the outbox to the WAL's truncation (one per burst)
+_COMPANIONS = ("-wal", "-shm", "-journal")   # files SQLite keeps next to the database
+
+
+def _make_private(path: str) -> None:
+    """Create the database file readable by its owner only, or make an existing one so
+    (with the files SQLite keeps next to it)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE))
+    except OSError as exc:
+        raise errors.ConfigError(f"cannot create the SQLite database {path!r}: {exc.strerror}") from exc
+    for name in (path, *(path + suffix for suffix in _COMPANIONS)):
+        try:
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, PRIVATE)
+                log.warning("%s was readable by others; it is now readable by its owner only", name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:   # not ours to change: say so, and go on
+            log.warning("%s is readable by others and cannot be made private (%s)", name, exc.strerror)
+
+
 class SqliteStore(TunnelStore):
     def __init__(self, path: str, cache_kib: int = 2048) -> None:
-        if path != ":memory:":
-            parent = os.path.dirname(os.path.abspath(path))
-            os.makedirs(parent, exist_ok=True)
+        if path != ":memory:" and not path.startswith("file:"):
+            _make_private(path)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA secure_delete=ON")   # what is deleted (delivered tokens) is zeroed
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             # The page cache is the store's memory: bounded, and filled as the audit trail grows.
@@ -126,6 +161,7 @@ class SqliteStore(TunnelStore):
             if "delivered" not in outbox:   # an older file: its entries were all waiting
                 self._db.execute("ALTER TABLE notify_outbox ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0")
             self._audit = SqliteAudit(self._db)   # relay/store/audit_sqlite.py
+            self._scrub: asyncio.TimerHandle | None = None
         except sqlite3.Error as exc:
             raise errors.ConfigError(f"cannot open the SQLite database {path!r}: {exc}") from exc
 
@@ -210,13 +246,16 @@ class SqliteStore(TunnelStore):
                 " WHERE tunnel_id=? AND status='OPEN'",
                 (when, reason.value, when, when, tunnel_id),
             )
+            dropped = 0
             if cur.rowcount:
                 # An undelivered notify of a closed tunnel is never delivered.
-                db.execute("DELETE FROM notify_outbox WHERE tunnel_id=?", (tunnel_id,))
+                dropped = db.execute("DELETE FROM notify_outbox WHERE tunnel_id=?", (tunnel_id,)).rowcount
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if dropped:
+            self._forget_deleted()
         return self._one("tunnel_id=?", (tunnel_id,)) if cur.rowcount else None
 
     async def delete(self, tunnel_id: str) -> bool:
@@ -322,7 +361,7 @@ class SqliteStore(TunnelStore):
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return cur.rowcount > 0
+        return cur.rowcount > 0   # the token stays in the outbox until its tunnel closes (renotify)
 
     async def renotify(self, device_id: str) -> list[str]:
         db = self._db
@@ -342,7 +381,26 @@ class SqliteStore(TunnelStore):
             raise
         return ids
 
+    def _forget_deleted(self) -> None:
+        """A device token left the outbox (its tunnel closed): secure_delete zeroed it in the page, but the WAL
+        still holds earlier copies of that page. A checkpoint writes the zeroed page to the
+        database and TRUNCATE empties the WAL. It costs an fsync or two (about 10 ms on a
+        VM's disk, 100 times a delivery), so one checkpoint serves every delivery of the
+        next SCRUB_DELAY seconds."""
+        if self._scrub is None:
+            self._scrub = asyncio.get_running_loop().call_later(SCRUB_DELAY, self._truncate_wal)
+
+    def _truncate_wal(self) -> None:
+        self._scrub = None
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:   # busy or closed: the next delivery schedules another
+            log.warning("could not truncate the SQLite WAL: %s", exc)
+
     async def aclose(self) -> None:
+        if self._scrub is not None:
+            self._scrub.cancel()
+            self._truncate_wal()
         self._db.close()
 
     # -- the audit trail and session recordings (relay/store/audit_sqlite.py) -------------

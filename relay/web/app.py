@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 
-from aiohttp import web
+from aiohttp import http_exceptions, web, web_response
 
 from relay import errors
 from relay.audit import ACTOR_RELAY, EventType
@@ -26,6 +26,44 @@ from relay.web.bridge import BRIDGE_PATH, Bridges
 
 log = logging.getLogger(__name__)
 
+# The Server header names the product, not the versions of Python and aiohttp (an attacker's
+# shortcut to known bugs). aiohttp reads this name for every response it makes, its own
+# answers to malformed requests included, so it is set here rather than per response.
+SERVER_NAME = "iot-tunnel-relay"
+web_response.SERVER_SOFTWARE = SERVER_NAME
+
+
+class QuietHttpLog(logging.Filter):
+    """aiohttp's server log, made quiet and truthful (docs/operations.md). aiohttp logs every
+    malformed request at ERROR with a traceback and the exception's text, which quotes the
+    offending bytes: a header line over 8190 bytes is quoted from its start, so a padded
+    Cookie, Authorization or X-Auth-Token put its token in the log. A malformed request is
+    the client's doing: one INFO line naming what was wrong, never what it said. A client
+    that left is one DEBUG line. Anything else (a bug of ours) stays an ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, http_exceptions.HttpProcessingError):
+            level, text = logging.INFO, f"rejected a malformed HTTP request ({type(exc).__name__}, HTTP {exc.code})"
+        elif isinstance(exc, ConnectionError):
+            level, text = logging.DEBUG, f"the client left ({type(exc).__name__})"
+        else:
+            return True
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        record.msg, record.args = ("%s from %s", (text, peer)) if isinstance(peer, str) else (text, ())
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = level, logging.getLevelName(level)
+        return logging.getLogger(record.name).isEnabledFor(level)
+
+
+QUIET_HTTP_LOG = QuietHttpLog()
+
+
+def quiet_aiohttp_log() -> None:
+    """Install QuietHttpLog on aiohttp's server logger (once: adding it again is a no-op)."""
+    logging.getLogger("aiohttp.server").addFilter(QUIET_HTTP_LOG)
+
+
 _HTTP_ERRORS: dict[int, type[errors.ApiError]] = {
     404: errors.RouteNotFound,
     405: errors.MethodNotAllowed,
@@ -39,7 +77,20 @@ async def error_bodies(request: web.Request, handler):  # type: ignore[no-untype
     try:
         return await handler(request)
     except errors.ApiError as exc:
-        return rest.error_response(exc)
+        response = rest.error_response(exc)
+        if isinstance(exc, errors.RequestTimeout):
+            # No keep-alive after a stalled body: aiohttp discards what still comes (at most
+            # its lingering time, 10 s) and closes the connection.
+            response.force_close()
+        return response
+    except ConnectionError:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # The client went away before it was answered (mid-body, say): its business, no error of ours.
+            log.info("the client left before %s %s was answered", request.method, request.path[:200])
+            raise
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return rest.error_response(errors.InternalError("unexpected error; the relay's log has the details"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -71,6 +122,7 @@ async def serve_openapi(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None, store: TunnelStore | None = None) -> web.Application:
+    quiet_aiohttp_log()
     app = web.Application(middlewares=[error_bodies], client_max_size=settings.max_body_bytes)
     clock = clock or Clock()
     service = TunnelService(store or open_store(settings.store_url or settings.db, settings.sqlite_cache_kib), settings, clock)

@@ -23,6 +23,7 @@ class Counters:
         # counts of decoders no longer in use, by (protocol, side)
         self.retired_messages: Counter[tuple[str, str]] = Counter()
         self.retired_bytes: Counter[tuple[str, str]] = Counter()
+        self.refused_connections = 0                      # over --max-http-connections-per-address
 
 
 def _line(name: str, value: float, **labels: str) -> str:
@@ -69,6 +70,10 @@ async def render(hub: Any, store: TunnelStore) -> str:
            "Connections closed by the relay, by close code (4000 = evicted, 44xx and 1002-1009 = rejected input).",
            [(n, {"code": str(code)}) for code, n in sorted(counters.closes.items())])
 
+    metric("relay_connections_refused_total", "counter",
+           "Connections refused (429) because their client address held --max-http-connections-per-address.",
+           [(counters.refused_connections, {})])
+
     by_status = await store.count_by_status()
     metric("relay_tunnels", "gauge", "Tunnels in the store, by status.", [(n, {"status": s}) for s, n in sorted(by_status.items())])
     pending = await store.pending_notifies(100_000)
@@ -83,6 +88,9 @@ async def render(hub: Any, store: TunnelStore) -> str:
         metric("relay_audit_write_failures_total", "counter", "Audit writes the store refused (each is retried).",
                [(audit.write_failures, {})])
         metric("relay_audit_queue_depth", "gauge", "Audit events waiting to be written.", [(audit.queue_depth, {})])
+        metric("relay_audit_events_limited_total", "counter",
+               "Audit events not stored because their project went over --audit-rate/--audit-burst, by project.",
+               [(n, {"project_id": project}) for project, n in sorted(audit.limited.items())])
         metric("relay_audit_recordings_saved_total", "counter", "Session recordings stored.", [(audit.recordings_saved, {})])
         metric("relay_audit_recordings_dropped_total", "counter",
                "Session recordings not stored (their queue was full, or shutdown came first).",

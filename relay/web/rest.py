@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -54,11 +55,16 @@ async def read_json(request: web.Request) -> Any:
         raise errors.UnsupportedContentType(
             f"send the body as application/json, not {request.content_type or 'nothing'}"
         )
+    settings = request.app[SETTINGS]
     try:
-        raw = await request.read()
+        # A deadline on the whole body: a client sending a byte now and then holds no
+        # connection for long (slowloris, docs/security.md).
+        async with asyncio.timeout(settings.body_timeout):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS].max_body_bytes
-        raise errors.BodyTooLarge(f"the request body is over {limit} bytes") from None
+        raise errors.BodyTooLarge(f"the request body is over {settings.max_body_bytes} bytes") from None
+    except TimeoutError:
+        raise errors.RequestTimeout(f"the request body did not arrive within {settings.body_timeout:g} seconds") from None
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -221,3 +221,43 @@ def test_settings_defaults():
     settings = Settings()
     assert settings.audit_retention == 30 * 86400 and settings.recording_cap == 1024 * 1024
     assert settings.record_projects == () and settings.audit_queue_size > 0
+
+
+# -- one project cannot flood the trail (issue 15, finding 10) ---------------------------------
+
+
+async def test_a_project_over_its_rate_is_bounded_counted_and_summed_up(store, clock):
+    log = AuditLog(store, clock, rate=5.0, burst=10)
+    for n in range(1000):
+        log.record("p1", EventType.TUNNEL_CLOSED, actor="alice", outcome="TUNNEL.404000", detail={"n": n})
+    log.record("p2", EventType.TUNNEL_CREATED, actor="bob")          # another project is not held back
+    assert log.limited == {"p1": 990}
+    clock.advance(1.0)                                               # 5 more a second
+    for n in range(10):
+        log.record("p1", EventType.TUNNEL_CREATED, actor="alice", detail={"later": n})
+    assert log.limited == {"p1": 995}
+    assert await log.flush(5)
+    stored = await events_of(store, "p1")
+    assert len(stored) == 10 + 1 + 5
+    summary = [e for e in stored if e.event is EventType.EVENTS_LIMITED]
+    assert len(summary) == 1 and summary[0].detail["dropped"] == 990 and summary[0].detail["since"] == T0
+    assert summary[0].actor == "relay" and summary[0].time == T0 + 1.0
+    assert len(await events_of(store, "p2")) == 1
+
+
+def test_the_rate_bound_comes_from_the_settings(store, clock):
+    log = AuditLog.from_settings(store, clock, Settings(audit_rate=2.5, audit_burst=7))
+    assert (log.rate, log.burst) == (2.5, 7)
+    for _ in range(20):
+        log.record("p1", EventType.TUNNEL_CREATED, actor="alice")
+    assert log.queue_depth == 7 and log.limited["p1"] == 13
+
+
+def test_the_rate_bookkeeping_of_many_projects_is_bounded(store, clock, monkeypatch):
+    import relay.auditlog as auditlog
+    monkeypatch.setattr(auditlog, "MAX_BUCKETS", 3)
+    log = AuditLog(store, clock, rate=1.0, burst=2)
+    for n in range(10):
+        clock.advance(5.0)   # each project's allowance refills before the next one comes
+        log.record(f"p{n}", EventType.TUNNEL_CREATED, actor="alice")
+    assert len(log._buckets) <= 3 and log.queue_depth == 10

@@ -180,3 +180,16 @@ async def test_audit_view_filters_pages_and_plays_a_recording(relay, audit_page,
     assert await page.is_hidden("#audit-view") and await page.is_hidden("#tabs")
     assert await page.locator("#audit-rows tr").count() == 0
     assert problems == []
+
+
+def test_the_console_knows_every_event_type():
+    """The audit page's filter lists the trail's event types; a new type (audit_events_limited)
+    must not be missing from it."""
+    import re
+    from pathlib import Path
+
+    from relay.audit import EVENT_TYPES
+    source = (Path(__file__).resolve().parents[2] / "relay/web/console/audit.js").read_text()
+    listed = re.search(r"export const EVENT_TYPES = \[(.*?)\];", source, re.S)
+    assert listed is not None
+    assert set(re.findall(r'"([a-z_]+)"', listed.group(1))) == EVENT_TYPES

@@ -16,7 +16,7 @@ from aiohttp.test_utils import unused_port
 from aiohttp.web_protocol import RequestHandler
 
 from relay.web.app import create_app
-from relay.web.server import HandshakeDeadline
+from relay.web.server import ConnectionGuard
 from tests.aws.conftest import new_client_token
 from tests.aws.spec_client import DATA, SERVICE_IDS, SESSION_RESET, STREAM_START, Msg, connect, raw_frame
 from tests.conftest import TOKEN_A
@@ -88,14 +88,15 @@ def test_aws_cycles_leave_memory_and_descriptors_flat(tmp_path):
 async def test_an_upgraded_connection_is_not_held_by_the_handshake_deadline(settings_factory):
     """take_over (relay/web/sockets.py) makes aiohttp forget an upgraded connection, "about
     15 kB" of handler, parser and buffers that a relay holding many tunnels cannot afford. The
-    server's HandshakeDeadline (relay/web/server.py) must not keep them either: once a
+    server's ConnectionGuard (relay/web/server.py) must not keep them either: once a
     connection is upgraded or gone, its aiohttp RequestHandler is garbage, not held until the
     handshake timeout (10 s by default: at a reconnect storm's rate, megabytes)."""
     port = unused_port()
-    runner = web.AppRunner(create_app(settings_factory(port=port)), access_log=None)
+    settings = settings_factory(port=port, handshake_timeout=30)
+    runner = web.AppRunner(create_app(settings), access_log=None)
     await runner.setup()
     assert runner.server is not None
-    listener = await asyncio.get_running_loop().create_server(HandshakeDeadline(runner.server, 30), "127.0.0.1", port)
+    listener = await asyncio.get_running_loop().create_server(ConnectionGuard(runner.server, settings), "127.0.0.1", port)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:

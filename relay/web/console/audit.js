@@ -18,7 +18,7 @@ export const EVENT_TYPES = [
   "tunnel_created", "tunnel_closed", "tunnel_expired", "tunnel_deleted", "tokens_rotated", "batch_close",
   "batch_delete", "notify_delivered", "source_connected", "source_disconnected", "source_evicted",
   "device_connected", "device_disconnected", "device_evicted", "ssh_login_succeeded", "ssh_login_failed",
-  "forward_opened", "forward_closed", "session_recorded",
+  "forward_opened", "forward_closed", "session_recorded", "audit_events_limited",
 ];
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
