@@ -88,6 +88,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--public-url", default=e("public_url", d.public_url),
                    help="the URL clients use to reach the relay, e.g. https://relay.example.com; "
                         "tunnel_uri is built from it (wss:// for https). Default: http://HOST:PORT")
+    p.add_argument("--allowed-origins", default=e("allowed_origins", ""),
+                   help="web origins (scheme://host[:port], comma-separated) whose pages may open tunnel "
+                        "WebSockets: a handshake that carries an Origin header (browsers send one) from any "
+                        "other origin is refused with 403, so a foreign page cannot ride the relay's cookie "
+                        "(docs/security.md). Pages served by the relay itself are always allowed; clients "
+                        "that send no Origin are not affected. Default: the origin of --public-url")
     p.add_argument("--db", default=e("db", d.db), help="SQLite database file; created if missing")
     p.add_argument("--api-tokens-file", default=e("api_tokens_file"),
                    help="file of API tokens, one PROJECT:NAME:TOKEN per line. RELAY_API_TOKENS may hold "
@@ -310,6 +316,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
         store_url=args.store_url, replica_id=args.replica_id, internal_port=args.internal_port,
         internal_host=args.internal_host, internal_address=args.internal_address,
         drain_seconds=max(0.0, args.drain_seconds), reconcile_interval=args.reconcile_interval,
+        allowed_origins=config.parse_origins(args.allowed_origins or ""),
     )
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
