@@ -213,9 +213,14 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-id", default=e("device_id"), required=not e("device_id"),
                    help="this device's id, as the tunnels name it (1-128 of A-Z a-z 0-9 _ -)")
     p.add_argument("--mqtt-url", default=e("mqtt_url", d.mqtt_url), help="the broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-    p.add_argument("--mqtt-username", default=e("mqtt_username"), help="user name for the broker")
+    p.add_argument("--mqtt-username", default=e("mqtt_username"),
+                   help="user name for the broker; default with a password: the device id (the relay's managed "
+                        "broker names device accounts so: `relay device add`)")
     p.add_argument("--mqtt-password", default=None,
-                   help="password for the broker (prefer RELAY_AGENT_MQTT_PASSWORD: a command line is visible to others)")
+                   help="password for the broker (prefer RELAY_AGENT_MQTT_PASSWORD or --mqtt-password-file: a "
+                        "command line is visible to others)")
+    p.add_argument("--mqtt-password-file", default=e("mqtt_password_file"),
+                   help="a file whose first line is the broker password (as `relay device add --password-file` writes it)")
     p.add_argument("--mqtt-client-id", default=e("mqtt_client_id", ""), help="MQTT client id; default: the device id")
     p.add_argument("--mqtt-ca-file", default=e("mqtt_ca_file"), help="CA bundle to verify an mqtts:// broker")
     p.add_argument("--ssh-host", default=e("ssh_host", d.ssh_host), help="the device's SSH server")
@@ -247,6 +252,60 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_agent)
 
 
+def _add_device(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "device", help="accounts of devices on the relay's managed MQTT broker (add, remove, list)",
+        description="The MQTT broker that `relay serve` runs itself (no --mqtt-url) lets no one in without an "
+                    "account (docs/device.md, docs/security.md). `add DEVICE_ID` creates the account of a "
+                    "device, whose user name is its device id, and prints its password once (or writes it to "
+                    "--password-file); only the hash is stored, in mqtt-passwd next to the relay's database. A "
+                    "running relay picks the change up within a second. The account may use its own topics "
+                    "only ($oc/devices/DEVICE_ID/...). For a broker of your own, make accounts with its tools.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--db", default=config.env("db", Settings().db),
+                       help="the relay's database file (RELAY_DB): the accounts are in its folder")
+    a = actions.add_parser("add", parents=[where], help="create a device's account and print its password")
+    a.add_argument("device_id", metavar="DEVICE_ID")
+    a.add_argument("--replace", action="store_true", help="give an existing account a new password")
+    a.add_argument("--password-file", help="write the password to this new file (mode 0600) instead of printing it")
+    r = actions.add_parser("remove", parents=[where], help="delete a device's account (refused at its next login)")
+    r.add_argument("device_id", metavar="DEVICE_ID")
+    actions.add_parser("list", parents=[where], help="the device accounts")
+    p.set_defaults(func=lambda args: _device(args) if args.action else _help(p))
+
+
+def _device(args: argparse.Namespace) -> int:
+    from relay.broker import BrokerAccounts, accounts_folder
+
+    accounts = BrokerAccounts(accounts_folder(args.db))
+    if args.action == "list":
+        for device_id in accounts.devices():
+            print(device_id)
+        return 0
+    if args.action == "remove":
+        if not accounts.remove_device(args.device_id):
+            raise ConfigError(f"device {args.device_id[:140]!r} has no account in {accounts.password_file}")
+        print(f"removed the MQTT account of device {args.device_id}")
+        return 0
+    if args.password_file and os.path.exists(args.password_file):
+        raise ConfigError(f"{args.password_file} exists already: name a new file")
+    password = accounts.add_device(args.device_id, replace=args.replace)
+    broker = f"mqtt://127.0.0.1:{MANAGED_BROKER_PORT}"
+    if args.password_file:
+        fd = os.open(args.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(password + "\n")
+        print(f"device {args.device_id}: MQTT user name {args.device_id}, password in {args.password_file}\n"
+              f"  on the device: relay agent --device-id {args.device_id} --mqtt-url {broker} "
+              f"--mqtt-password-file {args.password_file}")
+    else:
+        print(f"device {args.device_id}: MQTT user name {args.device_id}, password (shown once):\n{password}\n"
+              f"  on the device: RELAY_AGENT_MQTT_PASSWORD=... relay agent --device-id {args.device_id} "
+              f"--mqtt-url {broker}")
+    return 0
+
+
 def _agent(args: argparse.Namespace) -> int:
     import re
 
@@ -256,9 +315,10 @@ def _agent(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", args.device_id or ""):
         raise ConfigError(f"device id {args.device_id!r} must be 1-128 of A-Z a-z 0-9 _ -")
     config.parse_mqtt_url(args.mqtt_url)
+    password = args.mqtt_password or config.env("agent_mqtt_password") or _password_file(args.mqtt_password_file)
     settings = AgentSettings(
-        device_id=args.device_id, mqtt_url=args.mqtt_url, mqtt_username=args.mqtt_username or None,
-        mqtt_password=args.mqtt_password or config.env("agent_mqtt_password") or None,
+        device_id=args.device_id, mqtt_url=args.mqtt_url,
+        mqtt_username=args.mqtt_username or (args.device_id if password else None), mqtt_password=password,
         mqtt_client_id=args.mqtt_client_id or "", mqtt_ca_file=args.mqtt_ca_file or None,
         ssh_host=args.ssh_host, ssh_port=args.ssh_port, ssh_known_hosts=args.ssh_known_hosts or None,
         forward_ports=args.forward_ports, forward_host=args.forward_host or "",
@@ -268,6 +328,20 @@ def _agent(args: argparse.Namespace) -> int:
     )
     logs.setup(args.log_level, args.log_format)
     return asyncio.run(run(settings))
+
+
+def _password_file(path: str | None) -> str | None:
+    """The first line of a password file (None without one)."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            password = fh.readline().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the password file {path}: {exc.strerror}") from None
+    if not password:
+        raise ConfigError(f"the password file {path} is empty")
+    return password
 
 
 def _aws_services(text: str | None) -> tuple[tuple[str, str, int], ...]:
@@ -620,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
     _add_agent(sub)
+    _add_device(sub)
     common = _connection_options()
     _add_tunnel(sub, common)
     _add_remote(sub, common)
