@@ -145,6 +145,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--internal-address", default=e("internal_address", ""),
                    help="HOST:PORT at which the other replicas reach this one's internal port "
                         "(default: INTERNAL_HOST:INTERNAL_PORT; in Kubernetes the pod IP)")
+    p.add_argument("--bridge-secret-file", default=e("bridge_secret_file"),
+                   help="file holding the secret (32 characters or more) that replicas share to authenticate "
+                        "the bridges between them; the same on every replica, needed with --store-url redis:// "
+                        "and --internal-port. RELAY_BRIDGE_SECRET may hold it instead. It is never stored in "
+                        "Redis (docs/scaling.md)")
     p.add_argument("--drain-seconds", type=float, default=float(e("drain_seconds", str(d.drain_seconds))),
                    help="on SIGTERM, spread the closing of open connections over this many seconds")
     p.add_argument("--reconcile-interval", type=_positive_float,
@@ -315,7 +320,7 @@ def _agent(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", args.device_id or ""):
         raise ConfigError(f"device id {args.device_id!r} must be 1-128 of A-Z a-z 0-9 _ -")
     config.parse_mqtt_url(args.mqtt_url)
-    password = args.mqtt_password or config.env("agent_mqtt_password") or _password_file(args.mqtt_password_file)
+    password = args.mqtt_password or config.env("agent_mqtt_password") or _secret_file(args.mqtt_password_file)
     settings = AgentSettings(
         device_id=args.device_id, mqtt_url=args.mqtt_url,
         mqtt_username=args.mqtt_username or (args.device_id if password else None), mqtt_password=password,
@@ -330,18 +335,18 @@ def _agent(args: argparse.Namespace) -> int:
     return asyncio.run(run(settings))
 
 
-def _password_file(path: str | None) -> str | None:
-    """The first line of a password file (None without one)."""
+def _secret_file(path: str | None, what: str = "password file") -> str | None:
+    """The first line of a file that holds a secret (None without a file)."""
     if not path:
         return None
     try:
         with open(path, encoding="utf-8") as fh:
-            password = fh.readline().strip()
+            secret = fh.readline().strip()
     except OSError as exc:
-        raise ConfigError(f"cannot read the password file {path}: {exc.strerror}") from None
-    if not password:
-        raise ConfigError(f"the password file {path} is empty")
-    return password
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    if not secret:
+        raise ConfigError(f"the {what} {path} is empty")
+    return secret
 
 
 def _aws_services(text: str | None) -> tuple[tuple[str, str, int], ...]:
@@ -391,6 +396,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
         internal_host=args.internal_host, internal_address=args.internal_address,
         drain_seconds=max(0.0, args.drain_seconds), reconcile_interval=args.reconcile_interval,
         allowed_origins=config.parse_origins(args.allowed_origins or ""),
+        bridge_secret=_secret_file(args.bridge_secret_file, "bridge secret file") or config.env("bridge_secret") or "",
     )
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")

@@ -59,6 +59,7 @@ class Settings:
     drain_seconds: float = 10.0           # on SIGTERM, closes are spread over this long
     reconcile_interval: float = 2.0       # leases renewed, ended tunnels and lost hints caught up
     lease_ttl: float = 15.0
+    bridge_secret: str = dataclasses.field(default="", repr=False)   # shared by the replicas, never stored in Redis
     # The device side (docs/device.md): the MQTT broker that carries tunnel notifies and presence.
     mqtt_url: str = ""                    # mqtt://HOST[:1883] or mqtts://HOST[:8883]; empty: no broker
     mqtt_username: str | None = None

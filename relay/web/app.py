@@ -128,7 +128,7 @@ def _cluster(settings: Settings, store: TunnelStore, clock: Clock) -> Cluster:
         from relay.store.redis_cluster import RedisCluster
         replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         address = settings.internal_address or f"{settings.internal_host}:{settings.internal_port}"
-        return RedisCluster(store, clock, replica_id, address, settings.lease_ttl)
+        return RedisCluster(store, clock, replica_id, address, settings.lease_ttl, settings.bridge_secret)
     return Cluster(store, clock)
 
 
