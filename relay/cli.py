@@ -163,7 +163,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="the MQTT broker that carries tunnel notifies to devices and their presence "
                         "(docs/device.md): mqtt://HOST[:PORT] or mqtts://HOST[:PORT]. 'auto': run mosquitto "
                         f"on 127.0.0.1:{MANAGED_BROKER_PORT} as a child of the relay when it is installed, "
-                        "no broker otherwise. 'none': no broker (no notifies, no presence check)")
+                        "no broker otherwise; it admits no anonymous client: the relay has its own account "
+                        "(password generated next to the database), devices get theirs from `relay device "
+                        "add`, each limited to its own topics; the relay refuses to start if something else "
+                        "listens on that port. 'none': no broker (no notifies, no presence check)")
     p.add_argument("--mqtt-username", default=e("mqtt_username"), help="user name for the broker")
     p.add_argument("--mqtt-password", default=None,  # not shown by --help: it may come from the environment
                    help="password for the broker (prefer RELAY_MQTT_PASSWORD: a command line is visible to others)")
@@ -274,7 +277,8 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
     a.add_argument("device_id", metavar="DEVICE_ID")
     a.add_argument("--replace", action="store_true", help="give an existing account a new password")
     a.add_argument("--password-file", help="write the password to this new file (mode 0600) instead of printing it")
-    r = actions.add_parser("remove", parents=[where], help="delete a device's account (refused at its next login)")
+    r = actions.add_parser("remove", parents=[where],
+                           help="delete a device's account (the running broker cuts its connection and refuses it)")
     r.add_argument("device_id", metavar="DEVICE_ID")
     actions.add_parser("list", parents=[where], help="the device accounts")
     p.set_defaults(func=lambda args: _device(args) if args.action else _help(p))
@@ -312,9 +316,17 @@ def _device(args: argparse.Namespace) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
+    from relay.agent.runner import run
+
+    settings = agent_settings(args)
+    logs.setup(args.log_level, args.log_format)
+    return asyncio.run(run(settings))
+
+
+def agent_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The agent's settings from its options (AgentSettings)."""
     import re
 
-    from relay.agent.runner import run
     from relay.agent.settings import AgentSettings
 
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", args.device_id or ""):
@@ -331,8 +343,7 @@ def _agent(args: argparse.Namespace) -> int:
         max_message_size=args.max_message_size, heartbeat=args.heartbeat,
         aws_endpoint=args.aws_endpoint or "", aws_services=_aws_services(args.aws_services),
     )
-    logs.setup(args.log_level, args.log_format)
-    return asyncio.run(run(settings))
+    return settings
 
 
 def _secret_file(path: str | None, what: str = "password file") -> str | None:

@@ -23,7 +23,8 @@ import socket
 from aiohttp import web
 
 from relay import errors
-from relay.cluster import BRIDGE_CREDENTIAL_LIFETIME, BridgeClaim, Cluster, Hint, Lease, bridge_credential, bridge_refusal
+from relay.cluster import (BRIDGE_CREDENTIAL_LIFETIME, BridgeClaim, Cluster, Hint, Lease, bridge_credential,
+                           bridge_refusal)
 from relay.model import Side
 from relay.protocol import Pairing, Reasons
 from relay.web.sockets import End, Hub, TunnelConnection, _UpgradeResponse, take_over

@@ -197,3 +197,38 @@ def test_device_accounts_are_added_replaced_and_removed(tmp_path):
     assert accounts.remove_device("dev-1") and not accounts.remove_device("dev-1")
     assert not accounts.remove_device(RELAY_ACCOUNT)
     assert accounts.devices() == []
+
+
+def relay_cli(cwd, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    full = clean_env(**(env or {}))
+    full["PYTHONPATH"] = SRC
+    return subprocess.run([sys.executable, "-m", "relay.cli", *args], cwd=cwd, env=full, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_relay_device_commands(tmp_path):
+    added = relay_cli(tmp_path, "device", "add", "dev-c")
+    assert added.returncode == 0, added.stderr
+    password = added.stdout.splitlines()[1].strip()
+    accounts = BrokerAccounts(tmp_path / "var")
+    hashed = dict(line.split(":", 1) for line in accounts.password_file.read_text().splitlines()
+                  if not line.startswith("#"))
+    assert password_matches(password, hashed["dev-c"]) and password not in accounts.password_file.read_text()
+    assert stat.S_IMODE(accounts.password_file.stat().st_mode) == 0o600
+    again = relay_cli(tmp_path, "device", "add", "dev-c")
+    assert again.returncode == 2 and "--replace" in again.stderr
+    to_file = relay_cli(tmp_path, "device", "add", "dev-d", "--password-file", "dev-d.mqtt")
+    assert to_file.returncode == 0 and "dev-d.mqtt" in to_file.stdout
+    secret = (tmp_path / "dev-d.mqtt").read_text().strip()
+    assert secret not in to_file.stdout and stat.S_IMODE((tmp_path / "dev-d.mqtt").stat().st_mode) == 0o600
+    assert relay_cli(tmp_path, "device", "list").stdout.split() == ["dev-c", "dev-d"]
+    assert relay_cli(tmp_path, "device", "remove", "dev-c").returncode == 0
+    gone = relay_cli(tmp_path, "device", "remove", "dev-c")
+    assert gone.returncode == 2 and "no account" in gone.stderr
+
+    # the agent takes the password from that file, and its device id as user name
+    from relay.cli import agent_settings, build_parser
+    args = build_parser().parse_args(["agent", "--device-id", "dev-d", "--mqtt-password-file",
+                                      str(tmp_path / "dev-d.mqtt")])
+    settings = agent_settings(args)
+    assert (settings.mqtt_username, settings.mqtt_password) == ("dev-d", secret)
