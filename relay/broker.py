@@ -26,6 +26,7 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -123,6 +124,17 @@ class BrokerAccounts:
         self.password_file = self.folder / PASSWORD_FILE
         self.relay_password_file = self.folder / RELAY_PASSWORD_FILE
 
+    @contextlib.contextmanager
+    def _locked(self):  # type: ignore[no-untyped-def]
+        """One writer at a time (the relay starting, `relay device add` in another process)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / f".{PASSWORD_FILE}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def _entries(self) -> dict[str, str]:
         try:
             text = self.password_file.read_text(encoding="utf-8")
@@ -155,32 +167,34 @@ class BrokerAccounts:
         if not password:
             password = secrets.token_urlsafe(32)
             _write_private(self.relay_password_file, password + "\n")
-        entries = self._entries()
-        if not password_matches(password, entries.get(RELAY_ACCOUNT, "")):
-            entries[RELAY_ACCOUNT] = hash_password(password)
-            self._save(entries)
+        with self._locked():
+            entries = self._entries()
+            if not password_matches(password, entries.get(RELAY_ACCOUNT, "")):
+                entries[RELAY_ACCOUNT] = hash_password(password)
+                self._save(entries)
         return RELAY_ACCOUNT, password
 
     def add_device(self, device_id: str, *, replace: bool = False) -> str:
         """Create (or with `replace`, renew) a device's account; returns its new password."""
         if not DEVICE_ID_RE.match(device_id):
             raise ConfigError(f"device id {device_id[:140]!r} must be 1-128 of A-Z a-z 0-9 _ -")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        entries = self._entries()
-        if device_id in entries and not replace:
-            raise ConfigError(f"device {device_id!r} has an account already; --replace gives it a new password "
-                              "(the old one stops working)")
-        password = secrets.token_urlsafe(32)
-        entries[device_id] = hash_password(password)
-        self._save(entries)
+        with self._locked():
+            entries = self._entries()
+            if device_id in entries and not replace:
+                raise ConfigError(f"device {device_id!r} has an account already; --replace gives it a new password "
+                                  "(the old one stops working)")
+            password = secrets.token_urlsafe(32)
+            entries[device_id] = hash_password(password)
+            self._save(entries)
         return password
 
     def remove_device(self, device_id: str) -> bool:
-        entries = self._entries()
-        if device_id not in entries or device_id == RELAY_ACCOUNT:
-            return False
-        del entries[device_id]
-        self._save(entries)
+        with self._locked():
+            entries = self._entries()
+            if device_id not in entries or device_id == RELAY_ACCOUNT:
+                return False
+            del entries[device_id]
+            self._save(entries)
         return True
 
     def devices(self) -> list[str]:
