@@ -55,7 +55,10 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 WORKDIR /var/lib/relay
 USER 10001:10001
 # 8080: REST API and WebSockets. 8081: the internal port (RELAY_INTERNAL_PORT: /livez,
-# /readyz, /metrics, replica-to-replica forwarding); the relay opens it only when set.
+# /readyz, /metrics, replica-to-replica forwarding); the relay opens it only when set, and on
+# 0.0.0.0 here (RELAY_INTERNAL_HOST above): /metrics answers anyone who reaches it, bridges
+# only replicas holding the bridge secret. Keep it unreachable from outside the replicas and
+# the metrics scraper (deploy/k8s/base/networkpolicy.yaml).
 EXPOSE 8080 8081
 # The relay handles SIGTERM itself (drain, then exit), also as PID 1; it starts no children
 # here (mosquitto, which `relay serve` may run for development, is not in the image).

@@ -318,7 +318,8 @@ class SplitPair:
         for i in (1, 2):
             env = {"RELAY_API_TOKENS": f"bench:bench:{API_TOKEN}", "RELAY_MAX_TUNNELS_PER_PROJECT": "100000",
                    "RELAY_LOG_LEVEL": "WARNING", "RELAY_STORE_URL": f"redis://127.0.0.1:{redis_port}/0",
-                   "RELAY_INTERNAL_PORT": str(free_port()), "RELAY_REPLICA_ID": f"bench-{i}"}
+                   "RELAY_INTERNAL_PORT": str(free_port()), "RELAY_REPLICA_ID": f"bench-{i}",
+                   "RELAY_BRIDGE_SECRET": "bench-bridge-secret-0123456789abcdef0123456789"}
             self.replicas.append(Relay(f"{name}-{i}", [sys.executable, "-m", "relay.cli", "serve", "--port", "{port}"],
                                        env, ours=True))
         self.port = self.replicas[0].port

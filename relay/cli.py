@@ -88,6 +88,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--public-url", default=e("public_url", d.public_url),
                    help="the URL clients use to reach the relay, e.g. https://relay.example.com; "
                         "tunnel_uri is built from it (wss:// for https). Default: http://HOST:PORT")
+    p.add_argument("--allowed-origins", default=e("allowed_origins", ""),
+                   help="web origins (scheme://host[:port], comma-separated) whose pages may open tunnel "
+                        "WebSockets: a handshake that carries an Origin header (browsers send one) from any "
+                        "other origin is refused with 403, so a foreign page cannot ride the relay's cookie "
+                        "(docs/security.md). Pages served by the relay itself are always allowed; clients "
+                        "that send no Origin are not affected. Default: the origin of --public-url")
     p.add_argument("--db", default=e("db", d.db), help="SQLite database file; created if missing")
     p.add_argument("--api-tokens-file", default=e("api_tokens_file"),
                    help="file of API tokens, one PROJECT:NAME:TOKEN per line. RELAY_API_TOKENS may hold "
@@ -149,6 +155,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--internal-address", default=e("internal_address", ""),
                    help="HOST:PORT at which the other replicas reach this one's internal port "
                         "(default: INTERNAL_HOST:INTERNAL_PORT; in Kubernetes the pod IP)")
+    p.add_argument("--bridge-secret-file", default=e("bridge_secret_file"),
+                   help="file holding the secret (32 characters or more) that replicas share to authenticate "
+                        "the bridges between them; the same on every replica, needed with --store-url redis:// "
+                        "and --internal-port. RELAY_BRIDGE_SECRET may hold it instead. It is never stored in "
+                        "Redis (docs/scaling.md)")
     p.add_argument("--drain-seconds", type=float, default=float(e("drain_seconds", str(d.drain_seconds))),
                    help="on SIGTERM, spread the closing of open connections over this many seconds")
     p.add_argument("--reconcile-interval", type=_positive_float,
@@ -162,7 +173,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="the MQTT broker that carries tunnel notifies to devices and their presence "
                         "(docs/device.md): mqtt://HOST[:PORT] or mqtts://HOST[:PORT]. 'auto': run mosquitto "
                         f"on 127.0.0.1:{MANAGED_BROKER_PORT} as a child of the relay when it is installed, "
-                        "no broker otherwise. 'none': no broker (no notifies, no presence check)")
+                        "no broker otherwise; it admits no anonymous client: the relay has its own account "
+                        "(password generated next to the database), devices get theirs from `relay device "
+                        "add`, each limited to its own topics; the relay refuses to start if something else "
+                        "listens on that port. 'none': no broker (no notifies, no presence check)")
     p.add_argument("--mqtt-username", default=e("mqtt_username"), help="user name for the broker")
     p.add_argument("--mqtt-password", default=None,  # not shown by --help: it may come from the environment
                    help="password for the broker (prefer RELAY_MQTT_PASSWORD: a command line is visible to others)")
@@ -223,10 +237,16 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-id", default=e("device_id"), required=not e("device_id"),
                    help="this device's id, as the tunnels name it (1-128 of A-Z a-z 0-9 _ -)")
     p.add_argument("--mqtt-url", default=e("mqtt_url", d.mqtt_url), help="the broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-    p.add_argument("--mqtt-username", default=e("mqtt_username"), help="user name for the broker")
+    p.add_argument("--mqtt-username", default=e("mqtt_username"),
+                   help="user name for the broker; default with a password: the device id (the relay's managed "
+                        "broker names device accounts so: `relay device add`)")
     p.add_argument("--mqtt-password", default=None,
-                   help="password for the broker (prefer RELAY_AGENT_MQTT_PASSWORD: a command line is visible to others)")
-    p.add_argument("--mqtt-client-id", default=e("mqtt_client_id", ""), help="MQTT client id, stable: the broker keeps this agent's session (and the notifies "
+                   help="password for the broker (prefer RELAY_AGENT_MQTT_PASSWORD or --mqtt-password-file: a "
+                        "command line is visible to others)")
+    p.add_argument("--mqtt-password-file", default=e("mqtt_password_file"),
+                   help="a file whose first line is the broker password (as `relay device add --password-file` writes it)")
+    p.add_argument("--mqtt-client-id", default=e("mqtt_client_id", ""),
+                   help="MQTT client id, stable: the broker keeps this agent's session (and the notifies "
                         "published while it is away) under it; default: the device id")
     p.add_argument("--mqtt-ca-file", default=e("mqtt_ca_file"), help="CA bundle to verify an mqtts:// broker")
     p.add_argument("--ssh-host", default=e("ssh_host", d.ssh_host), help="the device's SSH server")
@@ -258,18 +278,82 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_agent)
 
 
+def _add_device(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "device", help="accounts of devices on the relay's managed MQTT broker (add, remove, list)",
+        description="The MQTT broker that `relay serve` runs itself (no --mqtt-url) lets no one in without an "
+                    "account (docs/device.md, docs/security.md). `add DEVICE_ID` creates the account of a "
+                    "device, whose user name is its device id, and prints its password once (or writes it to "
+                    "--password-file); only the hash is stored, in mqtt-passwd next to the relay's database. A "
+                    "running relay picks the change up within a second. The account may use its own topics "
+                    "only ($oc/devices/DEVICE_ID/...). For a broker of your own, make accounts with its tools.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--db", default=config.env("db", Settings().db),
+                       help="the relay's database file (RELAY_DB): the accounts are in its folder")
+    a = actions.add_parser("add", parents=[where], help="create a device's account and print its password")
+    a.add_argument("device_id", metavar="DEVICE_ID")
+    a.add_argument("--replace", action="store_true", help="give an existing account a new password")
+    a.add_argument("--password-file", help="write the password to this new file (mode 0600) instead of printing it")
+    r = actions.add_parser("remove", parents=[where],
+                           help="delete a device's account (the running broker cuts its connection and refuses it)")
+    r.add_argument("device_id", metavar="DEVICE_ID")
+    actions.add_parser("list", parents=[where], help="the device accounts")
+    p.set_defaults(func=lambda args: _device(args) if args.action else _help(p))
+
+
+def _device(args: argparse.Namespace) -> int:
+    from relay.broker import BrokerAccounts, accounts_folder
+
+    accounts = BrokerAccounts(accounts_folder(args.db))
+    if args.action == "list":
+        for device_id in accounts.devices():
+            print(device_id)
+        return 0
+    if args.action == "remove":
+        if not accounts.remove_device(args.device_id):
+            raise ConfigError(f"device {args.device_id[:140]!r} has no account in {accounts.password_file}")
+        print(f"removed the MQTT account of device {args.device_id}")
+        return 0
+    if args.password_file and os.path.exists(args.password_file):
+        raise ConfigError(f"{args.password_file} exists already: name a new file")
+    password = accounts.add_device(args.device_id, replace=args.replace)
+    broker = f"mqtt://127.0.0.1:{MANAGED_BROKER_PORT}"
+    if args.password_file:
+        fd = os.open(args.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(password + "\n")
+        print(f"device {args.device_id}: MQTT user name {args.device_id}, password in {args.password_file}\n"
+              f"  on the device: relay agent --device-id {args.device_id} --mqtt-url {broker} "
+              f"--mqtt-password-file {args.password_file}")
+    else:
+        print(f"device {args.device_id}: MQTT user name {args.device_id}, password (shown once):\n{password}\n"
+              f"  on the device: RELAY_AGENT_MQTT_PASSWORD=... relay agent --device-id {args.device_id} "
+              f"--mqtt-url {broker}")
+    return 0
+
+
 def _agent(args: argparse.Namespace) -> int:
+    from relay.agent.runner import run
+
+    settings = agent_settings(args)
+    logs.setup(args.log_level, args.log_format)
+    return asyncio.run(run(settings))
+
+
+def agent_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The agent's settings from its options (AgentSettings)."""
     import re
 
-    from relay.agent.runner import run
     from relay.agent.settings import AgentSettings
 
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", args.device_id or ""):
         raise ConfigError(f"device id {args.device_id!r} must be 1-128 of A-Z a-z 0-9 _ -")
     config.parse_mqtt_url(args.mqtt_url)
+    password = args.mqtt_password or config.env("agent_mqtt_password") or _secret_file(args.mqtt_password_file)
     settings = AgentSettings(
-        device_id=args.device_id, mqtt_url=args.mqtt_url, mqtt_username=args.mqtt_username or None,
-        mqtt_password=args.mqtt_password or config.env("agent_mqtt_password") or None,
+        device_id=args.device_id, mqtt_url=args.mqtt_url,
+        mqtt_username=args.mqtt_username or (args.device_id if password else None), mqtt_password=password,
         mqtt_client_id=args.mqtt_client_id or "", mqtt_ca_file=args.mqtt_ca_file or None,
         ssh_host=args.ssh_host, ssh_port=args.ssh_port, ssh_known_hosts=args.ssh_known_hosts or None,
         forward_ports=args.forward_ports, forward_host=args.forward_host or "",
@@ -277,8 +361,21 @@ def _agent(args: argparse.Namespace) -> int:
         max_message_size=args.max_message_size, heartbeat=args.heartbeat,
         aws_endpoint=args.aws_endpoint or "", aws_services=_aws_services(args.aws_services),
     )
-    logs.setup(args.log_level, args.log_format)
-    return asyncio.run(run(settings))
+    return settings
+
+
+def _secret_file(path: str | None, what: str = "password file") -> str | None:
+    """The first line of a file that holds a secret (None without a file)."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            secret = fh.readline().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    if not secret:
+        raise ConfigError(f"the {what} {path} is empty")
+    return secret
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -297,7 +394,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("device_id", metavar="DEVICE_ID", help="the device id to announce (1-128 of A-Z a-z 0-9 _ -)")
     p.add_argument("--mqtt-url", default=config.env("agent_mqtt_url", "mqtt://127.0.0.1:1883"),
                    help="the broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-    p.add_argument("--mqtt-username", default=config.env("agent_mqtt_username"), help="user name for the broker")
+    p.add_argument("--mqtt-username", default=config.env("agent_mqtt_username"),
+                   help="user name for the broker (with RELAY_AGENT_MQTT_PASSWORD); without one, on the relay's "
+                        "managed broker, the demo device gives itself an account there (`relay device add`)")
+    p.add_argument("--db", default=config.env("db", Settings().db),
+                   help="the relay's database file (RELAY_DB): its folder holds the managed broker's accounts")
     p.add_argument("--password-file", default="var/demo-device.password",
                    help="where to write the demo account's password (removed on exit)")
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -311,9 +412,15 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", args.device_id or ""):
             raise ConfigError(f"device id {args.device_id!r} must be 1-128 of A-Z a-z 0-9 _ -")
         config.parse_mqtt_url(args.mqtt_url)
+        username, password = args.mqtt_username or None, config.env("agent_mqtt_password") or None
+        if password is None and args.mqtt_url == f"mqtt://127.0.0.1:{MANAGED_BROKER_PORT}":
+            # the broker `relay serve` runs lets no one in without an account: make (or renew) ours,
+            # as `relay device add --replace` would; the running relay reloads the broker's accounts
+            from relay.broker import BrokerAccounts, accounts_folder
+            username = args.device_id
+            password = BrokerAccounts(accounts_folder(args.db)).add_device(args.device_id, replace=True)
         settings = AgentSettings(device_id=args.device_id, mqtt_url=args.mqtt_url,
-                                 mqtt_username=args.mqtt_username or None,
-                                 mqtt_password=config.env("agent_mqtt_password") or None)
+                                 mqtt_username=username, mqtt_password=password)
         logs.setup(args.log_level, "text")
         _install_uvloop()
         return asyncio.run(run_demo(settings, Path(args.password_file), lambda text: print(text, file=sys.stderr, flush=True)))
@@ -369,6 +476,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
         store_url=args.store_url, replica_id=args.replica_id, internal_port=args.internal_port,
         internal_host=args.internal_host, internal_address=args.internal_address,
         drain_seconds=max(0.0, args.drain_seconds), reconcile_interval=args.reconcile_interval,
+        allowed_origins=config.parse_origins(args.allowed_origins or ""),
+        bridge_secret=_secret_file(args.bridge_secret_file, "bridge secret file") or config.env("bridge_secret") or "",
     )
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
@@ -692,6 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_agent(sub)
     _add_demo(sub)
+    _add_device(sub)
     common = _connection_options()
     _add_tunnel(sub, common)
     _add_remote(sub, common)

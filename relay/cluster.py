@@ -6,11 +6,20 @@ RedisCluster`, which keeps, for each end of each tunnel, a lease naming the repl
 holds it and an epoch that grows with every new connection, and passes hints between
 replicas. Hints (Redis pub/sub) are at most once: every decision they prompt is also
 reached by the periodic reconciliation, so a lost hint only delays it.
+
+Bridges between replicas carry messages that the sending replica has checked and the
+receiving one relays unchecked, so only a replica may open one: its request carries a
+credential made for that one bridge (`bridge_credential`), an HMAC keyed with the replicas'
+shared secret (--bridge-secret-file; never in Redis) over the tunnel, the replica and its
+lease, and an expiry. It is accepted once, before its expiry, from the replica that holds
+the device end's lease with that epoch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 from collections.abc import Callable
 
 from relay.clock import Clock
@@ -39,6 +48,41 @@ class Hint:
 
 
 HintHandler = Callable[[Hint], None]
+
+BRIDGE_CREDENTIAL_LIFETIME = 30.0   # seconds; replicas' clocks must agree within it
+MIN_BRIDGE_SECRET = 32              # characters of --bridge-secret-file
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BridgeClaim:
+    """What the device's replica asserts when it opens a bridge."""
+
+    tunnel_id: str
+    replica_id: str
+    address: str       # its internal address
+    epoch: int         # its device end's lease
+    peer_epoch: int    # the source end's lease it expects to find
+    expires: int       # Unix time after which the credential is void
+    nonce: str         # random: no two requests carry the same credential
+
+
+def bridge_credential(secret: str, claim: BridgeClaim) -> str:
+    """The credential of one bridge: only a holder of the replicas' secret can make it, and
+    it opens nothing but the bridge of this claim."""
+    fields = ("relay-bridge-v1", claim.tunnel_id, claim.replica_id, claim.address, str(claim.epoch),
+              str(claim.peer_epoch), str(claim.expires), claim.nonce)
+    return hmac.new(secret.encode(), "\n".join(fields).encode(), hashlib.sha256).hexdigest()
+
+
+def bridge_refusal(secret: str, claim: BridgeClaim, credential: str, now: float) -> str | None:
+    """Why a bridge request must be refused, or None when its credential holds."""
+    if not secret:
+        return "this replica takes no bridges (no bridge secret)"
+    if not hmac.compare_digest(credential.encode(), bridge_credential(secret, claim).encode()):
+        return "not a replica of this relay"
+    if not now < claim.expires <= now + 2 * BRIDGE_CREDENTIAL_LIFETIME:
+        return "the bridge credential is expired (or the replicas' clocks disagree)"
+    return None
 
 
 class Cluster:
@@ -86,7 +130,6 @@ class Cluster:
     async def publish(self, hint: Hint) -> None:
         """Tell the other replicas; alone, there is no one to tell."""
 
-    async def bridge_secret(self) -> str:
-        return ""
+    bridge_secret = ""   # a single relay opens and takes no bridges
 
 

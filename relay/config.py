@@ -64,6 +64,7 @@ class Settings:
     drain_seconds: float = 10.0           # on SIGTERM, closes are spread over this long
     reconcile_interval: float = 2.0       # leases renewed, ended tunnels and lost hints caught up
     lease_ttl: float = 15.0
+    bridge_secret: str = dataclasses.field(default="", repr=False)   # shared by the replicas, never stored in Redis
     # The device side (docs/device.md): the MQTT broker that carries tunnel notifies and presence.
     mqtt_url: str = ""                    # mqtt://HOST[:1883] or mqtts://HOST[:8883]; empty: no broker
     mqtt_username: str | None = None
@@ -81,6 +82,9 @@ class Settings:
     audit_rate: float = 100.0             # audit events a second one project may add, sustained ...
     audit_burst: int = 2000               # ... and at once; beyond, counted and summed up in one event
     aws_region: str = "self-hosted"       # `region` in the notifies of AWS-protocol tunnels (docs/aws.md)
+    # Pages of these origins may open tunnel WebSockets (docs/security.md, cross-site
+    # WebSocket hijacking); empty: the origin of the public URL. Same-origin pages always may.
+    allowed_origins: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -97,6 +101,11 @@ class Settings:
         scheme = "wss" if parts.scheme == "https" else "ws"
         return f"{scheme}://{parts.netloc}{parts.path}"
 
+    @property
+    def trusted_origins(self) -> frozenset[str]:
+        """The origins whose pages may open tunnel WebSockets, normalized (origin_key)."""
+        return frozenset(self.allowed_origins or (origin_key(self.base_url),))
+
     def tunnel_uri(self, tunnel_id: str, side: str) -> str:
         return f"{self.websocket_base}/v5/iot/tunnels/{tunnel_id}/{side}-connect"
 
@@ -106,6 +115,37 @@ class Settings:
 
 
 PRESENCE_MODES = ("strict", "known", "off")
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def origin_key(url: str) -> str:
+    """`scheme://host[:port]` of a URL or Origin value, lower-case and without the scheme's
+    default port, so that equal origins compare equal; "" when it is not an http(s) origin."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return ""
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return ""
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port_part = f":{port}" if port is not None and port != _DEFAULT_PORTS[parts.scheme.lower()] else ""
+    return f"{parts.scheme.lower()}://{host.lower()}{port_part}"
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """--allowed-origins: `scheme://host[:port]` entries, comma-separated; ConfigError otherwise."""
+    origins = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        key = origin_key(entry)
+        if not key or urlsplit(entry).path.strip("/") or urlsplit(entry).query:
+            raise ConfigError(f"--allowed-origins: {entry[:100]!r} is not an origin like https://console.example.com")
+        origins.append(key)
+    return tuple(dict.fromkeys(origins))
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, bool]:

@@ -45,6 +45,7 @@ Forbidden = _api_error("Forbidden", 403, "TUNNEL.403000", "The API token belongs
 InstanceMismatch = _api_error("InstanceMismatch", 403, "TUNNEL.403001", "Instance-Id does not match this relay.")
 QuotaExceeded = _api_error("QuotaExceeded", 403, "TUNNEL.403002", "The project has reached its tunnel quota.")
 WrongProtocol = _api_error("WrongProtocol", 403, "TUNNEL.403003", "The token belongs to a tunnel of the other protocol; use that protocol's endpoint.")
+OriginNotAllowed = _api_error("OriginNotAllowed", 403, "TUNNEL.403004", "A web page of an origin the relay does not trust tried to open a tunnel WebSocket.")
 TunnelNotFound = _api_error("TunnelNotFound", 404, "TUNNEL.404000", "No such tunnel in this project.")
 RouteNotFound = _api_error("RouteNotFound", 404, "TUNNEL.404001", "No such API path.")
 RecordingNotFound = _api_error("RecordingNotFound", 404, "TUNNEL.404002", "No such session recording in this project.")

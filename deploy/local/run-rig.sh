@@ -107,6 +107,8 @@ trap 'exit 143' TERM
 TOKEN="${RIG_TOKEN:-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')}"
 umask 077
 printf '# the rig'"'"'s API token: PROJECT:NAME:TOKEN\ndefault:rig:%s\n' "$TOKEN" > "$WORK/api-tokens.txt"
+# The secret the replicas authenticate their bridges with (never stored in Redis).
+od -An -N48 -tx1 /dev/urandom | tr -d ' \n' > "$WORK/bridge-secret"
 
 # Each process runs in its own session (setsid), so that Ctrl-C reaches only this script, which
 # then stops them in order: haproxy, the relays (they drain), Redis.
@@ -130,6 +132,7 @@ start_replica() {
     export RELAY_INTERNAL_ADDRESS="127.0.0.1:${INTERNAL_PORTS[$i]}"
     export RELAY_DRAIN_SECONDS="${RIG_DRAIN_SECONDS:-2}"
     export RELAY_API_TOKENS_FILE="$WORK/api-tokens.txt"
+    export RELAY_BRIDGE_SECRET_FILE="$WORK/bridge-secret"
     export RELAY_MQTT_URL="${RIG_MQTT_URL:-none}"
     export RELAY_DB="$WORK/$name.db"   # unused with RELAY_STORE_URL
     exec setsid "$RELAY" serve

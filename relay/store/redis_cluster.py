@@ -3,7 +3,9 @@
     lease:{tunnel}:{side}   hash {replica, address, epoch}, expires unless renewed
     epoch:{tunnel}:{side}   counter: grows with every new connection of that end
     hints                   pub/sub channel: JSON hints (never tunnel data)
-    bridge-secret           shared secret replicas present to each other's internal port
+
+The secret that authenticates bridges is not kept here: whoever reads Redis must not be able
+to open one (relay/cluster.py, bridge_credential).
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from relay.cluster import Cluster, Hint, HintHandler, Lease
+from relay.cluster import MIN_BRIDGE_SECRET, Cluster, Hint, HintHandler, Lease
 from relay.clock import Clock
+from relay.errors import ConfigError
 from relay.model import Side
 from relay.store.redis import RedisStore
 
@@ -68,8 +70,15 @@ return 1
 class RedisCluster(Cluster):
     distributed = True
 
-    def __init__(self, store: RedisStore, clock: Clock, replica_id: str, address: str, lease_ttl: float = 15.0) -> None:
+    def __init__(self, store: RedisStore, clock: Clock, replica_id: str, address: str, lease_ttl: float = 15.0,
+                 bridge_secret: str = "") -> None:
+        if len(bridge_secret) < MIN_BRIDGE_SECRET:
+            raise ConfigError(
+                "replicas need a shared bridge secret of at least 32 characters, to authenticate the bridges "
+                "between them: put one in a file and give it with --bridge-secret-file (or RELAY_BRIDGE_SECRET), "
+                "the same on every replica; e.g. `openssl rand -base64 48 > bridge-secret` (docs/scaling.md)")
         super().__init__(store, clock)
+        self.bridge_secret = bridge_secret
         self.redis: aioredis.Redis = store.redis
         self.prefix = store.prefix
         self.replica_id = replica_id
@@ -79,13 +88,14 @@ class RedisCluster(Cluster):
         self._release = self.redis.register_script(_RELEASE)
         self._renew = self.redis.register_script(_RENEW)
         self._listener: asyncio.Task | None = None
-        self._secret: str | None = None
 
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
     async def start(self, handler: HintHandler) -> None:
         self.handler = handler
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(self._k("bridge-secret"))   # where earlier versions kept it, in clear
         self._listener = asyncio.create_task(self._listen(), name="cluster-hints")
 
     async def stop(self) -> None:
@@ -147,13 +157,6 @@ class RedisCluster(Cluster):
             await self.redis.publish(self._k("hints"), orjson.dumps(_as_dict(hint)))
         except (RedisError, OSError):
             log.warning("could not publish a cluster hint; reconciliation will catch up")
-
-    async def bridge_secret(self) -> str:
-        if self._secret is None:
-            key = self._k("bridge-secret")
-            await self.redis.set(key, secrets.token_urlsafe(32), nx=True)
-            self._secret = await self.redis.get(key)
-        return self._secret or ""
 
 
 def _as_dict(hint: Hint) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -12,7 +13,7 @@ from aiohttp import http_exceptions, web, web_response
 
 from relay import errors
 from relay.audit import ACTOR_RELAY, EventType
-from relay.broker import ManagedBroker
+from relay.broker import BrokerAccounts, ManagedBroker, accounts_folder
 from relay.clock import Clock
 from relay.cluster import Cluster
 from relay.config import Settings, parse_mqtt_url
@@ -179,7 +180,7 @@ def _cluster(settings: Settings, store: TunnelStore, clock: Clock) -> Cluster:
         from relay.store.redis_cluster import RedisCluster
         replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         address = settings.internal_address or f"{settings.internal_host}:{settings.internal_port}"
-        return RedisCluster(store, clock, replica_id, address, settings.lease_ttl)
+        return RedisCluster(store, clock, replica_id, address, settings.lease_ttl, settings.bridge_secret)
     return Cluster(store, clock)
 
 
@@ -215,6 +216,11 @@ def create_internal_app(app: web.Application) -> web.Application:
 def _add_device_side(app: web.Application, settings: Settings, service: TunnelService) -> None:
     """MQTT notifies and presence (docs/device.md); with a managed broker, mosquitto too.
     Added after the sweeper, so it stops before the store closes."""
+    accounts = None
+    if settings.managed_broker:   # the relay logs in to its own broker with its own account
+        accounts = BrokerAccounts(accounts_folder(settings.db))
+        username, password = accounts.relay_credentials()
+        settings = dataclasses.replace(settings, mqtt_username=username, mqtt_password=password)
     notifier = Notifier(settings, service.store, service.clock)
     service.notify_devices = True
     service.presence = notifier.presence
@@ -225,9 +231,9 @@ def _add_device_side(app: web.Application, settings: Settings, service: TunnelSe
 
     async def device_side(app: web.Application):  # type: ignore[no-untyped-def]
         broker = None
-        if settings.managed_broker:
+        if accounts is not None:
             host, port, _ = parse_mqtt_url(settings.mqtt_url)
-            broker = ManagedBroker(host, port)
+            broker = ManagedBroker(host, port, accounts)
             await broker.start()
         await notifier.start()
         yield

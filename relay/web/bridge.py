@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import socket
 import logging
+import math
+import secrets
+import socket
 
 from aiohttp import web
 
 from relay import errors
-from relay.cluster import Cluster, Hint, Lease
+from relay.cluster import (BRIDGE_CREDENTIAL_LIFETIME, BridgeClaim, Cluster, Hint, Lease, bridge_credential,
+                           bridge_refusal)
 from relay.model import Side
 from relay.protocol import Pairing, Reasons
 from relay.web.sockets import End, Hub, TunnelConnection, _UpgradeResponse, take_over
@@ -131,6 +133,7 @@ class Bridges:
         self.hub = hub
         self.cluster = cluster
         self.connecting: set[str] = set()
+        self.used: dict[str, int] = {}   # credentials accepted, until they expire: each opens one bridge
 
     # -- events ---------------------------------------------------------------------------
 
@@ -204,12 +207,16 @@ class Bridges:
 
     async def _open(self, pairing: Pairing, device: TunnelConnection, device_epoch: int, lease: Lease) -> None:
         host, _, port = lease.address.rpartition(":")
-        secret = await self.cluster.bridge_secret()
+        claim = BridgeClaim(pairing.tunnel_id, self.cluster.replica_id, self.cluster.address, device_epoch,
+                            lease.epoch, math.ceil(self.hub.service.clock.now() + BRIDGE_CREDENTIAL_LIFETIME),
+                            secrets.token_hex(16))
         request = (
             f"GET {BRIDGE_PATH} HTTP/1.1\r\nHost: {lease.address}\r\nConnection: Upgrade\r\n"
-            f"Upgrade: relay-bridge\r\nX-Relay-Secret: {secret}\r\nX-Relay-Tunnel: {pairing.tunnel_id}\r\n"
-            f"X-Relay-Side: device\r\nX-Relay-Epoch: {device_epoch}\r\nX-Relay-Peer-Epoch: {lease.epoch}\r\n"
-            f"X-Relay-Replica: {self.cluster.replica_id}\r\nX-Relay-Address: {self.cluster.address}\r\n\r\n"
+            f"Upgrade: relay-bridge\r\nX-Relay-Tunnel: {claim.tunnel_id}\r\n"
+            f"X-Relay-Side: device\r\nX-Relay-Epoch: {claim.epoch}\r\nX-Relay-Peer-Epoch: {claim.peer_epoch}\r\n"
+            f"X-Relay-Replica: {claim.replica_id}\r\nX-Relay-Address: {claim.address}\r\n"
+            f"X-Relay-Expires: {claim.expires}\r\nX-Relay-Nonce: {claim.nonce}\r\n"
+            f"X-Relay-Credential: {bridge_credential(self.cluster.bridge_secret, claim)}\r\n\r\n"
         ).encode()
         loop = asyncio.get_running_loop()
         # The other replica links its end as soon as it answers 101 (a Huawei source is told
@@ -244,16 +251,33 @@ class Bridges:
     # -- the source's replica accepts it --------------------------------------------------------
 
     async def accept(self, request: web.Request) -> web.StreamResponse:
-        secret = await self.cluster.bridge_secret()
-        if not hmac.compare_digest(request.headers.get("X-Relay-Secret", "").encode(), secret.encode()):
-            raise errors.Forbidden("not a replica of this relay")
+        """A bridge from the replica that holds the device end. What comes through it is
+        relayed to the source unchecked (the other replica checked it), so the request must
+        prove it comes from a replica: a credential made for this bridge with the replicas'
+        secret (relay/cluster.py), not used before, from the holder of the device's lease."""
         try:
-            tunnel_id = request.headers["X-Relay-Tunnel"]
-            epoch = int(request.headers["X-Relay-Epoch"])
-            expected = int(request.headers["X-Relay-Peer-Epoch"])
-            remote = Lease(request.headers["X-Relay-Replica"], request.headers["X-Relay-Address"], epoch)
+            claim = BridgeClaim(request.headers["X-Relay-Tunnel"], request.headers["X-Relay-Replica"],
+                                request.headers["X-Relay-Address"], int(request.headers["X-Relay-Epoch"]),
+                                int(request.headers["X-Relay-Peer-Epoch"]), int(request.headers["X-Relay-Expires"]),
+                                request.headers["X-Relay-Nonce"])
+            credential = request.headers["X-Relay-Credential"]
         except (KeyError, ValueError):
-            raise errors.InvalidParameter("incomplete bridge request") from None
+            raise errors.Forbidden("not a replica of this relay: incomplete bridge request") from None
+        now = self.hub.service.clock.now()
+        refusal = bridge_refusal(self.cluster.bridge_secret, claim, credential, now)
+        if refusal is None and credential in self.used:
+            refusal = "this bridge credential was used already"
+        if refusal is not None:
+            log.warning("refused a bridge request", extra={"tunnel_id": claim.tunnel_id[:64], "why": refusal,
+                                                           "peer": request.remote or ""})
+            raise errors.Forbidden(refusal)
+        for old in [c for c, expires in self.used.items() if expires <= now]:
+            del self.used[old]
+        self.used[credential] = claim.expires
+        tunnel_id, epoch, expected = claim.tunnel_id, claim.epoch, claim.peer_epoch
+        remote = Lease(claim.replica_id, claim.address, epoch)
+        if await self.cluster.owner(tunnel_id, Side.DEVICE) != remote:
+            raise errors.TunnelNotFound("the device end is not held by the replica that asks for the bridge")
         pairing = self.hub.pairings.get(tunnel_id)
         source = pairing.ends[Side.SOURCE] if pairing is not None else None
         if not isinstance(source, TunnelConnection) or source.closing or source.claim is None \

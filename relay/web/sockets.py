@@ -26,7 +26,7 @@ from aiohttp import hdrs, web
 from relay import codec, errors
 from relay.audit import ACTOR_SOURCE, EventType, source_actor
 from relay.cluster import Cluster, Hint
-from relay.config import Settings
+from relay.config import Settings, origin_key
 from relay.model import CloseReason, Side, Status, Tunnel, TunnelProtocol
 from relay.protocol import Action, Close, CloseCode, Link, Pairing, Reasons, Send
 from relay.protocol_aws import AwsPairing
@@ -509,7 +509,9 @@ def _access_token(request: web.Request) -> tuple[str | None, str | None]:
 
 
 def _check_upgrade(request: web.Request) -> str:
-    """The Sec-WebSocket-Accept value, once the request is a valid WebSocket upgrade."""
+    """The Sec-WebSocket-Accept value, once the request is a valid WebSocket upgrade from a
+    client the relay may serve (`check_origin`)."""
+    check_origin(request, request.app[rest.SETTINGS])
     if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket" or "upgrade" not in request.headers.get(hdrs.CONNECTION, "").lower():
         raise errors.NotWebSocket("this endpoint takes a WebSocket upgrade (Upgrade: websocket, Connection: Upgrade)")
     if request.headers.get(hdrs.SEC_WEBSOCKET_VERSION) != "13":
@@ -522,6 +524,30 @@ def _check_upgrade(request: web.Request) -> str:
     if not valid:
         raise errors.NotWebSocket("Sec-WebSocket-Key must be 16 random bytes, base64-encoded")
     return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+
+
+def check_origin(request: web.Request, settings: Settings) -> None:
+    """Cross-site WebSocket hijacking: a browser sends the relay's cookie with a WebSocket
+    that any page opens, and says which page in `Origin`. A handshake with an Origin must
+    come from a trusted origin (--allowed-origins, by default the public URL's) or from the
+    page's own server (its Origin names the Host it connects to: the relay's console, and
+    Huawei's C SDK, which sends `Origin: http://HOST`). Clients that are not browsers send
+    no Origin, and nothing changes for them."""
+    values = request.headers.getall(hdrs.ORIGIN, [])
+    if not values:
+        return
+    origin = values[0].strip()
+    if len(values) == 1:
+        if origin_key(origin) in settings.trusted_origins:
+            return
+        host = request.headers.get(hdrs.HOST, "").strip().lower()
+        netloc = origin.partition("://")[2].rstrip("/").lower()
+        if host and netloc == host and origin.lower().startswith(("http://", "https://")):
+            return
+    log.info("refused a WebSocket upgrade from a foreign origin", extra={"origin": origin[:200]})
+    raise errors.OriginNotAllowed(
+        f"pages of the origin {origin[:200]!r} may not open tunnel connections; the relay's operator can allow it "
+        "with --allowed-origins (docs/security.md)")
 
 
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]{1,256}$")

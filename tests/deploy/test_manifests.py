@@ -119,6 +119,10 @@ def test_pod_is_locked_down(rendered, overlay):
     assert "emptyDir" in volumes[mounts["/tmp"]]
     assert volumes[mounts["/etc/relay"]]["secret"]["secretName"] == "relay-api-tokens"
     assert env_of(container)["RELAY_API_TOKENS_FILE"]["value"] == "/etc/relay/api-tokens.txt"
+    # the replicas' bridge secret: a file from a Secret, not a value in the ConfigMap or Redis
+    assert volumes[mounts["/etc/relay-bridge"]]["secret"]["secretName"] == "relay-bridge-secret"
+    assert env_of(container)["RELAY_BRIDGE_SECRET_FILE"]["value"] == "/etc/relay-bridge/bridge-secret"
+    assert "RELAY_BRIDGE_SECRET" not in env_of(container)
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][kind])
 
@@ -166,11 +170,15 @@ def test_services_budget_and_autoscaler(rendered, overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_internal_port_only_from_the_relay_itself(rendered, overlay):
+def test_internal_port_only_from_the_relay_and_the_metrics_scraper(rendered, overlay):
+    """The internal port listens on 0.0.0.0 in the pod: bridges and /metrics (issue 15, finding 9)."""
     spec = find(rendered[overlay], "NetworkPolicy", "relay")["spec"]
     rules = {r["ports"][0]["port"]: r for r in spec["ingress"]}
     assert "from" not in rules[8080]
-    assert rules[8081]["from"] == [{"podSelector": {"matchLabels": LABELS}}]
+    relay_pods, scraper = rules[8081]["from"]
+    assert relay_pods == {"podSelector": {"matchLabels": LABELS}}
+    # one peer that must match both selectors (a namespace AND a pod), not either
+    assert set(scraper) == {"namespaceSelector", "podSelector"} and scraper["podSelector"]["matchLabels"]
     egress_ports = {p["port"] for r in spec["egress"] for p in r["ports"]}
     assert {8081, 6379, 1883, 8883, 53} <= egress_ports
 
@@ -203,7 +211,7 @@ def test_production_uses_external_services_and_no_example_secret(rendered):
     assert settings["RELAY_STORE_URL"].startswith(("redis://", "rediss://"))
     assert "relay-redis" not in settings["RELAY_STORE_URL"]
     assert settings["RELAY_PUBLIC_URL"].startswith("https://")
-    assert not [d for d in docs if d["kind"] == "Secret"], "the example token Secret must not reach production"
+    assert not [d for d in docs if d["kind"] == "Secret"], "the example Secrets must not reach production"
     assert not [d for d in docs if d["metadata"]["name"] in ("relay-redis", "relay-mqtt")]
     assert find(docs, "Ingress", "relay")["spec"]["tls"]
 

@@ -3,11 +3,12 @@ the outbox across broker outages, presence."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import orjson
 
-from relay.broker import ManagedBroker, port_answers
+from relay.broker import BrokerAccounts, ManagedBroker, port_answers
 from tests.device.conftest import eventually
 
 TIME_RE = re.compile(r"^\d{8}T\d{6}Z$")
@@ -164,18 +165,34 @@ async def test_presence_check_off(relay_factory, mosquitto):
 # -- the managed broker ------------------------------------------------------------------
 
 
-async def test_the_managed_broker_starts_and_stops(mosquitto):
+async def test_the_managed_broker_starts_and_stops(mosquitto, tmp_path):
     mosquitto.stop()   # only to borrow its free port
-    broker = ManagedBroker("127.0.0.1", mosquitto.port)
+    accounts = BrokerAccounts(tmp_path)
+    broker = ManagedBroker("127.0.0.1", mosquitto.port, accounts)
     await broker.start()
     try:
         assert broker.process is not None and port_answers("127.0.0.1", mosquitto.port)
-        sub = await mosquitto.subscribe("t/x")
-        await mosquitto.publish("t/x", "hello")
-        assert await sub.messages() == [("t/x", b"hello")]
+        user, password = accounts.relay_credentials()
+        args = ["-h", "127.0.0.1", "-p", str(mosquitto.port), "-u", user, "-P", password, "-q", "1"]
+        sub = await asyncio.create_subprocess_exec(
+            "mosquitto_sub", *args, "-t", "$oc/devices/+/sys/presence", "-C", "1", "-W", "10",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        await asyncio.sleep(0.5)
+        device = accounts.add_device("dev-1")
+        await eventually(lambda: _publish(mosquitto.port, "dev-1", device), timeout=10)
+        out, err = await asyncio.wait_for(sub.communicate(), 15)
+        assert out == b"online\n", err
     finally:
         await broker.stop()
     assert not port_answers("127.0.0.1", mosquitto.port)
+
+
+async def _publish(port: int, user: str, password: str) -> bool:
+    proc = await asyncio.create_subprocess_exec(
+        "mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", password, "-q", "1",
+        "-t", f"$oc/devices/{user}/sys/presence", "-m", "online",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    return await proc.wait() == 0
 
 
 def relay_notifier(relay):  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ from tests.servers import RedisServer, free_port, wait_for_port
 from tests.test_serve import clean_env
 
 TOKEN = "rig-token-0123456789abcdef0123"
+BRIDGE_SECRET = "rig-bridge-secret-0123456789abcdef0123456789"   # the replicas' shared secret
 
 
 class Replica:
@@ -37,7 +38,7 @@ class Replica:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Replica:
-        env = clean_env(RELAY_API_TOKENS=f"p1:rig:{TOKEN}", RELAY_LOG_LEVEL="INFO")
+        env = clean_env(RELAY_API_TOKENS=f"p1:rig:{TOKEN}", RELAY_LOG_LEVEL="INFO", RELAY_BRIDGE_SECRET=BRIDGE_SECRET)
         self.log = open(self.folder / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay.cli", "serve", "--port", str(self.port), "--public-url", self.public_url,

@@ -35,6 +35,7 @@ from tests.aws.spec_client import DATA, SERVICE_IDS, STREAM_START, Msg
 from tests.aws.spec_client import connect as aws_connect
 from tests.conftest import TOKEN_A
 from tests.dataplane.conftest import message
+from tests.scale.conftest import BRIDGE_SECRET
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,7 +72,8 @@ async def replicas(settings_factory, redis_server) -> AsyncIterator[Callable[[st
     async def start(name: str, reconcile_interval: float = 0.5) -> Replica:
         port, internal_port = unused_port(), unused_port()
         settings = settings_factory(port=port, store_url=redis_server.url, internal_port=internal_port,
-                                    replica_id=name, heartbeat_interval=20.0, reconcile_interval=reconcile_interval)
+                                    replica_id=name, heartbeat_interval=20.0, reconcile_interval=reconcile_interval,
+                                    bridge_secret=BRIDGE_SECRET)
         app = create_app(settings, clock=clock, store=RedisStore(redis_server.url, prefix=prefix))
         client = TestClient(TestServer(app, host="127.0.0.1", port=port))
         await client.start_server()
