@@ -264,6 +264,20 @@ pub struct AwsDecoder {
     /// framed STREAM_RESET answers not yet written to `to_sender`, and their (start, len)
     replies: Vec<u8>,
     reply_spans: Vec<(usize, usize)>,
+    /// whether to record `streams` (the relay's bindings set it when given an `on_stream`)
+    pub track_streams: bool,
+    /// the stream-management messages forwarded by the last `feed`, in order, when tracked
+    pub streams: Vec<StreamEvent>,
+}
+
+/// A forwarded STREAM_START, STREAM_RESET, CONNECTION_START or CONNECTION_RESET: what the
+/// relay needs to know which streams are open on a tunnel (docs/aws.md, "What the relay sends").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEvent {
+    pub typ: i32,
+    pub service_id: Box<str>,
+    pub stream_id: i32,
+    pub connection_id: u32,
 }
 
 impl AwsDecoder {
@@ -283,6 +297,8 @@ impl AwsDecoder {
             spans: Vec::new(),
             replies: Vec::new(),
             reply_spans: Vec::new(),
+            track_streams: false,
+            streams: Vec::new(),
         }
     }
 
@@ -316,6 +332,7 @@ impl AwsDecoder {
     /// Feed one read's bytes: accepted tunnel messages go to `to_peer` (server binary frames),
     /// pongs and STREAM_RESET answers to `to_sender`. Returns the close to send, or `None`.
     pub fn feed<O: Out>(&mut self, data: &[u8], to_peer: &mut O, to_sender: &mut Vec<u8>) -> Option<Violation> {
+        self.streams.clear();
         if self.closed || data.is_empty() {
             return None;
         }
@@ -406,6 +423,9 @@ impl AwsDecoder {
                 }
                 if self.peer_connected {
                     self.spans.push((start, 2 + n));
+                    if self.track_streams && t != TYPE_DATA {
+                        note_stream(&mut self.streams, &f);
+                    }
                 } else if matches!(t, TYPE_DATA | TYPE_STREAM_START | TYPE_CONNECTION_START) {
                     let at = self.replies.len();
                     if put_stream_reset(&mut self.replies, &f) {
@@ -416,6 +436,16 @@ impl AwsDecoder {
             self.messages += 1;
             self.bytes += f.payload_len as u64;
         }
+    }
+}
+
+/// Out of line: only stream-management messages (a few per TCP connection) get here.
+#[cold]
+fn note_stream(streams: &mut Vec<StreamEvent>, f: &Fields<'_>) {
+    if matches!(f.typ, TYPE_STREAM_START | TYPE_STREAM_RESET | TYPE_CONNECTION_START | TYPE_CONNECTION_RESET) {
+        // valid UTF-8: checked by parse
+        let service_id = String::from_utf8_lossy(f.service_id).into_owned().into_boxed_str();
+        streams.push(StreamEvent { typ: f.typ, service_id, stream_id: f.stream_id, connection_id: f.connection_id });
     }
 }
 
@@ -629,6 +659,28 @@ mod tests {
         let reset = msg(3, 5, b"", "SSH", 1);
         assert_eq!((p, s, c), (vec![], encode_binary(&[reset.clone(), reset].concat()), None));
         assert_eq!(d.messages(), 4);
+    }
+
+    #[test]
+    fn forwarded_stream_messages_are_recorded_when_tracked() {
+        let mut stream = msg(2, 5, b"", "SSH", 1);
+        stream.extend(msg(1, 5, b"data", "SSH", 1));
+        stream.extend(msg(6, 5, b"", "SSH", 2));
+        stream.extend(msg(7, 5, b"", "SSH", 2));
+        stream.extend(msg(3, 5, b"", "", 0));
+        let data = client_frame(true, OP_BINARY, &stream);
+        let ev = |typ, sid: &str, stream_id, connection_id| StreamEvent { typ, service_id: sid.into(), stream_id, connection_id };
+        let mut d = dec(SOURCE, true);
+        feed(&mut d, &data);
+        assert!(d.streams.is_empty()); // not tracked
+        d.track_streams = true;
+        feed(&mut d, &data);
+        assert_eq!(d.streams, vec![ev(2, "SSH", 5, 1), ev(6, "SSH", 5, 2), ev(7, "SSH", 5, 2), ev(3, "", 5, 0)]);
+        feed(&mut d, &client_frame(true, OP_BINARY, &msg(1, 5, b"x", "SSH", 1)));
+        assert!(d.streams.is_empty()); // one feed's worth only
+        d.peer_connected = false; // answered, not forwarded: nothing recorded
+        feed(&mut d, &data);
+        assert!(d.streams.is_empty());
     }
 
     #[test]

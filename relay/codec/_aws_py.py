@@ -9,11 +9,12 @@ codes are in docs/codec.md.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 
 from relay.aws_messages import MAX_PAYLOAD, MessageType, ProxyMessage, decode, frame
 from relay.codec._frames_py import OP_BINARY, OP_TEXT, SOURCE, Close, FrameDecoder, _header, _truncate
-from relay.codec._py import _size_arg, _str_items
+from relay.codec._py import _size_arg, _str_items, _Unraisable
 
 __all__ = ["AwsDecoder", "encode_binary", "FRAME_CAP"]
 
@@ -27,6 +28,8 @@ _KNOWN_TYPES = frozenset(range(MessageType.DATA, MessageType.CONNECTION_RESET + 
 _RELAY_ONLY = frozenset((MessageType.SERVICE_IDS, MessageType.SESSION_RESET))
 _SOURCE_ONLY = frozenset((MessageType.STREAM_START, MessageType.CONNECTION_START))
 _ANSWERED_WHEN_ALONE = frozenset((MessageType.DATA, MessageType.STREAM_START, MessageType.CONNECTION_START))
+_STREAM_MESSAGES = frozenset((MessageType.STREAM_START, MessageType.STREAM_RESET, MessageType.CONNECTION_START,
+                              MessageType.CONNECTION_RESET))
 
 
 def encode_binary(payload: bytes) -> bytes:
@@ -57,8 +60,15 @@ def _pack(messages: list[bytes]) -> bytes:
 class AwsDecoder(FrameDecoder):
     """Per-connection decoder of client->server frames of an AWS tunnel; one ``feed`` per read."""
 
-    def __init__(self, side: int, services: Iterable[str] | None = None, max_payload: int = MAX_PAYLOAD) -> None:
+    def __init__(self, side: int, services: Iterable[str] | None = None, max_payload: int = MAX_PAYLOAD, *,
+                 on_stream: Callable[[int, str, int, int], object] | None = None) -> None:
         super().__init__(side)
+        if on_stream is not None and not callable(on_stream):
+            raise TypeError("on_stream must be callable or None")
+        # called with (type, service_id, stream_id, connection_id) of each forwarded
+        # STREAM_START, STREAM_RESET, CONNECTION_START and CONNECTION_RESET, after the feed
+        self._on_stream = on_stream
+        self._streams: list[tuple[int, str, int, int]] = []
         self._services = frozenset(() if services is None else _str_items(services, "services"))
         self._max_payload = _size_arg(max_payload, "max_payload")
         self._stream = b""  # unmasked bytes of an incomplete tunnel message
@@ -78,7 +88,15 @@ class AwsDecoder(FrameDecoder):
         self._flush_replies(to_sender)
         if close is not None:
             self._stream = b""
-        return _pack(to_peer), b"".join(to_sender), close
+        out = _pack(to_peer), b"".join(to_sender), close
+        if self._streams:
+            events, self._streams = self._streams, []
+            for event in events:
+                try:
+                    self._on_stream(*event)  # type: ignore[misc]
+                except Exception as exc:  # as the Rust twin: reported, the feed goes on
+                    sys.unraisablehook(_Unraisable(exc, self._on_stream))  # type: ignore[arg-type]
+        return out
 
     def _flush_replies(self, to_sender: list[builtins.bytes]) -> None:
         if self._replies:
@@ -142,6 +160,8 @@ class AwsDecoder(FrameDecoder):
                 return 4400, _truncate(f"serviceId '{msg.service_id}' is not one of the tunnel's services")
             if self._peer_connected:
                 to_peer.append(raw)
+                if self._on_stream is not None and t in _STREAM_MESSAGES:
+                    self._streams.append((int(t), msg.service_id, msg.stream_id, msg.connection_id))
             elif t in _ANSWERED_WHEN_ALONE:
                 try:
                     self._replies.append(frame(ProxyMessage(MessageType.STREAM_RESET, stream_id=msg.stream_id,

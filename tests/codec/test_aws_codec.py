@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from relay.aws_messages import MessageReader, MessageType, ProxyMessage, frame as tframe
+from tests.codec.test_notes import Hook, unraisable  # noqa: F401
 from tests.codec.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, frame
 
 T = MessageType
@@ -379,3 +380,40 @@ def test_counters_do_not_count_refused_or_incomplete(codec: ModuleType) -> None:
     m = data(payload=b"abcd")
     d.feed(frame(m + m[:5], OP_BINARY))
     assert (d.messages, d.bytes) == (1, 4)
+
+
+# ---------------------------------------------------------------- stream messages reported
+
+def test_forwarded_stream_messages_are_reported_in_order(codec: ModuleType) -> None:
+    seen: list[tuple[int, str, int, int]] = []
+    d = make(codec, on_stream=lambda *event: seen.append(event))
+    stream = (msg(T.STREAM_START, 5) + data(5) + msg(T.CONNECTION_START, 5, conn=2) + msg(T.CONNECTION_RESET, 5, conn=2)
+              + msg(T.STREAM_RESET, 5, service="", conn=0))
+    to_peer, _, close = d.feed(frame(stream, OP_BINARY))
+    assert (to_peer, close) == (server_binary(stream), None)
+    assert seen == [(2, "SSH", 5, 1), (6, "SSH", 5, 2), (7, "SSH", 5, 2), (3, "", 5, 0)]
+    assert all(type(part) is type(want) for event in seen for part, want in zip(event, (1, "", 1, 1)))
+
+
+def test_answered_or_refused_stream_messages_are_not_reported(codec: ModuleType) -> None:
+    seen: list[tuple[int, str, int, int]] = []
+    d = make(codec, peer=False, on_stream=lambda *event: seen.append(event))
+    d.feed(frame(msg(T.STREAM_START, 1) + msg(T.STREAM_RESET, 1), OP_BINARY))   # answered, dropped
+    assert seen == []
+    d.peer_connected = True
+    d.feed(frame(msg(T.STREAM_START, 2) + msg(T.SESSION_RESET, 2), OP_BINARY))   # then a 4403
+    assert seen == [(2, "SSH", 2, 1)] and d.closed
+
+
+def test_on_stream_must_be_callable_and_may_fail(codec: ModuleType, unraisable: Hook) -> None:  # noqa: F811
+    with pytest.raises(TypeError, match="on_stream must be callable"):
+        codec.AwsDecoder(codec.SOURCE, on_stream=3)
+    assert make(codec, on_stream=None).feed(frame(msg(T.STREAM_START), OP_BINARY))[0] == server_binary(msg(T.STREAM_START))
+
+    def fail(*event: object) -> None:
+        raise RuntimeError("table is down")
+
+    d = make(codec, on_stream=fail)
+    both = msg(T.STREAM_START, 1) + msg(T.STREAM_START, 2)
+    assert d.feed(frame(both, OP_BINARY)) == (server_binary(both), b"", None)
+    assert [(kind, obj) for kind, _, obj in unraisable.calls] == [(RuntimeError, fail), (RuntimeError, fail)]

@@ -139,7 +139,10 @@ def _state(d: Any) -> tuple[bool, bool, int, int]:
 
 def _run(chunks: list[bytes], side: int, peer: bool, services: tuple[str, ...] | None, max_payload: int,
          actions: list[int]) -> None:
-    py, rs = PY.AwsDecoder(side, services, max_payload), RS.AwsDecoder(side, services, max_payload)
+    py_streams: list[tuple[int, str, int, int]] = []
+    rs_streams: list[tuple[int, str, int, int]] = []
+    py = PY.AwsDecoder(side, services, max_payload, on_stream=lambda *e: py_streams.append(e))
+    rs = RS.AwsDecoder(side, services, max_payload, on_stream=lambda *e: rs_streams.append(e))
     py.peer_connected = rs.peer_connected = peer
     for i, chunk in enumerate(chunks):
         action = actions[i % len(actions)] if actions else 0
@@ -151,6 +154,7 @@ def _run(chunks: list[bytes], side: int, peer: bool, services: tuple[str, ...] |
         a, b = py.feed(chunk), rs.feed(chunk)
         assert a == b, (i, chunk)
         assert _state(py) == _state(rs)
+        assert py_streams == rs_streams, (i, chunk)
 
 
 @SETTINGS
