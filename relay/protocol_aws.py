@@ -27,6 +27,7 @@ Tested without an event loop (tests/aws/test_protocol_aws.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Protocol
 
@@ -68,6 +69,7 @@ class OpenStream:
     stream_id: int
     connections: set[int]     # open connection ids; {0}: a stream without them (V1/V2)
     last_connection: int      # the latest connection id seen (when none is open any more)
+    wire_service: str = ""    # the service id as the ends write it ("" from V1 ends)
 
 
 class StreamTable:
@@ -87,11 +89,11 @@ class StreamTable:
         current = self.open.get(service)
         if type_ == MessageType.STREAM_START:
             # a new stream of the service replaces its old one at the destination
-            self.open[service] = OpenStream(stream_id, {connection_id}, connection_id)
+            self.open[service] = OpenStream(stream_id, {connection_id}, connection_id, service_id)
         elif type_ == MessageType.CONNECTION_START:
             cid = connection_id or 1   # V3: a connection id of 0 means 1
             if current is None or current.stream_id != stream_id:
-                self.open[service] = OpenStream(stream_id, {cid}, cid)
+                self.open[service] = OpenStream(stream_id, {cid}, cid, service_id)
             else:
                 if len(current.connections) < MAX_TRACKED_CONNECTIONS:
                     current.connections.add(cid)
@@ -103,14 +105,15 @@ class StreamTable:
             if current is not None and current.stream_id == stream_id:
                 del self.open[service]
 
-    def take_resets(self) -> list[ProxyMessage]:
+    def take_resets(self) -> list[tuple[ProxyMessage, str]]:
         """One STREAM_RESET per open stream, addressed as localproxy routes it (service id,
-        stream id, and one of its open connection ids); the table is then empty."""
+        stream id, and one of its open connection ids), each with the service id as the ends
+        write it; the table is then empty."""
         resets = []
         for service, stream in sorted(self.open.items()):
             cid = min(stream.connections) if stream.connections else stream.last_connection
-            resets.append(ProxyMessage(MessageType.STREAM_RESET, stream_id=stream.stream_id, service_id=service,
-                                       connection_id=cid))
+            resets.append((ProxyMessage(MessageType.STREAM_RESET, stream_id=stream.stream_id, service_id=service,
+                                        connection_id=cid), stream.wire_service))
         self.open.clear()
         return resets
 
@@ -143,7 +146,8 @@ class AwsPairing(PairingRules):
         # from another replica): only then does `streams` know every stream it started
         self._source_seen = True
         self.decoders = {side: codec.AwsDecoder(_CODEC_SIDE[side], self.services, max_payload,
-                                                on_stream=self.streams.note) for side in Side}
+                                                on_stream=functools.partial(self._stream_message, side))
+                         for side in Side}
 
     def attach(self, end: AwsEnd) -> list[Action]:
         """A new connection authenticated on `end.side`. An older one on that side is evicted
@@ -160,9 +164,27 @@ class AwsPairing(PairingRules):
             actions.append(Send(end, service_ids_message(self.services, ignorable=version < 2)))
         return actions
 
+    def _stream_message(self, side: Side, type_: int, service_id: str, stream_id: int, connection_id: int,
+                        answered: bool) -> None:
+        """What a decoder reports: a stream message it forwarded, or a STREAM_RESET it answered
+        (once per stream) while the peer is away."""
+        if not answered:
+            self.streams.note(type_, service_id, stream_id, connection_id)
+            return
+        peer = "destination" if side is Side.SOURCE else "source"
+        log.info("answered a stream with a reset", extra={
+            "tunnel_id": self.tunnel_id, "side": side.value, "reason": f"no {peer} is connected",
+            "resets": describe(ProxyMessage(MessageType.STREAM_RESET, stream_id=stream_id,
+                                            service_id=service_id, connection_id=connection_id))})
+
     def _peer_left(self, side: Side, why: str) -> bytes:
         """Resets for the streams of the end on `side` that were open with the peer that left."""
-        resets = self.streams.take_resets()
+        decoder = self.decoders[side]
+        resets = []
+        for reset, wire_service in self.streams.take_resets():
+            resets.append(reset)
+            # its messages of that stream still on their way are not answered a second time
+            decoder.reset_sent(wire_service, reset.stream_id)
         if not resets and side is Side.DEVICE and not self._source_seen:
             # The source was on another replica: its streams were not seen here. A SESSION_RESET
             # per service reaches a destination localproxy in every state (it waits for a stream

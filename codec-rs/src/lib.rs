@@ -360,8 +360,9 @@ mod bindings {
     #[pyclass(name = "AwsDecoder", module = "relay._codec_rs")]
     struct AwsDecoder {
         inner: aws::AwsDecoder,
-        /// called with (type, service_id, stream_id, connection_id) of each forwarded
-        /// STREAM_START, STREAM_RESET, CONNECTION_START and CONNECTION_RESET
+        /// called with (type, service_id, stream_id, connection_id, answered) of each forwarded
+        /// STREAM_START, STREAM_RESET, CONNECTION_START and CONNECTION_RESET (answered False),
+        /// and of each STREAM_RESET the decoder answered while the peer is away (answered True)
         on_stream: Option<Py<PyAny>>,
     }
 
@@ -408,6 +409,12 @@ mod bindings {
                 self.inner.track_streams = false;
             }
 
+            /// The relay told this end that its stream `stream_id` of `service_id` is over: while
+            /// the peer is away, its further messages of that stream are not answered again.
+            fn reset_sent(&mut self, service_id: &str, stream_id: i32) {
+                self.inner.reset_sent(service_id.as_bytes(), stream_id);
+            }
+
             /// Feed one read; returns (to_peer, to_sender, close).
             fn feed<'py>(slf: &Bound<'py, Self>, data: &[u8]) -> PyResult<FeedResult<'py>> {
                 let py = slf.py();
@@ -430,7 +437,7 @@ mod bindings {
                 if let Some((events, cb)) = events {
                     let cb = cb.bind(py);
                     for e in events {
-                        if let Err(err) = cb.call1((e.typ, &*e.service_id, e.stream_id, e.connection_id)) {
+                        if let Err(err) = cb.call1((e.typ, &*e.service_id, e.stream_id, e.connection_id, e.answered)) {
                             err.write_unraisable(py, Some(cb));
                         }
                     }

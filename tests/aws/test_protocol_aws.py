@@ -268,8 +268,24 @@ def test_each_reset_is_logged_with_tunnel_side_and_why(caplog):
     send_through(p, Side.SOURCE, ssh(STREAM_START, 3, conn=2, service="HTTP"))
     with caplog.at_level("INFO", logger="relay.protocol_aws"):
         p.end_sides({Side.DEVICE}, Reasons.HEARTBEAT)
-    [record] = [r for r in caplog.records if r.name == "relay.protocol_aws"]
+    [record] = [r for r in caplog.records if r.getMessage() == "reset the streams of the end that stays"]
     assert record.levelname == "INFO"
     assert (record.tunnel_id, record.side) == ("t", "source")
     assert record.reason == "the destination left: no answer to heartbeats"
     assert record.resets == "STREAM_RESET HTTP/3/2"
+
+
+def test_a_stream_reset_when_the_peer_left_is_not_answered_again_and_each_answer_is_logged(caplog):
+    """The end's data still on its way when its peer left is dropped (it was told already);
+    a new stream while it is alone is answered once, and that answer is logged too."""
+    p, src, dst = paired()
+    send_through(p, Side.SOURCE, Msg(STREAM_START, stream_id=1))   # a V1 end: no service id
+    assert sends(p.detach(dst), src) == [Msg(STREAM_RESET, stream_id=1, service_id="SSH")]
+    decoder = p.decoders[Side.SOURCE]
+    with caplog.at_level("INFO", logger="relay.protocol_aws"):
+        assert decoder.feed(masked_binary(frame(Msg(DATA, stream_id=1, payload=b"late"))))[1] == b""
+        _, to_sender, _ = decoder.feed(masked_binary(frame(ssh(STREAM_START, 2), ssh(DATA, 2), ssh(DATA, 2))))
+    assert messages(to_sender[2:]) == [ssh(STREAM_RESET, 2)]
+    [record] = [r for r in caplog.records if r.getMessage() == "answered a stream with a reset"]
+    assert (record.levelname, record.tunnel_id, record.side) == ("INFO", "t", "source")
+    assert (record.reason, record.resets) == ("no destination is connected", "STREAM_RESET SSH/2/1")
