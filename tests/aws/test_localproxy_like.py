@@ -13,7 +13,7 @@ import pytest
 from relay.client.aws_tunnel import forward_aws_async
 from tests.aws.conftest import BASE, new_client_token
 from tests.aws.localproxy_like import Localproxy
-from tests.aws.spec_client import SERVICE_IDS, V1, V2, V3
+from tests.aws.spec_client import DATA, SERVICE_IDS, V1, V2, V3, Msg, frame
 
 TWO = ("SSH", "HTTP")
 
@@ -94,8 +94,8 @@ async def test_a_restarted_source_reaches_the_destination_again(aws_factory, pro
 async def test_a_destination_restarting_mid_transfer_ends_the_transfer_and_poisons_nothing(
         aws_factory, protocol, services, generation):
     """An scp runs when the destination restarts. The source must close the scp's connection
-    (not hang), and the STREAM_RESETs the relay answered to the data it sent meanwhile must not
-    close the source's next connections."""
+    (not hang), and the data it sent meanwhile must not earn it resets that stop its reading
+    or close its next connections (the relay reset that stream once, and answers no more of it)."""
     tunnel = await aws_factory(services=list(services))
     source, destination, client_tokens = await ends(tunnel, protocol, services, generation)
     key = await works(source, destination, size=60_000)
@@ -113,6 +113,10 @@ async def test_a_destination_restarting_mid_transfer_ends_the_transfer_and_poiso
         await source.send(key, b"s" * 20_000)
     source.resume()
     await source.until(lambda: key not in source.rules.tcp, "the scp's connection is closed (the scp does not hang)")
+    # a marker: the relay answers it after anything it sent before; the source must get to it
+    await source.ws.send_bytes(frame(Msg(DATA, stream_id=99, service_id="SSH", payload=b"?")))
+    await source.until(lambda: any("stream=99" in line for line in source.rules.log),
+                       "the source still reads (no reset of a stream already over stopped it)")
     # the destination comes back; the next connections work and stay open
     back = await Localproxy.connect(tunnel, "destination", services, protocol=protocol, generation=generation,
                                     client_token=client_tokens["destination"])
