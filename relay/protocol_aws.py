@@ -47,6 +47,7 @@ MODES = {"source": Side.SOURCE, "destination": Side.DEVICE}   # local-proxy-mode
 
 _CODEC_SIDE = {Side.SOURCE: codec.SOURCE, Side.DEVICE: codec.DEVICE}
 MAX_TRACKED_CONNECTIONS = 1024   # connection ids kept per stream (one open one is all a reset needs)
+LOGGED_ANSWERS = 8               # answered resets logged per connection (a client must not flood the log)
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class AwsEnd(Protocol):
 class AwsPairing(PairingRules):
     """The two ends of one AWS-protocol tunnel."""
 
-    __slots__ = ("services", "streams", "_source_seen")
+    __slots__ = ("services", "streams", "_source_seen", "_answers_logged")
     protocol = TunnelProtocol.AWS.value
 
     def __init__(self, tunnel_id: str, services: tuple[str, ...], max_payload: int = MAX_PAYLOAD) -> None:
@@ -145,6 +146,7 @@ class AwsPairing(PairingRules):
         # whether the source's messages pass through a decoder here (not through a bridge
         # from another replica): only then does `streams` know every stream it started
         self._source_seen = True
+        self._answers_logged = {Side.SOURCE: 0, Side.DEVICE: 0}
         self.decoders = {side: codec.AwsDecoder(_CODEC_SIDE[side], self.services, max_payload,
                                                 on_stream=functools.partial(self._stream_message, side))
                          for side in Side}
@@ -157,6 +159,7 @@ class AwsPairing(PairingRules):
         if old is not None:
             actions += self._end_one(old, Reasons.EVICTED, tell_peer=True)
         version = getattr(end, "version", 0)
+        self._answers_logged[end.side] = 0
         if end.side is Side.SOURCE:
             self._source_seen = version > 0
         actions += self._link(end)
@@ -171,9 +174,13 @@ class AwsPairing(PairingRules):
         if not answered:
             self.streams.note(type_, service_id, stream_id, connection_id)
             return
+        logged = self._answers_logged[side] = self._answers_logged[side] + 1
+        if logged > LOGGED_ANSWERS:
+            return
         peer = "destination" if side is Side.SOURCE else "source"
+        more = "; this connection's further answers are not logged" if logged == LOGGED_ANSWERS else ""
         log.info("answered a stream with a reset", extra={
-            "tunnel_id": self.tunnel_id, "side": side.value, "reason": f"no {peer} is connected",
+            "tunnel_id": self.tunnel_id, "side": side.value, "reason": f"no {peer} is connected{more}",
             "resets": describe(ProxyMessage(MessageType.STREAM_RESET, stream_id=stream_id,
                                             service_id=service_id, connection_id=connection_id))})
 

@@ -10,7 +10,7 @@ import pytest
 from relay import codec
 from relay.model import Side
 from relay.protocol import Close, CloseCode, Link, Reasons, Send, StateChange
-from relay.protocol_aws import MAX_TRACKED_CONNECTIONS, SUBPROTOCOLS, AwsPairing, choose_subprotocol
+from relay.protocol_aws import LOGGED_ANSWERS, MAX_TRACKED_CONNECTIONS, SUBPROTOCOLS, AwsPairing, choose_subprotocol
 from tests.aws.spec_client import (CONNECTION_RESET, CONNECTION_START, DATA, SERVICE_IDS, SESSION_RESET, STREAM_RESET,
                                    STREAM_START, Msg, decode, frame)
 
@@ -289,3 +289,18 @@ def test_a_stream_reset_when_the_peer_left_is_not_answered_again_and_each_answer
     [record] = [r for r in caplog.records if r.getMessage() == "answered a stream with a reset"]
     assert (record.levelname, record.tunnel_id, record.side) == ("INFO", "t", "source")
     assert (record.reason, record.resets) == ("no destination is connected", "STREAM_RESET SSH/2/1")
+
+
+def test_a_client_cannot_flood_the_log_with_answers(caplog):
+    p = AwsPairing("t", ("SSH",))
+    src = FakeEnd(Side.SOURCE, "src")
+    p.attach(src)
+    with caplog.at_level("INFO", logger="relay.protocol_aws"):
+        for stream in range(1, 40):
+            send_through(p, Side.SOURCE, ssh(STREAM_START, stream))   # each answered
+        p.attach(FakeEnd(Side.SOURCE, "again"))   # a new connection is logged again
+        send_through(p, Side.SOURCE, ssh(STREAM_START, 1))
+    reasons = [r.reason for r in caplog.records if r.getMessage() == "answered a stream with a reset"]
+    assert len(reasons) == LOGGED_ANSWERS + 1
+    assert reasons[LOGGED_ANSWERS - 1].endswith("; this connection's further answers are not logged")
+    assert reasons[-1] == "no destination is connected"
