@@ -35,8 +35,8 @@ async def ends(tunnel, protocol: str, services: tuple[str, ...],  # type: ignore
                                            client_token=client_tokens["destination"])
     source = await Localproxy.connect(tunnel, "source", services, protocol=protocol, generation=generation,
                                       client_token=client_tokens["source"])
-    for end in (destination, source):
-        await end.until(lambda end=end: end.rules.ready, f"the {end.rules.mode} got the tunnel's services")
+    await destination.until(lambda: destination.rules.ready, "the destination got the tunnel's services")
+    await source.until(lambda: source.rules.ready, "the source got the tunnel's services")
     return source, destination, client_tokens
 
 
