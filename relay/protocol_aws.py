@@ -62,9 +62,6 @@ def service_ids_message(services: tuple[str, ...], ignorable: bool = False) -> b
     return frame(ProxyMessage(MessageType.SERVICE_IDS, ignorable=ignorable, available_service_ids=tuple(services)))
 
 
-SESSION_RESET = frame(ProxyMessage(MessageType.SESSION_RESET))
-
-
 @dataclasses.dataclass(slots=True)
 class OpenStream:
     stream_id: int
