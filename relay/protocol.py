@@ -181,20 +181,22 @@ class PairingRules:
         actions = self._farewell(end, reason)
         if reason.close_code is not None:
             actions.append(Close(end, int(reason.close_code), reason.status_msg))
-        return actions + self._remove(end, tell_peer)
+        return actions + self._remove(end, tell_peer, reason.status_msg)
 
-    def _remove(self, end: End, tell_peer: bool) -> list[Action]:
+    def _remove(self, end: End, tell_peer: bool, why: str = "it disconnected") -> list[Action]:
         side = end.side
         self.ends[side] = None
+        peer = self.ends[other(side)]
+        # What the peer is told is decided before the protocol forgets the side's connection.
+        told = self._peer_left(other(side), why) if peer is not None and tell_peer else b""
         self._side_left(side)
         self.decoders[side].peer_connected = False
         self.decoders[other(side)].peer_connected = False
         actions: list[Action] = [Link(end, None, self.decoders[side]), StateChange(side, False)]
-        peer = self.ends[other(side)]
         if peer is not None:
             actions.append(Link(peer, None, self.decoders[other(side)]))
-            if tell_peer:
-                actions.append(Send(peer, self._peer_left(other(side))))
+            if told:
+                actions.append(Send(peer, told))
         return actions
 
     # -- what the protocol says ---------------------------------------------------------
@@ -203,8 +205,9 @@ class PairingRules:
         """What an end is sent before its connection is closed for `reason`."""
         return []
 
-    def _peer_left(self, side: Side) -> bytes:
-        """The message for the end on `side` when its peer has gone."""
+    def _peer_left(self, side: Side, why: str) -> bytes:
+        """What the end on `side` is sent when its peer has gone (`why`: the peer's reason);
+        nothing when empty."""
         raise NotImplementedError
 
     def _side_left(self, side: Side) -> None:
@@ -257,7 +260,7 @@ class Pairing(PairingRules):
     def _farewell(self, end: End, reason: Reason) -> list[Action]:
         return [Send(end, disconnect_message(reason))]
 
-    def _peer_left(self, side: Side) -> bytes:
+    def _peer_left(self, side: Side, why: str) -> bytes:
         return disconnect_message(Reasons.PEER_LEFT[side])
 
     def _side_left(self, side: Side) -> None:

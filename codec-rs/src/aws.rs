@@ -264,6 +264,29 @@ pub struct AwsDecoder {
     /// framed STREAM_RESET answers not yet written to `to_sender`, and their (start, len)
     replies: Vec<u8>,
     reply_spans: Vec<(usize, usize)>,
+    /// whether to record `streams` (the relay's bindings set it when given an `on_stream`)
+    pub track_streams: bool,
+    /// the stream-management messages forwarded by the last `feed`, and the STREAM_RESETs it
+    /// answered, in order, when tracked
+    pub streams: Vec<StreamEvent>,
+    /// per service id, the stream the relay last told this end is over (an answer, or
+    /// `reset_sent`): its other messages are dropped without another answer while the peer is away
+    answered: Vec<(Box<[u8]>, i32)>,
+}
+
+/// At most this many services remembered in `answered` (a tunnel has 1-3).
+const ANSWERED_CAP: usize = 8;
+
+/// A forwarded STREAM_START, STREAM_RESET, CONNECTION_START or CONNECTION_RESET: what the
+/// relay needs to know which streams are open on a tunnel (docs/aws.md, "What the relay sends").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEvent {
+    pub typ: i32,
+    pub service_id: Box<str>,
+    pub stream_id: i32,
+    pub connection_id: u32,
+    /// false: a forwarded message; true: the STREAM_RESET the decoder answered (peer away)
+    pub answered: bool,
 }
 
 impl AwsDecoder {
@@ -283,7 +306,20 @@ impl AwsDecoder {
             spans: Vec::new(),
             replies: Vec::new(),
             reply_spans: Vec::new(),
+            track_streams: false,
+            streams: Vec::new(),
+            answered: Vec::new(),
         }
+    }
+
+    /// The relay told this end that its stream `stream_id` of `service_id` is over: while the
+    /// peer is away, its further messages of that stream are dropped, not answered again.
+    pub fn reset_sent(&mut self, service_id: &[u8], stream_id: i32) {
+        remember(&mut self.answered, service_id, stream_id);
+    }
+
+    fn was_answered(&self, service_id: &[u8], stream_id: i32) -> bool {
+        self.answered.iter().any(|(s, id)| **s == *service_id && *id == stream_id)
     }
 
     pub fn closed(&self) -> bool {
@@ -303,6 +339,7 @@ impl AwsDecoder {
         self.stream = Vec::new();
         self.scan = 0;
         self.closed = false;
+        self.answered.clear();
     }
 
     /// Upper bound of what one `feed(data)` appends to `to_peer`: the forwarded bytes come from
@@ -316,6 +353,7 @@ impl AwsDecoder {
     /// Feed one read's bytes: accepted tunnel messages go to `to_peer` (server binary frames),
     /// pongs and STREAM_RESET answers to `to_sender`. Returns the close to send, or `None`.
     pub fn feed<O: Out>(&mut self, data: &[u8], to_peer: &mut O, to_sender: &mut Vec<u8>) -> Option<Violation> {
+        self.streams.clear();
         if self.closed || data.is_empty() {
             return None;
         }
@@ -406,10 +444,20 @@ impl AwsDecoder {
                 }
                 if self.peer_connected {
                     self.spans.push((start, 2 + n));
-                } else if matches!(t, TYPE_DATA | TYPE_STREAM_START | TYPE_CONNECTION_START) {
+                    if self.track_streams && t != TYPE_DATA {
+                        note_stream(&mut self.streams, &f);
+                    }
+                } else if matches!(t, TYPE_DATA | TYPE_STREAM_START | TYPE_CONNECTION_START)
+                    && !self.was_answered(f.service_id, f.stream_id)
+                {
+                    // one answer per stream: the sender ends the whole stream on it
                     let at = self.replies.len();
                     if put_stream_reset(&mut self.replies, &f) {
                         self.reply_spans.push((at, self.replies.len() - at));
+                        remember(&mut self.answered, f.service_id, f.stream_id);
+                        if self.track_streams {
+                            note_answer(&mut self.streams, &f);
+                        }
                     }
                 }
             }
@@ -417,6 +465,45 @@ impl AwsDecoder {
             self.bytes += f.payload_len as u64;
         }
     }
+}
+
+/// Out of line: only stream-management messages (a few per TCP connection) get here.
+#[cold]
+fn note_stream(streams: &mut Vec<StreamEvent>, f: &Fields<'_>) {
+    if matches!(f.typ, TYPE_STREAM_START | TYPE_STREAM_RESET | TYPE_CONNECTION_START | TYPE_CONNECTION_RESET) {
+        // valid UTF-8: checked by parse
+        let service_id = String::from_utf8_lossy(f.service_id).into_owned().into_boxed_str();
+        streams.push(StreamEvent {
+            typ: f.typ,
+            service_id,
+            stream_id: f.stream_id,
+            connection_id: f.connection_id,
+            answered: false,
+        });
+    }
+}
+
+fn remember(answered: &mut Vec<(Box<[u8]>, i32)>, service_id: &[u8], stream_id: i32) {
+    if let Some(entry) = answered.iter_mut().find(|(s, _)| **s == *service_id) {
+        entry.1 = stream_id;
+        return;
+    }
+    if answered.len() >= ANSWERED_CAP {
+        answered.remove(0);
+    }
+    answered.push((service_id.into(), stream_id));
+}
+
+#[cold]
+fn note_answer(streams: &mut Vec<StreamEvent>, f: &Fields<'_>) {
+    let service_id = String::from_utf8_lossy(f.service_id).into_owned().into_boxed_str();
+    streams.push(StreamEvent {
+        typ: TYPE_STREAM_RESET,
+        service_id,
+        stream_id: f.stream_id,
+        connection_id: f.connection_id,
+        answered: true,
+    });
 }
 
 /// The binary-message half of the frame loop (`frame::client_frames`): the data frames' payloads
@@ -627,8 +714,45 @@ mod tests {
         stream.extend(msg(7, 5, b"", "SSH", 2));
         let (p, s, c) = feed(&mut d, &client_frame(true, OP_BINARY, &stream));
         let reset = msg(3, 5, b"", "SSH", 1);
-        assert_eq!((p, s, c), (vec![], encode_binary(&[reset.clone(), reset].concat()), None));
+        // one answer per stream: the sender ends the whole stream on it
+        assert_eq!((p, s, c), (vec![], encode_binary(&reset), None));
         assert_eq!(d.messages(), 4);
+        let again = client_frame(true, OP_BINARY, &msg(1, 5, b"more", "SSH", 1));
+        assert_eq!(feed(&mut d, &again), (vec![], vec![], None));
+        let other = client_frame(true, OP_BINARY, &msg(1, 6, b"x", "SSH", 1));
+        assert_eq!(feed(&mut d, &other).1, encode_binary(&msg(3, 6, b"", "SSH", 1)));
+        d.reset_sent(b"HTTP", 2); // told by the relay itself
+        assert_eq!(feed(&mut d, &client_frame(true, OP_BINARY, &msg(1, 2, b"x", "HTTP", 1))).1, vec![]);
+        d.reset(); // a new connection of this side: its stream ids start again
+        assert_eq!(feed(&mut d, &again).1, encode_binary(&reset));
+    }
+
+    #[test]
+    fn forwarded_stream_messages_are_recorded_when_tracked() {
+        let mut stream = msg(2, 5, b"", "SSH", 1);
+        stream.extend(msg(1, 5, b"data", "SSH", 1));
+        stream.extend(msg(6, 5, b"", "SSH", 2));
+        stream.extend(msg(7, 5, b"", "SSH", 2));
+        stream.extend(msg(3, 5, b"", "", 0));
+        let data = client_frame(true, OP_BINARY, &stream);
+        let ev = |typ, sid: &str, stream_id, connection_id| StreamEvent {
+            typ,
+            service_id: sid.into(),
+            stream_id,
+            connection_id,
+            answered: false,
+        };
+        let mut d = dec(SOURCE, true);
+        feed(&mut d, &data);
+        assert!(d.streams.is_empty()); // not tracked
+        d.track_streams = true;
+        feed(&mut d, &data);
+        assert_eq!(d.streams, vec![ev(2, "SSH", 5, 1), ev(6, "SSH", 5, 2), ev(7, "SSH", 5, 2), ev(3, "", 5, 0)]);
+        feed(&mut d, &client_frame(true, OP_BINARY, &msg(1, 5, b"x", "SSH", 1)));
+        assert!(d.streams.is_empty()); // one feed's worth only
+        d.peer_connected = false; // answered, not forwarded: the answer is recorded
+        feed(&mut d, &data);
+        assert_eq!(d.streams, vec![StreamEvent { answered: true, ..ev(3, "SSH", 5, 1) }]);
     }
 
     #[test]

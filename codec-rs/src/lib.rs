@@ -373,30 +373,89 @@ mod bindings {
     #[pyclass(name = "AwsDecoder", module = "relay._codec_rs")]
     struct AwsDecoder {
         inner: aws::AwsDecoder,
+        /// called with (type, service_id, stream_id, connection_id, answered) of each forwarded
+        /// STREAM_START, STREAM_RESET, CONNECTION_START and CONNECTION_RESET (answered False),
+        /// and of each STREAM_RESET the decoder answered while the peer is away (answered True)
+        on_stream: Option<Py<PyAny>>,
     }
 
     decoder_class! {
         /// A new connection replaces the old one: drop partial state, keep the counters.
         impl AwsDecoder {
             #[new]
-            #[pyo3(signature = (side, services = None, max_payload = 64512))]
-            fn new(side: &Bound<'_, PyAny>, services: Option<&Bound<'_, PyAny>>, max_payload: i128) -> PyResult<Self> {
+            #[pyo3(signature = (side, services = None, max_payload = 64512, *, on_stream = None))]
+            fn new(
+                side: &Bound<'_, PyAny>,
+                services: Option<&Bound<'_, PyAny>>,
+                max_payload: i128,
+                on_stream: Option<&Bound<'_, PyAny>>,
+            ) -> PyResult<Self> {
                 let side = side_arg(side)?;
                 let services = match services {
                     None => Vec::new(),
                     Some(s) => str_items(s, "services")?,
                 };
                 let max = index_arg(max_payload, "max_payload")?;
-                Ok(AwsDecoder { inner: aws::AwsDecoder::new(side, services, max) })
+                let on_stream = match on_stream {
+                    Some(cb) if !cb.is_none() => {
+                        if !cb.is_callable() {
+                            return Err(PyTypeError::new_err("on_stream must be callable or None"));
+                        }
+                        Some(cb.clone().unbind())
+                    }
+                    _ => None,
+                };
+                let mut inner = aws::AwsDecoder::new(side, services, max);
+                inner.track_streams = on_stream.is_some();
+                Ok(AwsDecoder { inner, on_stream })
+            }
+
+            fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+                if let Some(cb) = &self.on_stream {
+                    visit.call(cb)?;
+                }
+                Ok(())
+            }
+
+            fn __clear__(&mut self) {
+                self.on_stream = None;
+                self.inner.track_streams = false;
+            }
+
+            /// The relay told this end that its stream `stream_id` of `service_id` is over: while
+            /// the peer is away, its further messages of that stream are not answered again.
+            fn reset_sent(&mut self, service_id: &str, stream_id: i32) {
+                self.inner.reset_sent(service_id.as_bytes(), stream_id);
             }
 
             /// Feed one read; returns (to_peer, to_sender, close).
-            fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<FeedResult<'py>> {
-                if self.inner.closed() || data.is_empty() {
-                    return Ok(empty_feed(py));
+            fn feed<'py>(slf: &Bound<'py, Self>, data: &[u8]) -> PyResult<FeedResult<'py>> {
+                let py = slf.py();
+                let (out, events) = {
+                    let mut this = slf.try_borrow_mut()?;
+                    if this.inner.closed() || data.is_empty() {
+                        return Ok(empty_feed(py));
+                    }
+                    let bound = this.inner.to_peer_bound(data.len());
+                    let out = run_feed(py, bound, |to_peer, to_sender| this.inner.feed(data, to_peer, to_sender))?;
+                    let events = if this.inner.streams.is_empty() {
+                        None
+                    } else {
+                        let cb = this.on_stream.as_ref().map(|cb| cb.clone_ref(py));
+                        cb.map(|cb| (std::mem::take(&mut this.inner.streams), cb))
+                    };
+                    (out, events)
+                };
+                // the callbacks run once the decoder is consistent and no longer borrowed
+                if let Some((events, cb)) = events {
+                    let cb = cb.bind(py);
+                    for e in events {
+                        if let Err(err) = cb.call1((e.typ, &*e.service_id, e.stream_id, e.connection_id, e.answered)) {
+                            err.write_unraisable(py, Some(cb));
+                        }
+                    }
                 }
-                let bound = self.inner.to_peer_bound(data.len());
-                run_feed(py, bound, |to_peer, to_sender| self.inner.feed(data, to_peer, to_sender))
+                Ok(out)
             }
         }
     }

@@ -128,7 +128,7 @@ class SourceProxy:
             self.error(f"relay: could not connect to the relay within {self.wait:g} s")
             return False
         if self.session.version == 1:
-            return True   # V1 has no service ids
+            return True   # 1.0 does not promise service ids (this relay sends them, marked ignorable)
         known = asyncio.create_task(bridge.services_known.wait())
         await asyncio.wait({known, main}, timeout=self.wait, return_when=asyncio.FIRST_COMPLETED)
         known.cancel()

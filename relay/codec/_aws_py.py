@@ -9,11 +9,12 @@ codes are in docs/codec.md.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 
 from relay.aws_messages import MAX_PAYLOAD, MessageType, ProxyMessage, decode, frame
 from relay.codec._frames_py import OP_BINARY, OP_TEXT, SOURCE, Close, FrameDecoder, _header, _truncate
-from relay.codec._py import _size_arg, _str_items
+from relay.codec._py import _size_arg, _str_items, _Unraisable
 
 __all__ = ["AwsDecoder", "encode_binary", "FRAME_CAP"]
 
@@ -27,6 +28,9 @@ _KNOWN_TYPES = frozenset(range(MessageType.DATA, MessageType.CONNECTION_RESET + 
 _RELAY_ONLY = frozenset((MessageType.SERVICE_IDS, MessageType.SESSION_RESET))
 _SOURCE_ONLY = frozenset((MessageType.STREAM_START, MessageType.CONNECTION_START))
 _ANSWERED_WHEN_ALONE = frozenset((MessageType.DATA, MessageType.STREAM_START, MessageType.CONNECTION_START))
+_ANSWERED_CAP = 8   # services remembered (a tunnel has 1-3)
+_STREAM_MESSAGES = frozenset((MessageType.STREAM_START, MessageType.STREAM_RESET, MessageType.CONNECTION_START,
+                              MessageType.CONNECTION_RESET))
 
 
 def encode_binary(payload: bytes) -> bytes:
@@ -57,8 +61,18 @@ def _pack(messages: list[bytes]) -> bytes:
 class AwsDecoder(FrameDecoder):
     """Per-connection decoder of client->server frames of an AWS tunnel; one ``feed`` per read."""
 
-    def __init__(self, side: int, services: Iterable[str] | None = None, max_payload: int = MAX_PAYLOAD) -> None:
+    def __init__(self, side: int, services: Iterable[str] | None = None, max_payload: int = MAX_PAYLOAD, *,
+                 on_stream: Callable[[int, str, int, int, bool], object] | None = None) -> None:
         super().__init__(side)
+        if on_stream is not None and not callable(on_stream):
+            raise TypeError("on_stream must be callable or None")
+        # called after the feed with (type, service_id, stream_id, connection_id, answered) of each
+        # forwarded STREAM_START, STREAM_RESET, CONNECTION_START and CONNECTION_RESET (answered
+        # False), and of each STREAM_RESET answered while the peer is away (answered True)
+        self._on_stream = on_stream
+        self._streams: list[tuple[int, str, int, int, bool]] = []
+        # per service id, the stream this end was last told is over: not answered again
+        self._answered: dict[str, int] = {}
         self._services = frozenset(() if services is None else _str_items(services, "services"))
         self._max_payload = _size_arg(max_payload, "max_payload")
         self._stream = b""  # unmasked bytes of an incomplete tunnel message
@@ -70,6 +84,21 @@ class AwsDecoder(FrameDecoder):
         self._in_message = False
         self._stream = b""
         self._closed = False
+        self._answered.clear()
+
+    def reset_sent(self, service_id: str, stream_id: int) -> None:
+        """The relay told this end that its stream `stream_id` of `service_id` is over: while the
+        peer is away, its further messages of that stream are not answered again."""
+        if not isinstance(service_id, str) or not isinstance(stream_id, int):
+            raise TypeError("reset_sent takes a service id (str) and a stream id (int)")
+        if not -(1 << 31) <= stream_id < 1 << 31:
+            raise OverflowError("stream_id must fit in an int32")
+        self._remember(service_id, stream_id)
+
+    def _remember(self, service_id: str, stream_id: int) -> None:
+        if service_id not in self._answered and len(self._answered) >= _ANSWERED_CAP:
+            del self._answered[next(iter(self._answered))]   # the oldest
+        self._answered[service_id] = stream_id
 
     # ---- decoding
     def feed(self, data: builtins.bytes) -> tuple[builtins.bytes, builtins.bytes, Close | None]:
@@ -78,7 +107,15 @@ class AwsDecoder(FrameDecoder):
         self._flush_replies(to_sender)
         if close is not None:
             self._stream = b""
-        return _pack(to_peer), b"".join(to_sender), close
+        out = _pack(to_peer), b"".join(to_sender), close
+        if self._streams:
+            events, self._streams = self._streams, []
+            for event in events:
+                try:
+                    self._on_stream(*event)  # type: ignore[misc]
+                except Exception as exc:  # as the Rust twin: reported, the feed goes on
+                    sys.unraisablehook(_Unraisable(exc, self._on_stream))  # type: ignore[arg-type]
+        return out
 
     def _flush_replies(self, to_sender: list[builtins.bytes]) -> None:
         if self._replies:
@@ -142,13 +179,21 @@ class AwsDecoder(FrameDecoder):
                 return 4400, _truncate(f"serviceId '{msg.service_id}' is not one of the tunnel's services")
             if self._peer_connected:
                 to_peer.append(raw)
-            elif t in _ANSWERED_WHEN_ALONE:
+                if self._on_stream is not None and t in _STREAM_MESSAGES:
+                    self._streams.append((int(t), msg.service_id, msg.stream_id, msg.connection_id, False))
+            elif t in _ANSWERED_WHEN_ALONE and self._answered.get(msg.service_id) != msg.stream_id:
+                # one answer per stream: the sender ends the whole stream on it
                 try:
                     self._replies.append(frame(ProxyMessage(MessageType.STREAM_RESET, stream_id=msg.stream_id,
                                                             service_id=msg.service_id,
                                                             connection_id=msg.connection_id)))
                 except ValueError:
                     pass  # an answer too big for the 2-byte length (a ~64 KiB serviceId) is not sent
+                else:
+                    self._remember(msg.service_id, msg.stream_id)
+                    if self._on_stream is not None:
+                        self._streams.append((int(MessageType.STREAM_RESET), msg.service_id, msg.stream_id,
+                                              msg.connection_id, True))
         self._messages += 1
         self._bytes += len(msg.payload)
         return None

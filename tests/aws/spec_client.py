@@ -149,6 +149,19 @@ def decode(data: bytes) -> Msg:
     return Msg(**{"type": 0, **fields})
 
 
+def reset_of(stream: int, service: str = "SSH", connection: int = 1) -> Msg:
+    """The STREAM_RESET the relay sends an end whose peer left, for each stream open on the
+    tunnel (docs/aws.md): its service, stream and an open connection id."""
+    return Msg(STREAM_RESET, stream_id=stream, service_id=service, connection_id=connection)
+
+
+async def open_stream(source: "SpecClient", destination: "SpecClient", stream: int = 1) -> None:
+    """A stream of SSH from `source` that reached `destination`."""
+    start = Msg(STREAM_START, stream_id=stream, service_id="SSH", connection_id=1)
+    await source.send(start)
+    assert await destination.recv() == start
+
+
 # -- the client ------------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """The AWS endpoint (/tunnel) against clients that break the WebSocket protocol, flood, go
 silent or reconnect in a loop, through a real relay on loopback. Each abuse must end only the
 offending connection, with the close code docs/aws.md and docs/codec.md give, tell the other
-end of its tunnel (SESSION_RESET), and leave every other tunnel relaying bytes exactly.
+end of its tunnel (a reset of its streams), and leave every other tunnel relaying bytes exactly.
 
 tests/aws/test_relay.py has the tunnel-message rules (4400, 4403, 1009 payload, 1003 text
 frame, oversize frame); here are the WebSocket-level ones, sent byte by byte."""
@@ -21,8 +21,8 @@ from relay.model import Side
 from relay.web.sockets import HUB, WRITE_HIGH_WATER
 from tests.aws.helpers import RawAws, binary, pong, raw_aws, relays_exactly, tunnel_frames  # noqa: F401
 from tests.aws.conftest import new_client_token
-from tests.aws.spec_client import (DATA, MAX_PAYLOAD, SERVICE_IDS, SESSION_RESET, STREAM_RESET, STREAM_START, Msg,
-                                   SpecClient, frame)
+from tests.aws.spec_client import (DATA, MAX_PAYLOAD, SERVICE_IDS, STREAM_RESET, STREAM_START, Msg, SpecClient, frame,
+                                   open_stream, reset_of)
 from tests.codec.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT
 from tests.codec.frames import frame as ws_frame
 from tests.device.conftest import eventually
@@ -53,10 +53,12 @@ async def offender_and_peer(tunnel, raw_aws, mode: str) -> tuple[RawAws, SpecCli
     return offender, peer
 
 
-async def peer_is_reset_and_stays(peer: SpecClient) -> None:
-    """The other end hears SESSION_RESET (nothing of the offending bytes before it), stays
-    connected, and is told its peer is absent."""
-    assert await peer.recv() == Msg(SESSION_RESET)
+async def peer_is_reset_and_stays(peer: SpecClient, stream: int | None = 1) -> None:
+    """The other end hears a reset of the stream it had open, if any (nothing of the offending
+    bytes before it), stays connected, and is told its peer is absent (that answer is the
+    next message: nothing else came)."""
+    if stream is not None:
+        assert await peer.recv() == reset_of(stream)
     await peer.send(Msg(DATA, stream_id=9, service_id="SSH", connection_id=1, payload=b"anyone?"))
     assert await peer.recv() == Msg(STREAM_RESET, stream_id=9, service_id="SSH", connection_id=1)
 
@@ -127,7 +129,7 @@ async def test_a_protocol_error_in_the_upgrade_packet_is_answered_after_the_101(
                            early=ws_frame(SOME, OP_BINARY, masked=False))
     assert (await source.recv()).type == SERVICE_IDS
     assert await source.expect_close() == (1002, "client frames must be masked")
-    await peer_is_reset_and_stays(destination)
+    await peer_is_reset_and_stays(destination, stream=None)   # no stream was open
 
 
 async def test_a_frame_in_the_upgrade_packet_is_relayed(relay, aws_factory, raw_aws):  # noqa: F811
@@ -217,7 +219,7 @@ async def test_aiohttp_lets_go_of_aws_connections_and_their_socket_buffers_are_b
 
 async def test_a_reconnect_loop_with_a_client_token_leaves_one_connection(relay, aws_factory):
     """A destination reconnecting in a tight loop with its client token: each connection
-    replaces the one before (4000), the source hears SESSION_RESET for each, and in the end
+    replaces the one before (4000), the source hears a reset of the stream it had with each, and in the end
     the relay holds exactly two connections, which relay."""
     tunnel = await aws_factory()
     hub = relay.client.server.app[HUB]
@@ -225,17 +227,18 @@ async def test_a_reconnect_loop_with_a_client_token_leaves_one_connection(relay,
     assert (await source.recv()).type == SERVICE_IDS
     client_token = new_client_token()
     previous = None
-    for _ in range(25):
+    for stream in range(1, 26):
         current = await tunnel.connect("destination", client_token=client_token)
         assert (await current.recv()).type == SERVICE_IDS
         if previous is not None:
             assert await previous.expect_close() == (4000, "replaced by a newer connection")
-            assert await source.recv() == Msg(SESSION_RESET)
+            assert await source.recv() == reset_of(stream - 1)
             await previous.close()
+        await open_stream(source, current, stream)
         previous = current
     await eventually(lambda: sum(hub.per_address.values()) == 2, timeout=5)
     assert len(hub.local_ends()) == 2 and list(hub.pairings) == [tunnel.tunnel_id]
-    await relays_exactly(source, previous, stream_id=3)
+    await relays_exactly(source, previous, stream_id=30)
 
 
 # -- the handshake never finished (slowloris) -----------------------------------------------------
@@ -279,10 +282,11 @@ async def test_a_silent_end_is_pinged_then_closed_with_4008_and_its_peer_reset(r
     silent = await raw_aws(relay.settings.port, tunnel.destination_token, "destination", client_token=client_token)
     for end in (source, silent):
         assert (await end.recv()).type == SERVICE_IDS
+    await source.send(Msg(STREAM_START, stream_id=1, service_id="SSH", connection_id=1))   # reaches the silent one
     closed, told = await asyncio.gather(silent.expect_close(timeout=10), source.recv(timeout=10))
     assert closed == (4008, "no answer to heartbeats")
     assert silent.pings and set(silent.pings) == {b"hb"}   # it was pinged before it was dropped
-    assert told == Msg(SESSION_RESET)
+    assert told == reset_of(1)
     await source.send(Msg(STREAM_START, stream_id=4, service_id="SSH", connection_id=1))
     assert await source.recv() == Msg(STREAM_RESET, stream_id=4, service_id="SSH", connection_id=1)
     # docs/aws.md: after 4008, reconnect; the client token lets the same access token in again

@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from relay.web.sockets import HUB
 from tests.aws.helpers import Inbox, bridged_stream, relays_exactly
 from tests.aws.conftest import new_client_token, upgrade_headers
-from tests.aws.spec_client import DATA, SERVICE_IDS, SESSION_RESET, STREAM_RESET, STREAM_START, V3, Msg, connect
+from tests.aws.spec_client import DATA, SERVICE_IDS, STREAM_RESET, STREAM_START, V3, Msg, connect, reset_of
 from tests.aws.test_replicas import create
 from tests.device.conftest import eventually, stop_process
 from tests.faults.conftest import netns, relay_on  # noqa: F401  (a network namespace; a relay on its address)
@@ -125,7 +125,7 @@ async def test_a_cut_destination_network_is_noticed_and_the_destination_comes_ba
                 # seconds of slack for a loaded machine (a hang would take far longer).
                 told = await source.recv(timeout=6 * interval)
                 print(f"source told {told} after {time.monotonic() - cut:.2f} s")
-                assert told == Msg(SESSION_RESET)
+                assert told == reset_of(stream)
                 await eventually(lambda: _state_is(relay, tunnel_id, "DISCONNECTED"), timeout=10)
                 # The source stays and hears that nobody is at the other end.
                 await source.send(Msg(STREAM_START, stream_id=stream + 1, service_id="SSH", connection_id=1))
@@ -245,7 +245,7 @@ async def test_aws_tunnels_on_two_replicas_relay_through_a_redis_restart_and_kee
 @pytest.mark.timeout(120)
 async def test_a_destination_reconnecting_with_its_client_token_after_a_redis_restart_replaces_the_old_one(rig):  # noqa: F811
     """After Redis restarted, the destination (on r2) reconnects on r3 with its client token:
-    the new connection must take the side (the old one hears 4000, the source SESSION_RESET)
+    the new connection must take the side (the old one hears 4000, the source a reset of its stream)
     and be bridged to the source (on r1)."""
     r1, r2, r3 = rig.replicas
     body = create(rig, r3.base, "thing-again")
@@ -261,7 +261,7 @@ async def test_a_destination_reconnecting_with_its_client_token_after_a_redis_re
             assert (await again.recv()).type == SERVICE_IDS
             assert await destination.expect_close(timeout=15) == (4000, "replaced by a newer connection"), \
                 "the old destination was never replaced"
-            assert await source.recv() == Msg(SESSION_RESET)
+            assert await source.recv() == reset_of(stream)
             stream = await bridged_stream(source, again, first=stream + 1)
             await relays_exactly(source, again, stream, started=True)
         finally:
@@ -312,7 +312,7 @@ async def test_a_killed_replica_is_noticed_by_the_other_end_and_the_destination_
             r2.signal(signal.SIGKILL)      # no close frame, no drain: the process is gone
             # The source's replica loses the bridge and tells the source; the destination's
             # connection is simply gone.
-            assert await source.recv(timeout=20) == Msg(SESSION_RESET)
+            assert await source.recv(timeout=20) == reset_of(stream)
             code, _ = await destination.expect_close(timeout=20)
             assert code not in (1000, 4000, 4001)   # no close frame came (an abnormal end)
             await asyncio.to_thread(r2.wait)

@@ -18,7 +18,7 @@ from aiohttp.web_protocol import RequestHandler
 from relay.web.app import create_app
 from relay.web.server import ConnectionGuard
 from tests.aws.conftest import new_client_token
-from tests.aws.spec_client import DATA, SERVICE_IDS, SESSION_RESET, STREAM_START, Msg, connect, raw_frame
+from tests.aws.spec_client import DATA, SERVICE_IDS, STREAM_START, Msg, connect, raw_frame, reset_of
 from tests.conftest import TOKEN_A
 from tests.test_serve import TOKEN, Served
 
@@ -59,17 +59,17 @@ def test_aws_cycles_leave_memory_and_descriptors_flat(tmp_path):
                     ending = i % 3
                     if ending == 0:       # the client closes
                         await destination.close()
-                        assert await source.recv() == Msg(SESSION_RESET)
+                        assert await source.recv() == reset_of(i + 1)
                     elif ending == 1:     # the relay closes it for a broken rule
                         await source.send_bytes(raw_frame(b"\xff\xff\xff"))
                         assert (await source.expect_close())[0] == 4400
-                        assert await destination.recv() == Msg(SESSION_RESET)
+                        assert await destination.recv() == reset_of(i + 1)
                     else:                 # a newer connection replaces it
                         newer = await connect(session, relay.base, created["destination_access_token"],
                                               "destination", client_token=destination_ct)
                         assert (await newer.recv()).type == SERVICE_IDS
                         assert (await destination.expect_close())[0] == 4000
-                        assert await source.recv() == Msg(SESSION_RESET)
+                        assert await source.recv() == reset_of(i + 1)
                         await newer.close()
                     await destination.close()
                     await source.close()

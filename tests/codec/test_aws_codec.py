@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from relay.aws_messages import MessageReader, MessageType, ProxyMessage, frame as tframe
+from tests.codec.test_notes import Hook, unraisable  # noqa: F401
 from tests.codec.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, frame
 
 T = MessageType
@@ -321,11 +322,38 @@ def test_peer_absent_answers_stream_reset(codec: ModuleType) -> None:
               + msg(T.STREAM_RESET, 5) + msg(T.CONNECTION_RESET, 5, conn=2) + data(-7, b"", "", 0))
     to_peer, to_sender, close = d.feed(frame(stream, OP_BINARY))
     assert to_peer == b"" and close is None
-    want = reset_for(5, "SSH", 1) * 2 + reset_for(5, "SSH", 2) + reset_for(-7, "", 0)
+    # one answer per stream (of a service): the sender ends the whole stream on it
+    want = reset_for(5, "SSH", 1) + reset_for(-7, "", 0)
     assert to_sender == server_binary(want)
     assert (d.messages, d.bytes) == (6, 5)
+    assert d.feed(frame(data(5, b"more", "SSH", 1) + data(-7, b"x", "", 0), OP_BINARY)) == (b"", b"", None)
+    assert d.feed(frame(data(6, b"new", "SSH", 1), OP_BINARY)) == (b"", server_binary(reset_for(6)), None)
     d.peer_connected = True
     assert d.feed(frame(data(), OP_BINARY)) == (server_binary(data()), b"", None)
+
+
+def test_a_stream_the_relay_reset_is_not_answered_again(codec: ModuleType) -> None:
+    d = make(codec, peer=False)
+    d.reset_sent("SSH", 4)
+    d.reset_sent("HTTP", 9)
+    assert d.feed(frame(data(4) + data(9, service="HTTP") + data(4, service="HTTP"), OP_BINARY)) == (
+        b"", server_binary(reset_for(4, "HTTP")), None)
+    d.reset()   # a new connection of this side: its stream ids start again
+    assert d.feed(frame(data(4), OP_BINARY)) == (b"", server_binary(reset_for(4)), None)
+    with pytest.raises(TypeError):
+        d.reset_sent(b"SSH", 1)
+    with pytest.raises(OverflowError):
+        d.reset_sent("SSH", 1 << 31)
+
+
+def test_at_most_eight_services_are_remembered(codec: ModuleType) -> None:
+    d = make(codec, peer=False)
+    for i in range(8):
+        d.reset_sent(f"s{i}", 1)
+    d.reset_sent("s0", 2)   # an update keeps its place: s0 is still the oldest
+    d.reset_sent("s8", 1)   # a ninth service: the oldest goes
+    assert d.feed(frame(data(1, service="s1") + data(2, service="s0"), OP_BINARY)) == (
+        b"", server_binary(reset_for(2, "s0")), None)
 
 
 def test_peer_absent_answers_keep_order_with_pongs(codec: ModuleType) -> None:
@@ -379,3 +407,40 @@ def test_counters_do_not_count_refused_or_incomplete(codec: ModuleType) -> None:
     m = data(payload=b"abcd")
     d.feed(frame(m + m[:5], OP_BINARY))
     assert (d.messages, d.bytes) == (1, 4)
+
+
+# ---------------------------------------------------------------- stream messages reported
+
+def test_forwarded_stream_messages_are_reported_in_order(codec: ModuleType) -> None:
+    seen: list[tuple[int, str, int, int, bool]] = []
+    d = make(codec, on_stream=lambda *event: seen.append(event))
+    stream = (msg(T.STREAM_START, 5) + data(5) + msg(T.CONNECTION_START, 5, conn=2) + msg(T.CONNECTION_RESET, 5, conn=2)
+              + msg(T.STREAM_RESET, 5, service="", conn=0))
+    to_peer, _, close = d.feed(frame(stream, OP_BINARY))
+    assert (to_peer, close) == (server_binary(stream), None)
+    assert seen == [(2, "SSH", 5, 1, False), (6, "SSH", 5, 2, False), (7, "SSH", 5, 2, False), (3, "", 5, 0, False)]
+    assert all(type(part) is type(want) for event in seen for part, want in zip(event, (1, "", 1, 1, True)))
+
+
+def test_answers_are_reported_and_dropped_or_refused_messages_are_not(codec: ModuleType) -> None:
+    seen: list[tuple[int, str, int, int, bool]] = []
+    d = make(codec, peer=False, on_stream=lambda *event: seen.append(event))
+    d.feed(frame(msg(T.STREAM_START, 1) + data(1) + msg(T.STREAM_RESET, 1), OP_BINARY))   # answered once, dropped
+    assert seen == [(3, "SSH", 1, 1, True)]
+    d.peer_connected = True
+    d.feed(frame(msg(T.STREAM_START, 2) + msg(T.SESSION_RESET, 2), OP_BINARY))   # then a 4403
+    assert seen == [(3, "SSH", 1, 1, True), (2, "SSH", 2, 1, False)] and d.closed
+
+
+def test_on_stream_must_be_callable_and_may_fail(codec: ModuleType, unraisable: Hook) -> None:  # noqa: F811
+    with pytest.raises(TypeError, match="on_stream must be callable"):
+        codec.AwsDecoder(codec.SOURCE, on_stream=3)
+    assert make(codec, on_stream=None).feed(frame(msg(T.STREAM_START), OP_BINARY))[0] == server_binary(msg(T.STREAM_START))
+
+    def fail(*event: object) -> None:
+        raise RuntimeError("table is down")
+
+    d = make(codec, on_stream=fail)
+    both = msg(T.STREAM_START, 1) + msg(T.STREAM_START, 2)
+    assert d.feed(frame(both, OP_BINARY)) == (server_binary(both), b"", None)
+    assert [(kind, obj) for kind, _, obj in unraisable.calls] == [(RuntimeError, fail), (RuntimeError, fail)]

@@ -139,7 +139,10 @@ def _state(d: Any) -> tuple[bool, bool, int, int]:
 
 def _run(chunks: list[bytes], side: int, peer: bool, services: tuple[str, ...] | None, max_payload: int,
          actions: list[int]) -> None:
-    py, rs = PY.AwsDecoder(side, services, max_payload), RS.AwsDecoder(side, services, max_payload)
+    py_streams: list[tuple[int, str, int, int, bool]] = []
+    rs_streams: list[tuple[int, str, int, int, bool]] = []
+    py = PY.AwsDecoder(side, services, max_payload, on_stream=lambda *e: py_streams.append(e))
+    rs = RS.AwsDecoder(side, services, max_payload, on_stream=lambda *e: rs_streams.append(e))
     py.peer_connected = rs.peer_connected = peer
     for i, chunk in enumerate(chunks):
         action = actions[i % len(actions)] if actions else 0
@@ -148,15 +151,19 @@ def _run(chunks: list[bytes], side: int, peer: bool, services: tuple[str, ...] |
             rs.reset()
         elif action == 2:
             py.peer_connected = rs.peer_connected = not py.peer_connected
+        elif action == 3:
+            py.reset_sent("SSH", i % 3)
+            rs.reset_sent("SSH", i % 3)
         a, b = py.feed(chunk), rs.feed(chunk)
         assert a == b, (i, chunk)
         assert _state(py) == _state(rs)
+        assert py_streams == rs_streams, (i, chunk)
 
 
 @SETTINGS
 @given(data=st.data(), side=st.sampled_from([0, 1]), peer=st.booleans(),
        services=st.sampled_from([None, ("SSH", "HTTP"), ("é",)]), max_payload=st.sampled_from([64512, 100, 0]),
-       actions=st.lists(st.sampled_from([0, 0, 0, 0, 1, 2]), max_size=6))
+       actions=st.lists(st.sampled_from([0, 0, 0, 0, 1, 2, 3]), max_size=6))
 def test_twins_on_frame_streams(data: st.DataObject, side: int, peer: bool, services: tuple[str, ...] | None,
                                 max_payload: int, actions: list[int]) -> None:
     _run(data.draw(chunked(data.draw(frame_stream()))), side, peer, services, max_payload, actions)
