@@ -79,7 +79,8 @@ async def run_demo(settings: AgentSettings, password_file: Path, print_banner: C
             done, _ = await asyncio.wait({connected, stopping}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 print_banner(f"demo device {settings.device_id}: waiting for the MQTT broker at {settings.mqtt_url} "
-                             f"(is `relay serve` running? it starts the broker)...")
+                             f"(is `relay serve` running? it starts the broker; run this command in the relay's directory, where the "
+                             f"broker's accounts are)...")
                 await asyncio.wait({connected, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             connected.cancel()
