@@ -12,8 +12,8 @@ run: setup
 	$(VENV)/bin/relay serve
 
 ## make test: build everything, install what the tests need, run the whole suite on the Rust
-## codec (a test fails if the Rust build is not the one in use), then once more on the
-## pure-Python twin
+## codec (a test fails if the Rust build is not the one in use, or if the container image
+## cannot be built for tests/image), then once more on the pure-Python twin
 test: setup system-deps
 	cargo test --quiet --manifest-path codec-rs/Cargo.toml
 	RELAY_EXPECT_RUST=1 RELAY_EXPECT_IMAGE=1 $(PY) -m pytest -q
