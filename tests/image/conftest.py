@@ -6,6 +6,7 @@ mosquitto and haproxy."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -27,7 +28,8 @@ CONTAINERS_CONF = ROOT / "deploy" / "podman" / "containers.conf"
 BUILD_SCRIPT = ROOT / "scripts" / "build-image.sh"
 DEPLOYMENT = ROOT / "deploy" / "k8s" / "base" / "deployment.yaml"
 KUSTOMIZATION = ROOT / "deploy" / "k8s" / "base" / "kustomization.yaml"
-IMAGE = "localhost/iot-tunnel-relay:test"
+# One tag per checkout: test sessions of several worktrees on one machine do not swap images.
+IMAGE = f"localhost/iot-tunnel-relay:test-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]}"
 # The base (about a minute) and the image (apt, pip and a release build of the Rust codec: a few
 # minutes on two busy cores) on a fresh machine; a rebuild from podman's layer cache takes seconds.
 BUILD_TIMEOUT = 1500
