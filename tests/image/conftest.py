@@ -94,6 +94,7 @@ class ContainerReplica(Replica):
         self.tokens_file = tokens_file
         self.container = f"relay-test-{name}-{uuid.uuid4().hex[:8]}"
         self.started = False
+        self.drain_seconds: str | None = "1"   # the rig's (tests/scale); None: the manifest's
 
     def environment(self) -> dict[str, str]:
         """The manifest's variables, with this machine's addresses instead of the pod's."""
@@ -105,8 +106,9 @@ class ContainerReplica(Replica):
             "RELAY_REPLICA_ID": self.name, "POD_IP": "127.0.0.1",
             "RELAY_INTERNAL_ADDRESS": f"127.0.0.1:{self.internal_port}",
             "RELAY_STORE_URL": self.redis_url, "RELAY_MQTT_URL": self.mqtt_url, "RELAY_PUBLIC_URL": self.public_url,
-            "RELAY_DRAIN_SECONDS": "1",   # the rig's timings (tests/scale)
         }
+        if self.drain_seconds is not None:
+            here["RELAY_DRAIN_SECONDS"] = self.drain_seconds
         assert set(here) <= set(env), f"not set by deploy/k8s: {set(here) - set(env)}"
         env.update(here)
         env.update(RELAY_RECONCILE_INTERVAL="0.5", RELAY_HEARTBEAT_INTERVAL="1")
@@ -132,7 +134,7 @@ class ContainerReplica(Replica):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
-                raise AssertionError(f"container {self.name} exited:\n{self.logs()}")
+                raise AssertionError(f"container {self.name} exited:\n{self.logs()[-4000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.internal_port}/livez", timeout=2) as resp:
                     if resp.status == 200 and self.ready() == 200:
@@ -140,7 +142,7 @@ class ContainerReplica(Replica):
             except (OSError, urllib.error.URLError):
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"container {self.name} not up after {timeout} s:\n{self.logs()}")
+        raise AssertionError(f"container {self.name} not up after {timeout} s:\n{self.logs()[-4000:]}")
 
     def running(self) -> bool:
         state = podman("inspect", "--format", "{{.State.Running}}", self.container, check=False)
@@ -148,7 +150,7 @@ class ContainerReplica(Replica):
 
     def logs(self) -> str:
         out = podman("logs", self.container, check=False)
-        return (out.stdout + out.stderr)[-4000:]
+        return out.stdout + out.stderr
 
     def signal(self, sig: int) -> None:
         podman("kill", "--signal", signal.Signals(sig).name, self.container)
