@@ -53,7 +53,7 @@ if [ $QUIET -eq 1 ]; then exec 3>&1 1>&2; else exec 3>&1; fi
 # man pages or translations; merged /usr without the usrmerge package (which pulls in perl).
 MMDEBSTRAP_ARGS=(
   --variant=minbase
-  --include=python3,python3-venv,ca-certificates
+  '--include=python3,python3-venv,ca-certificates'
   --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
   --aptopt='APT::Install-Recommends "false"'
   --aptopt='Acquire::Languages "none"'

@@ -130,17 +130,22 @@ class ContainerReplica(Replica):
         self._wait_until_up()
         return self
 
+    def probe_urls(self) -> dict[str, str]:
+        """The Deployment's startup, liveness and readiness probes, on this replica's ports."""
+        manifest = relay_container()
+        ports = {p["name"]: {8080: self.port, 8081: self.internal_port}[p["containerPort"]] for p in manifest["ports"]}
+        return {kind: f"http://127.0.0.1:{ports[manifest[kind]['httpGet']['port']]}{manifest[kind]['httpGet']['path']}"
+                for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+
     def _wait_until_up(self, timeout: float = 90) -> None:
+        """Up as the kubelet sees it: every probe of the manifest answers 200."""
+        urls = self.probe_urls()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
                 raise AssertionError(f"container {self.name} exited:\n{self.logs()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.internal_port}/livez", timeout=2) as resp:
-                    if resp.status == 200 and self.ready() == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
+            if all(_answers_200(url) for url in urls.values()):
+                return
             time.sleep(0.2)
         raise AssertionError(f"container {self.name} not up after {timeout} s:\n{self.logs()[-4000:]}")
 
@@ -166,6 +171,14 @@ class ContainerReplica(Replica):
         (self.folder / f"{self.name}.log").write_text(self.logs())
         podman("rm", "--force", self.container, check=False)
         self.started = False
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError):   # refused, or an HTTP error status
+        return False
 
 
 class ContainerRig(Rig):
