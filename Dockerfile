@@ -67,8 +67,8 @@ USER 10001:10001
 # 8080: REST API and WebSockets. 8081: the internal port (RELAY_INTERNAL_PORT: /livez,
 # /readyz, /metrics, replica-to-replica forwarding); the relay opens it only when set.
 EXPOSE 8080 8081
-# tini as PID 1 passes SIGTERM on to the relay, which drains and exits (a process that is
-# PID 1 itself gets no default signal actions: a SIGTERM before the relay's handler is set,
-# while it connects to Redis, would be lost), and reaps any child.
+# tini as PID 1 passes SIGTERM on to the relay, which drains and exits, and reaps any child.
+# Without it the relay would be PID 1, which gets no default signal actions: a SIGTERM while
+# it starts, before its handler is set, would be ignored until SIGKILL (tests/image checks).
 ENTRYPOINT ["tini", "--", "relay"]
 CMD ["serve"]

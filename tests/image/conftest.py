@@ -117,13 +117,17 @@ class ContainerReplica(Replica):
 
     def start(self) -> ContainerReplica:
         manifest = relay_container()
+        pod = deployment()["spec"]["template"]["spec"]["securityContext"]
+        env = self.environment()
         tmp_mount = next(m for m in manifest["volumeMounts"] if m["name"] == "tmp")["mountPath"]
         tokens_mount = next(m for m in manifest["volumeMounts"] if m["name"] == "api-tokens")["mountPath"]
+        assert env["RELAY_API_TOKENS_FILE"].startswith(tokens_mount + "/")
         args = ["run", "--detach", "--name", self.container, "--network", "host",
+                "--user", f"{pod['runAsUser']}:{pod['runAsGroup']}", "--group-add", str(pod["fsGroup"]),
                 "--read-only", "--read-only-tmpfs=false", "--tmpfs", f"{tmp_mount}:rw,size=64m,mode=1777",
-                "--volume", f"{self.tokens_file}:{tokens_mount}/{self.tokens_file.name}:ro",
+                "--volume", f"{self.tokens_file}:{env['RELAY_API_TOKENS_FILE']}:ro",
                 "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
-        for key, value in self.environment().items():
+        for key, value in env.items():
             args += ["--env", f"{key}={value}"]
         podman(*args, self.image, *manifest["args"])
         self.started = True
