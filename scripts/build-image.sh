@@ -86,5 +86,5 @@ if [ -s "$CA_BUNDLE" ]; then
 fi
 podman build --build-arg "BASE_IMAGE=$BASE" "${SECRET[@]}" --tag "$TAG" --file "$ROOT/Dockerfile" "$ROOT"
 SIZE=$(podman image inspect --format '{{.Size}}' "$TAG")
-echo "== $TAG: $((SIZE / 1000000)) MB"
+echo "== $TAG: $(( (SIZE + 500000) / 1000000 )) MB"
 echo "$TAG" >&3
