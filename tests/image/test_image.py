@@ -88,13 +88,13 @@ def test_sigterm_drains_and_exits_zero(rig):
 def test_sigterm_while_the_relay_starts_stops_the_container(image, tmp_path):
     """A SIGTERM before the relay has set its handler ends the container too: tini is PID 1 and
     passes it on. (A process that is PID 1 itself has no default action for SIGTERM: the relay
-    would ignore it and serve on until SIGKILL.) The relay's start is held for 5 s here by a
-    sitecustomize module, which Python runs before the relay's code."""
+    would ignore it and serve on until SIGKILL.) The relay's start is held here by a
+    sitecustomize module, which Python runs before the relay's code (long enough for a busy
+    machine; the SIGTERM ends it)."""
     hold = tmp_path / "hold"
     hold.mkdir(mode=0o755)
-    (hold / "sitecustomize.py").write_text("import time\ntime.sleep(5)\n")
+    (hold / "sitecustomize.py").write_text("import time\ntime.sleep(120)\n")
     (hold / "sitecustomize.py").chmod(0o644)
-    tmp_path.chmod(0o755)
     name = f"relay-test-early-{tmp_path.name[-12:]}"
     podman("run", "--detach", "--name", name, *LOCKED_DOWN, "--volume", f"{hold}:/hold:ro",
            "--env", "PYTHONPATH=/hold", "--env", "RELAY_MQTT_URL=none", "--env", "RELAY_HOST=127.0.0.1",
