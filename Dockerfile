@@ -31,6 +31,7 @@ COPY codec-rs ./codec-rs
 COPY relay ./relay
 # `pip wheel .` runs maturin (the build backend, profile = release in pyproject.toml) and also
 # collects the wheels of the dependencies; they are installed into /opt/relay without pip.
+# Cargo's downloads and build directory go, so that this cache layer stays small.
 # A machine whose TLS is intercepted passes its CA bundle as the build secret `cacert`
 # (scripts/build-image.sh does): used for pip and cargo here, never written into a layer.
 RUN --mount=type=secret,id=cacert \
@@ -38,7 +39,8 @@ RUN --mount=type=secret,id=cacert \
       export PIP_CERT=/run/secrets/cacert CARGO_HTTP_CAINFO=/run/secrets/cacert SSL_CERT_FILE=/run/secrets/cacert; \
     fi \
  && python3 -m venv /opt/build \
- && /opt/build/bin/pip wheel --wheel-dir /wheels .
+ && /opt/build/bin/pip wheel --wheel-dir /wheels . \
+ && rm -rf "$CARGO_HOME" codec-rs/target
 # Outside /src, so that `import relay` finds the installed package and not the sources. The
 # wheels' debugging symbols are stripped (uvloop's alone are about 10 MB).
 WORKDIR /
