@@ -5,18 +5,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SOURCES := pyproject.toml codec-rs/Cargo.toml $(wildcard codec-rs/src/*.rs)
 
-.PHONY: run test test-rust test-python setup system-deps bench clean
+.PHONY: run test test-rust test-python setup system-deps bench image clean
 
 ## make run: build everything and run the relay on its embedded defaults (127.0.0.1:8080)
 run: setup
 	$(VENV)/bin/relay serve
 
 ## make test: build everything, install what the tests need, run the whole suite on the Rust
-## codec (a test fails if the Rust build is not the one in use), then once more on the
-## pure-Python twin
+## codec (a test fails if the Rust build is not the one in use, or if the container image
+## cannot be built for tests/image), then once more on the pure-Python twin
 test: setup system-deps
 	cargo test --quiet --manifest-path codec-rs/Cargo.toml
-	RELAY_EXPECT_RUST=1 $(PY) -m pytest -q
+	RELAY_EXPECT_RUST=1 RELAY_EXPECT_IMAGE=1 $(PY) -m pytest -q
 	RELAY_CODEC=python $(PY) -m pytest -q
 
 setup: $(STAMP)
@@ -30,6 +30,11 @@ $(STAMP): $(SOURCES)
 
 system-deps:
 	./scripts/install-system-deps.sh
+
+## make image: the container image, built without a registry (base from Debian packages, then
+## the Dockerfile with podman; docs/image.md). `docker build .` builds it on the public base.
+image:
+	./scripts/build-image.sh
 
 ## make bench: the codec benchmark and the end-to-end relay benchmark, with baselines
 bench: setup

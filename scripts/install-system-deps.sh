@@ -8,7 +8,8 @@ set -euo pipefail
 # shellcheck: tests/deploy (scripts/validate-manifests.sh) lints deploy/local/run-rig.sh.
 PACKAGES=(mosquitto mosquitto-clients openssh-server openssh-client redis-server haproxy openssl
           chromium fonts-dejavu-core shellcheck
-          iproute2)  # network namespaces for tests/faults
+          iproute2   # network namespaces for tests/faults
+          podman runc mmdebstrap)  # tests/image: the image built from Debian packages, run as containers
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -4,6 +4,7 @@ shutdown, health and scaling design of docs/scaling.md needs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -221,8 +222,21 @@ def _dockerfile_user() -> int:
     return int(users[-1].split(":")[0])
 
 
+def _runtime_stage() -> dict[str, list[str]]:
+    """The instructions of the Dockerfile's last stage (the image), continuation lines joined:
+    {"USER": ["10001:10001"], "ENV": ["A=1 B=2"], ...}."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    last_from = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    stage: dict[str, list[str]] = {}
+    for line in lines[last_from:]:
+        word, _, rest = line.partition(" ")
+        stage.setdefault(word, []).append(rest.strip())
+    return stage
+
+
 def test_dockerfile_builds_from_what_the_context_holds():
-    """No Docker engine here to build it: check what it copies is in the build context."""
+    """What the Dockerfile copies is in the build context (tests/image builds it)."""
     text = (ROOT / "Dockerfile").read_text()
     kept = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
     sources = [src for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, re.M) for src in line.split()[:-1]]
@@ -230,9 +244,45 @@ def test_dockerfile_builds_from_what_the_context_holds():
     for src in sources:
         assert (ROOT / src).exists(), src
         assert src.rstrip("/") in kept, f"{src} is excluded by .dockerignore"
-    assert re.search(r"^EXPOSE 8080 8081$", text, re.M)
-    assert 'ENTRYPOINT ["relay"]' in text and 'CMD ["serve"]' in text
     assert _dockerfile_user() != 0
+
+
+def test_dockerfile_takes_its_base_as_an_argument():
+    """The public base by default; scripts/build-image.sh passes one made from Debian packages.
+    Both stages start from it (the virtualenv links to the base's python3)."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim-bookworm$", text, re.M)
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+    assert "BASE_IMAGE=$BASE" in (ROOT / "scripts" / "build-image.sh").read_text()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_deployment_matches_the_image(rendered, overlay):
+    """The Dockerfile's user, ports, entrypoint and environment are what the pod assumes, and
+    with a read-only root everything the relay writes is on one of the pod's volumes."""
+    stage = _runtime_stage()
+    pod = find(rendered[overlay], "Deployment", "relay")["spec"]["template"]["spec"]
+    container = relay_container(rendered[overlay])
+    (user,) = stage["USER"]
+    assert user == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    (exposed,) = stage["EXPOSE"]
+    assert sorted(int(p) for p in exposed.split()) == sorted(p["containerPort"] for p in container["ports"])
+    # The pod gives only `args`: they replace CMD after the ENTRYPOINT, which ends in `relay`.
+    assert "command" not in container
+    assert json.loads(stage["ENTRYPOINT"][0])[-1] == "relay"
+    assert json.loads(stage["CMD"][0]) == container["args"]
+    image_env = dict(item.split("=", 1) for line in stage["ENV"] for item in line.split())
+    env = env_of(container)
+    for name, value in image_env.items():
+        if name in env:
+            assert env[name]["value"] == value, name
+    # Without RELAY_STORE_URL the relay writes its SQLite file at RELAY_DB: on a writable volume.
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    db_dir = str(Path(env["RELAY_DB"]["value"]).parent)
+    assert db_dir in mounts and not mounts[db_dir].get("readOnly")
+    tokens_dir = str(Path(env["RELAY_API_TOKENS_FILE"]["value"]).parent)
+    assert mounts[tokens_dir]["readOnly"] is True
 
 
 def test_local_rig_matches_haproxy_config():

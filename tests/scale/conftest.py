@@ -93,8 +93,8 @@ def shipped_haproxy_config(lb_port: int, stats_port: int, replicas: list[Replica
 
 
 class Haproxy:
-    def __init__(self, folder: Path, replicas: list[Replica]) -> None:
-        self.port = free_port()
+    def __init__(self, folder: Path, replicas: list[Replica], port: int | None = None) -> None:
+        self.port = port or free_port()
         self.stats_port = free_port()
         config = folder / "haproxy.cfg"
         config.write_text(shipped_haproxy_config(self.port, self.stats_port, replicas))
@@ -127,15 +127,20 @@ class Rig:
         self.redis.start_args = ["--appendonly", "yes"]
         self.redis.start()
         public = f"http://127.0.0.1:{free_port()}"  # replaced below once haproxy's port is known
-        self.replicas = [Replica(f"r{i}", folder, self.redis.url, public) for i in (1, 2, 3)]
+        self.replicas = [self.new_replica(f"r{i}", public) for i in (1, 2, 3)]
         self.lb_port = free_port()
         for r in self.replicas:
             r.public_url = f"http://127.0.0.1:{self.lb_port}"
             r.start()
         self.haproxy = None
 
+    def new_replica(self, name: str, public_url: str) -> Replica:
+        """A replica process; tests/image runs each in a container of the relay's image instead."""
+        return Replica(name, self.folder, self.redis.url, public_url)
+
     def start_lb(self) -> Haproxy:
-        self.haproxy = Haproxy(self.folder, self.replicas)
+        # on the port of the replicas' public URL, so that the tunnel_uri they hand out leads to it
+        self.haproxy = Haproxy(self.folder, self.replicas, self.lb_port)
         return self.haproxy
 
     def call(self, base: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict | None]:
