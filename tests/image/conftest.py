@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.device.conftest import Mosquitto
-from tests.scale.conftest import TOKEN, Replica, Rig
+from tests.scale.conftest import BRIDGE_SECRET, TOKEN, Replica, Rig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = ROOT / "deploy" / "podman" / "containers.conf"
@@ -87,11 +87,12 @@ class ContainerReplica(Replica):
     read-only root with an emptyDir-like /tmp, the token file mounted read-only, no capabilities."""
 
     def __init__(self, name: str, folder: Path, redis_url: str, public_url: str, *, image: str,
-                 mqtt_url: str, tokens_file: Path) -> None:
+                 mqtt_url: str, tokens_file: Path, bridge_folder: Path) -> None:
         super().__init__(name, folder, redis_url, public_url)
         self.image = image
         self.mqtt_url = mqtt_url
         self.tokens_file = tokens_file
+        self.bridge_folder = bridge_folder
         self.container = f"relay-test-{name}-{uuid.uuid4().hex[:8]}"
         self.started = False
         self.drain_seconds: str | None = "1"   # the rig's (tests/scale); None: the manifest's
@@ -122,10 +123,13 @@ class ContainerReplica(Replica):
         tmp_mount = next(m for m in manifest["volumeMounts"] if m["name"] == "tmp")["mountPath"]
         tokens_mount = next(m for m in manifest["volumeMounts"] if m["name"] == "api-tokens")["mountPath"]
         assert env["RELAY_API_TOKENS_FILE"].startswith(tokens_mount + "/")
+        bridge_mount = next(m for m in manifest["volumeMounts"] if m["name"] == "bridge-secret")["mountPath"]
+        assert env["RELAY_BRIDGE_SECRET_FILE"].startswith(bridge_mount + "/")
         args = ["run", "--detach", "--name", self.container, "--network", "host",
                 "--user", f"{pod['runAsUser']}:{pod['runAsGroup']}", "--group-add", str(pod["fsGroup"]),
                 "--read-only", "--read-only-tmpfs=false", "--tmpfs", f"{tmp_mount}:rw,size=64m,mode=1777",
                 "--volume", f"{self.tokens_file}:{env['RELAY_API_TOKENS_FILE']}:ro",
+                "--volume", f"{self.bridge_folder}:{bridge_mount}:ro",
                 "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
         for key, value in env.items():
             args += ["--env", f"{key}={value}"]
@@ -197,6 +201,14 @@ class ContainerRig(Rig):
         os.chown(self.tokens_file, 0, pod["securityContext"]["fsGroup"])
         secret = next(v for v in pod["volumes"] if v["name"] == "api-tokens")["secret"]
         os.chmod(self.tokens_file, secret["defaultMode"])
+        # The bridge secret, as its Secret's volume gives it (the replicas' shared secret of tests/scale)
+        bridge = next(v for v in pod["volumes"] if v["name"] == "bridge-secret")["secret"]
+        self.bridge_folder = folder / "bridge-secret"
+        self.bridge_folder.mkdir()
+        bridge_file = self.bridge_folder / bridge["items"][0]["path"]
+        bridge_file.write_text(BRIDGE_SECRET + "\n")
+        os.chown(bridge_file, 0, pod["securityContext"]["fsGroup"])
+        os.chmod(bridge_file, bridge["defaultMode"])
         self.replicas = []
         self.haproxy = None
         try:
@@ -207,7 +219,8 @@ class ContainerRig(Rig):
 
     def new_replica(self, name: str, public_url: str) -> Replica:
         replica = ContainerReplica(name, self.folder, self.redis.url, public_url, image=self.image,
-                                   mqtt_url=self.mosquitto.url, tokens_file=self.tokens_file)
+                                   mqtt_url=self.mosquitto.url, tokens_file=self.tokens_file,
+                                   bridge_folder=self.bridge_folder)
         self.replicas.append(replica)  # so that stop() finds it should a later one fail to start
         return replica
 
