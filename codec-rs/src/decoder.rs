@@ -102,7 +102,7 @@ impl Decoder {
 
     /// The most a frame header may announce: a device may send bigger output, to be split.
     #[inline]
-    fn frame_limit(&self) -> usize {
+    pub fn frame_limit(&self) -> usize {
         if self.policy.side == DEVICE {
             self.max_message_size.max(DEVICE_SPLIT_CEILING)
         } else {
@@ -312,9 +312,21 @@ impl Decoder {
 }
 
 /// Upper bound of what one `feed(data)` appends to `to_peer`, unless it splits a device's
-/// oversized output (each piece repeats the envelope): the output buffers grow then.
+/// oversized output (each piece repeats the envelope): the output buffers grow then. The
+/// allocation hint of every read.
 pub fn to_peer_bound(d: &Decoder, data_len: usize) -> usize {
     data_len + d.buffered() + header_len(usize::MAX)
+}
+
+/// Upper bound of what one `feed(data)` appends to `to_peer`, splits included. A split message
+/// of n > max bytes gives k <= D/(room-5) + 1 pieces of at most max + 4 bytes (D <= n: orjson's
+/// escapes are the shortest), and room >= max/2, room >= 64 make that under 2.3 n + max + 4 < 4 n.
+pub fn to_peer_max(d: &Decoder, data_len: usize) -> usize {
+    if d.side() == DEVICE && d.max_message_size < d.frame_limit() {
+        (data_len + d.buffered()).saturating_mul(4) + header_len(usize::MAX)
+    } else {
+        to_peer_bound(d, data_len)
+    }
 }
 
 #[cfg(test)]
@@ -514,8 +526,11 @@ mod tests {
         let msg = sdk_output("r7", &data);
         assert!(msg.len() > 12000);
         let mut d = dec(DEVICE);
-        let (p, s, c) = feed(&mut d, &client_frame(true, OP_TEXT, &msg));
+        let f = client_frame(true, OP_TEXT, &msg);
+        let (hint, max) = (to_peer_bound(&d, f.len()), to_peer_max(&d, f.len()));
+        let (p, s, c) = feed(&mut d, &f);
         assert_eq!((s, c), (vec![], None));
+        assert!(p.len() > hint && p.len() <= max, "{} {hint} {max}", p.len());
         let pieces = texts(&p);
         assert_eq!(pieces.len(), 2);
         let mut joined = String::new();

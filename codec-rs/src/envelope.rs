@@ -19,8 +19,9 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 /// `max_message_size` when larger): Huawei's device SDK sends each 2048-byte read of terminal
 /// output as one message, and escaping (6 bytes per control character) makes it up to ~12.4 KB.
 pub const DEVICE_SPLIT_CEILING: usize = 16384;
-/// The longest escape of one character (`\u001b`): a limit leaving less room for `data` cannot split.
-const MAX_ESCAPED: usize = 6;
+/// A split needs this much room for `data` in each piece, and at least half the limit: so the
+/// pieces never outgrow the message more than about twofold (and one character always fits).
+const MIN_SPLIT_ROOM: usize = 64;
 
 /// A violation: the close frame the server sends back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,11 +185,11 @@ fn escaped_len(c: char) -> usize {
 }
 
 /// `data` as `command_response` messages of at most `limit` bytes each: every piece is the longest
-/// prefix of what is left that fits (cut between characters); `None` when the limit leaves less
-/// than 6 bytes for `data`.
+/// prefix of what is left that fits (cut between characters); `None` when the room the limit
+/// leaves for `data` is under half the limit or under 64 bytes.
 pub fn split_output(service: &str, rid: &str, data: &str, limit: usize) -> Option<Vec<Vec<u8>>> {
     let budget = limit.checked_sub(command_response(service, rid, "").len())?;
-    if budget < MAX_ESCAPED {
+    if budget < MIN_SPLIT_ROOM || budget.saturating_mul(2) < limit {
         return None;
     }
     let mut pieces = Vec::new();

@@ -31,8 +31,9 @@ MAX_REQUEST_ID_BYTES = 128
 # `max_message_size` when larger): Huawei's device SDK sends each 2048-byte read of terminal
 # output as one message, and escaping (6 bytes per control character) makes it up to ~12.4 KB.
 DEVICE_SPLIT_CEILING = 16384
-# The longest escape of one character ("\u001b"): a limit leaving less room for `data` cannot split.
-_MAX_ESCAPED = 6
+# A split needs this much room for `data` in each piece, and at least half the limit: so the
+# pieces never outgrow the message more than about twofold (and one character always fits).
+_MIN_SPLIT_ROOM = 64
 
 # The `ssh` service's operations (Huawei's), then TCP forwarding's (docs/forwarding.md).
 _FORWARDING = ("forward_data", "forward_ack", "forward_close")
@@ -312,10 +313,10 @@ def _escaped_len(text: str) -> int:
 
 def split_output(service: str, rid: str, data: str, limit: int) -> list[builtins.bytes] | None:
     """``data`` as ``command_response`` messages of at most ``limit`` bytes each: every piece is
-    the longest prefix of what is left that fits (cut between characters); None when the limit
-    leaves less than 6 bytes for ``data``."""
+    the longest prefix of what is left that fits (cut between characters); None when the room
+    the limit leaves for ``data`` is under half the limit or under 64 bytes."""
     budget = limit - len(_command_response(service, rid, ""))
-    if budget < _MAX_ESCAPED:
+    if budget < _MIN_SPLIT_ROOM or 2 * budget < limit:
         return None
     pieces: list[str] = []
     start, n = 0, len(data)

@@ -661,7 +661,7 @@ def test_split_pieces_keep_their_order_among_other_messages(codec: ModuleType) -
 
 def test_split_cuts_between_characters_and_fits_any_limit(codec: ModuleType) -> None:
     data = ("é😀\x00\"\\" + "a" * 7) * 600
-    for limit in (150, 1000, 4096, 10240):
+    for limit in (200, 1000, 4096, 10240):
         out, _, close = make(codec, codec.DEVICE, max_message_size=limit).feed(frame(sdk_message(data)))
         assert close is None
         texts = server_texts(out)
@@ -715,9 +715,15 @@ def test_the_split_ceiling(codec: ModuleType) -> None:
 
 
 def test_a_limit_too_small_to_split_refuses_as_before(codec: ModuleType) -> None:
-    msg = envelope("command_response", "r", data="abcdefghijk")
-    limit = len(envelope("command_response", "r", data="")) + 5   # 5 bytes for data: under one escape
+    # a split needs room for data of at least half the limit (and 64 bytes): pieces stay efficient
+    msg = envelope("command_response", "r", data="abcdefghij" * 20)
+    overhead = len(envelope("command_response", "r", data=""))
+    assert overhead >= 64
+    limit = 2 * overhead - 1   # room for data: overhead - 1, under half the limit
     assert make(codec, codec.DEVICE, max_message_size=limit).feed(frame(msg))[2] == \
         (1009, f"message exceeds {limit} bytes")
     out, _, close = make(codec, codec.DEVICE, max_message_size=limit + 1).feed(frame(msg))
-    assert close is None and [orjson.loads(t)["data"] for t in server_texts(out)] == ["abcdef", "ghijk"]
+    room = limit + 1 - overhead
+    assert close is None
+    assert "".join(orjson.loads(t)["data"] for t in server_texts(out)) == "abcdefghij" * 20
+    assert [len(orjson.loads(t)["data"]) for t in server_texts(out)] == [room, room, 200 - 2 * room]
