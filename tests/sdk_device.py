@@ -2,8 +2,9 @@
 src/tunnel/wss_client.c and ssh_client.c; the facts are in docs/device.md), for tests of what
 the relay and our application side do with it:
 
-- it learns its tunnels from the MQTT notify (a plain `mosquitto_sub`), and connects to
-  `tunnel_uri` with the header `tunnel_access_token:TOKEN`;
+- it learns its tunnels from the MQTT notify (a plain `mosquitto_sub`: Huawei's platform
+  subscribes the real SDK server-side), and connects to `tunnel_uri` with the header
+  `tunnel_access_token:TOKEN`;
 - `connect`: answers at once `connect_response` with no `data`, then logs in to a real sshd
   (asyncssh, as the SDK uses libssh) and opens a shell on a PTY; a failed login is a
   `disconnect` {"400", "WssClientListenerOnMsg: Create SSH channel failed"} with the
