@@ -134,7 +134,8 @@ class LoginRule:
             return True, text or "logged in"
         if not code:
             self.unconfirmed = True
-            return True, "the device took the login request (it answers before logging in: a refusal follows)"
+            return True, ("the device took the login request (it answers before its SSH login: "
+                          "a refusal would follow as a disconnect)")
         return False, f"login failed ({code}): {text or 'the device gave no reason'}"
 
     def output(self) -> None:

@@ -207,7 +207,7 @@ export class SshLogin {
     }
     if (!code) {
       this.unconfirmed = true;
-      return { accepted: true, text: "The device took the login request (it answers before logging in: a refusal follows)." };
+      return { accepted: true, text: "The device took the login request (it answers before its SSH login: a refusal would follow as a disconnect)." };
     }
     return { accepted: false, text: `Login failed (${code}): ${text || "no reason given"}` };
   }
