@@ -16,8 +16,8 @@ the relay and our application side do with it:
 - the shell ending: `disconnect` {"408", "SSH idles for too long..."} with the request_id
   `SSH_timeout_disconnect`; a `disconnect` from the source is ignored, as the SDK does.
 
-One deviation: the SDK sends its reads' bytes as they are, so a UTF-8 character cut by the
-2048-byte read is invalid UTF-8 on the wire; this one replaces it (tests use ASCII output).
+Like the SDK, it sends its reads' bytes as they are: a UTF-8 character cut by a read is
+invalid UTF-8 on the wire.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ _SHORT = {0x22: '\\"', 0x5C: "\\\\", 0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D
 
 
 def cjson_string(raw: bytes) -> str:
-    """`raw` as cJSON's print_string_ptr writes it: controls as \\u00xx, bytes >= 0x80 as they are."""
+    """`raw` as cJSON's print_string_ptr writes it: controls as \\u00xx, bytes >= 0x80 as they are
+    (invalid UTF-8 kept as surrogate escapes, which `_send` turns back into the bytes)."""
     out = []
     for b in raw:
         if b in _SHORT:
@@ -47,7 +48,7 @@ def cjson_string(raw: bytes) -> str:
             out.append(f"\\u{b:04x}")
         else:
             out.append(chr(b))
-    return "".join(out).encode("latin-1").decode("utf-8", "replace")
+    return "".join(out).encode("latin-1").decode("utf-8", "surrogateescape")
 
 
 def cjson_print(fields: list[tuple[str, str | dict[str, str]]]) -> str:
@@ -154,7 +155,7 @@ class SdkDevice:
         if self.ws is not None and not self.ws.closed:
             self.sent.append(text)
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.send_str(text)
+                await self.ws.send_frame(text.encode("utf-8", "surrogateescape"), aiohttp.WSMsgType.TEXT)
 
     async def _end_shell(self) -> None:
         shell, conn, self._shell, self._conn = self._shell, self._conn, None, None

@@ -174,7 +174,7 @@ impl Decoder {
         let bytes = to_peer.tail_mut(body);
         let n = bytes.len();
         if n > self.max_message_size {
-            return self.oversized::<O, NOTE>(to_peer, start, body, to_sender);
+            return self.reencoded::<O, NOTE>(to_peer, start, body, to_sender);
         }
         let outcome = self.policy.check_with::<NOTE>(bytes, self.peer_connected, to_sender);
         match outcome {
@@ -188,6 +188,9 @@ impl Decoder {
                 self.bytes += n as u64;
                 Ok(())
             }
+            Err(v) if v.code == CLOSE_INVALID_PAYLOAD && self.policy.side == DEVICE => {
+                self.reencoded::<O, NOTE>(to_peer, start, body, to_sender)
+            }
             Err(v) => {
                 to_peer.truncate(start);
                 Err(v)
@@ -197,24 +200,40 @@ impl Decoder {
 }
 
 impl Decoder {
-    /// A device message over `max_message_size` (and within the split ceiling): checked like any
-    /// other, then a `command_response` whose `data` is a string is forwarded as several, each
-    /// within the limit; anything else is refused with 1009 (docs/codec.md). Out of line: the
-    /// common path never gets here.
+    /// A device message over `max_message_size` (and within the split ceiling), or one that is not
+    /// valid UTF-8 (Huawei's SDK cuts its 2048-byte reads inside a character at times: the invalid
+    /// bytes are replaced with U+FFFD): checked like any other, then a `command_response` whose
+    /// `data` is a string is forwarded re-encoded, as several messages within the limit when
+    /// needed; anything else is refused with 1009 (or 1007 when not UTF-8) (docs/codec.md). Out
+    /// of line: the common path never gets here.
     #[cold]
     #[inline(never)]
-    fn oversized<O: Out, const NOTE: bool>(
+    fn reencoded<O: Out, const NOTE: bool>(
         &mut self,
         to_peer: &mut O,
         start: usize,
         body: usize,
         to_sender: &mut Vec<u8>,
     ) -> Result<(), Violation> {
-        let payload = to_peer.tail_mut(body).to_vec();
+        let raw = to_peer.tail_mut(body).to_vec();
         to_peer.truncate(start);
+        let repaired = std::str::from_utf8(&raw).is_err();
+        let refusal = || {
+            if repaired {
+                Violation::new(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in text message")
+            } else {
+                Violation::new(CLOSE_TOO_BIG, format!("message exceeds {} bytes", self.max_message_size))
+            }
+        };
+        let payload = String::from_utf8_lossy(&raw);
+        let payload = payload.as_bytes();
         let mark = to_sender.len();
-        let outcome = self.policy.check_with::<NOTE>(&payload, self.peer_connected, to_sender)?;
-        let pieces = match json::parse_with_data(&payload) {
+        let outcome = match self.policy.check_with::<NOTE>(payload, self.peer_connected, to_sender) {
+            Ok(o) => o,
+            Err(_) if repaired => return Err(refusal()),
+            Err(v) => return Err(v),
+        };
+        let pieces = match json::parse_with_data(payload) {
             Ok(Doc::Object(env)) => match (&env.operation_type, &env.tunnel_service_type, &env.request_id, &env.data) {
                 (Field::Str(op), Field::Str(service), Field::Str(rid), Field::Str(data)) if op == "command_response" => {
                     split_output(service, rid, data, self.max_message_size)
@@ -225,7 +244,7 @@ impl Decoder {
         };
         let Some(pieces) = pieces else {
             to_sender.truncate(mark); // a pong or 404 answer of a refused message is not sent
-            return Err(Violation::new(CLOSE_TOO_BIG, format!("message exceeds {} bytes", self.max_message_size)));
+            return Err(refusal());
         };
         if matches!(outcome, Outcome::Forward | Outcome::ForwardNoted) {
             for piece in &pieces {
@@ -238,7 +257,7 @@ impl Decoder {
             }
         }
         self.messages += 1;
-        self.bytes += payload.len() as u64;
+        self.bytes += raw.len() as u64;
         Ok(())
     }
 }
@@ -318,12 +337,14 @@ pub fn to_peer_bound(d: &Decoder, data_len: usize) -> usize {
     data_len + d.buffered() + header_len(usize::MAX)
 }
 
-/// Upper bound of what one `feed(data)` appends to `to_peer`, splits included. A split message
-/// of n > max bytes gives k <= D/(room-5) + 1 pieces of at most max + 4 bytes (D <= n: orjson's
-/// escapes are the shortest), and room >= max/2, room >= 64 make that under 2.3 n + max + 4 < 4 n.
+/// Upper bound of what one `feed(data)` appends to `to_peer`, re-encoded device messages
+/// included. A message of n bytes re-encodes to D <= 3 n bytes of data (orjson's escapes are the
+/// shortest; an invalid byte becomes U+FFFD, 3 bytes), split into k <= D/(room-5) + 1 pieces of
+/// at most max + 10 bytes; room >= max/2 and room >= 64 make that under 2.4 D + max + 10, and a
+/// split means max < D + envelope <= 4 n: under 12 n in all.
 pub fn to_peer_max(d: &Decoder, data_len: usize) -> usize {
-    if d.side() == DEVICE && d.max_message_size < d.frame_limit() {
-        (data_len + d.buffered()).saturating_mul(4) + header_len(usize::MAX)
+    if d.side() == DEVICE {
+        (data_len + d.buffered()).saturating_mul(12) + header_len(usize::MAX)
     } else {
         to_peer_bound(d, data_len)
     }

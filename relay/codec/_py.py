@@ -206,9 +206,14 @@ class Decoder(FrameDecoder):
         try:
             payload.decode("utf-8")  # strict: no overlongs, surrogates or code points > U+10FFFF
         except UnicodeDecodeError:
-            return 1007, "invalid UTF-8 in text message"
+            if self._side != DEVICE:
+                return 1007, "invalid UTF-8 in text message"
+            # Huawei's SDK cuts its 2048-byte reads inside a character at times: its output
+            # gets U+FFFD for the cut bytes rather than the session ending (docs/codec.md)
+            return self._reencoded(payload.decode("utf-8", "replace").encode(), len(payload), to_peer, to_sender,
+                                   (1007, "invalid UTF-8 in text message"))
         if len(payload) > self._max:
-            return self._oversized(payload, to_peer, to_sender)
+            return self._reencoded(payload, len(payload), to_peer, to_sender, None)
         result = self._envelope(payload, to_sender)
         if isinstance(result, tuple):
             return (result[0], _truncate(result[1]))
@@ -223,22 +228,24 @@ class Decoder(FrameDecoder):
         self._bytes += len(payload)
         return None
 
-    def _oversized(self, payload: builtins.bytes, to_peer: list[builtins.bytes],
-                   to_sender: list[builtins.bytes]) -> Close | None:
-        """A device message over ``max_message_size`` (and within ``DEVICE_SPLIT_CEILING``): checked
-        like any other, then a ``command_response`` whose ``data`` is a string is forwarded as
-        several, each within the limit; anything else is refused with 1009 (docs/codec.md)."""
+    def _reencoded(self, payload: builtins.bytes, received: int, to_peer: list[builtins.bytes],
+                   to_sender: list[builtins.bytes], repaired: Close | None) -> Close | None:
+        """A device message over ``max_message_size`` (and within ``DEVICE_SPLIT_CEILING``), or one
+        whose invalid UTF-8 was replaced (``repaired``: the close when it cannot be relayed): checked
+        like any other, then a ``command_response`` whose ``data`` is a string is forwarded re-encoded,
+        as several messages within the limit when needed; anything else is refused with 1009 (or
+        ``repaired``) (docs/codec.md)."""
         mark = len(to_sender)
         result = self._envelope(payload, to_sender)
         if isinstance(result, tuple):
-            return (result[0], _truncate(result[1]))
+            return repaired or (result[0], _truncate(result[1]))
         doc = orjson.loads(payload)
         data = doc.get("data")
         pieces = (split_output(doc["tunnel_service_type"], doc["request_id"], data, self._max)
                   if doc["operation_type"] == "command_response" and isinstance(data, str) else None)
         if pieces is None:
             del to_sender[mark:]   # a pong or 404 answer of a refused message is not sent
-            return 1009, f"message exceeds {self._max} bytes"
+            return repaired or (1009, f"message exceeds {self._max} bytes")
         if result in (_FORWARD, _NOTED):
             for piece in pieces:
                 to_peer.append(_header(OP_TEXT, len(piece)))
@@ -246,7 +253,7 @@ class Decoder(FrameDecoder):
                 if result == _NOTED:
                     self._notes.append(piece)
         self._messages += 1
-        self._bytes += len(payload)
+        self._bytes += received
         return None
 
     def _envelope(self, payload: builtins.bytes, to_sender: list[builtins.bytes]) -> int | Close:

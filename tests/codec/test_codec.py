@@ -727,3 +727,40 @@ def test_a_limit_too_small_to_split_refuses_as_before(codec: ModuleType) -> None
     assert close is None
     assert "".join(orjson.loads(t)["data"] for t in server_texts(out)) == "abcdefghij" * 20
     assert [len(orjson.loads(t)["data"]) for t in server_texts(out)] == [room, room, 200 - 2 * room]
+
+
+# ---------------------------------------------------------------- a character cut between two SDK reads
+
+def sdk_raw(read: bytes, rid: str = "cmd-9") -> bytes:
+    """What the SDK sends for one read: its bytes as they are, even a character cut in two."""
+    return (f'{{\n\t"operation_type":\t"command_response",\n\t"tunnel_service_type":\t"ssh",\n\t"request_id":\t"{rid}",'
+            f'\n\t"data":\t"').encode() + read + b'"\n}'
+
+
+def test_a_character_cut_between_two_sdk_reads_costs_the_character_not_the_session(codec: ModuleType) -> None:
+    text = "日志 中文输出 ".encode() * 200   # 3-byte characters: a 2048-byte read cuts one
+    reads = [text[:2048], text[2048:]]
+    d = make(codec, codec.DEVICE)
+    out = b""
+    for read in reads:
+        to_peer, to_sender, close = d.feed(frame(sdk_raw(read)))
+        assert (to_sender, close) == (b"", None)
+        out += to_peer
+    texts = [orjson.loads(t) for t in server_texts(out)]
+    assert {(t["operation_type"], t["request_id"]) for t in texts} == {("command_response", "cmd-9")}
+    got = "".join(t["data"] for t in texts)
+    # the cut character's bytes become U+FFFD on both sides of the cut; the rest is whole
+    assert got == "".join(read.decode("utf-8", "replace") for read in reads)
+    assert got.count("\ufffd") == 3 and got.replace("\ufffd" * 3, "中") == text.decode()
+    assert (d.messages, d.bytes) == (2, sum(len(sdk_raw(r)) for r in reads))
+
+
+@pytest.mark.parametrize("side, msg", [
+    (0, b'{"operation_type":"command","tunnel_service_type":"ssh","request_id":"r","data":"\xe4\xb8"}'),
+    (1, b'{"operation_type":"connect_response","tunnel_service_type":"ssh","request_id":"r","data":"\xe4"}'),
+    (1, b'{"operation_type":"command_response","tunnel_service_type":"ssh","request_id":"\xe4","data":"x"}'[:-2]),
+    (1, b'{"operation_type":"command_response","tunnel_service_type":"ssh","request_id":"r","data":["\xe4"]}'),
+    (1, b"\xff"),
+], ids=["source", "not-output", "not-json", "data-not-a-string", "not-json-at-all"])
+def test_other_invalid_utf8_is_refused_as_before(codec: ModuleType, side: int, msg: bytes) -> None:
+    assert make(codec, side).feed(frame(msg)) == (b"", b"", (1007, "invalid UTF-8 in text message"))

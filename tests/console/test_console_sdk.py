@@ -52,7 +52,7 @@ async def test_terminal_on_an_sdk_device(relay_factory, mosquitto, sshd, console
         await page.keyboard.type("head -c 5000 /dev/zero | tr '\\0' '\\1'; echo; echo dense-done")
         await page.keyboard.press("Enter")
         await wait_for_line(page, "dense-done")
-        assert max(len(m.encode()) for m in device.sent) > 10240
+        assert max(len(m.encode("utf-8", "surrogateescape")) for m in device.sent) > 10240
         await page.keyboard.type("echo still-$((1+1))")
         await page.keyboard.press("Enter")
         await wait_for_line(page, "still-2")
