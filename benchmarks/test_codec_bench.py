@@ -88,6 +88,25 @@ def test_feed(benchmark, impl: ModuleType, size: str) -> None:
               f"{len(buf) / mean / 1e9:.2f} GB/s")
 
 
+def sdk_output(read: bytes, rid: int = 1) -> bytes:
+    """One read of terminal output as Huawei's device SDK sends it: cJSON_Print, controls as \\u00xx."""
+    return (f'{{\n\t"operation_type":\t"command_response",\n\t"tunnel_service_type":\t"ssh",'
+            f'\n\t"request_id":\t"req-{rid:08d}",\n\t"data":\t').encode() + orjson.dumps(read.decode()) + b"\n}"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_feed_sdk_split(benchmark, impl: ModuleType) -> None:
+    """The rare path: 16 SDK reads of 2048 control characters (~12.4 KB each), each split in two."""
+    msgs = [sdk_output(b"\x1b\x01" * 1024, rid) for rid in range(PIPELINE)]
+    assert all(10240 < len(m) <= 16384 for m in msgs)
+    buf = b"".join(client_frame(m) for m in msgs)
+    decoder = impl.Decoder(impl.DEVICE)
+    decoder.peer_connected = True
+    benchmark.group = f"feed {PIPELINE} x SDK output, split"
+    out, to_sender, close = benchmark(decoder.feed, buf)
+    assert (to_sender, close) == (b"", None) and len(out) > len(buf) - 16 * 100
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_encode_text(benchmark, impl: ModuleType) -> None:
     payload = command_response(10240)

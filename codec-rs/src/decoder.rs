@@ -1,6 +1,7 @@
 //! Per-connection decoder: client->server frames in, server->client frames out.
 
-use crate::envelope::{Outcome, Policy, Violation};
+use crate::envelope::{split_output, Outcome, Policy, Violation, DEVICE, DEVICE_SPLIT_CEILING};
+use crate::json::{self, Doc, Field};
 use crate::frame::{
     client_frames, header_len, unmask_in_place, unmask_into, with_pending, DataFrames, OP_BINARY, OP_CONT, OP_TEXT,
 };
@@ -99,6 +100,16 @@ impl Decoder {
         self.policy.side
     }
 
+    /// The most a frame header may announce: a device may send bigger output, to be split.
+    #[inline]
+    pub fn frame_limit(&self) -> usize {
+        if self.policy.side == DEVICE {
+            self.max_message_size.max(DEVICE_SPLIT_CEILING)
+        } else {
+            self.max_message_size
+        }
+    }
+
     /// Bytes held from earlier reads (partial frame + fragments): with `data.len()` this bounds
     /// the size of what one `feed` can append to `to_peer` (+ 10 for one header).
     pub fn buffered(&self) -> usize {
@@ -162,6 +173,9 @@ impl Decoder {
     ) -> Result<(), Violation> {
         let bytes = to_peer.tail_mut(body);
         let n = bytes.len();
+        if n > self.max_message_size {
+            return self.reencoded::<O, NOTE>(to_peer, start, body, to_sender);
+        }
         let outcome = self.policy.check_with::<NOTE>(bytes, self.peer_connected, to_sender);
         match outcome {
             Ok(o) => {
@@ -174,11 +188,77 @@ impl Decoder {
                 self.bytes += n as u64;
                 Ok(())
             }
+            Err(v) if v.code == CLOSE_INVALID_PAYLOAD && self.policy.side == DEVICE => {
+                self.reencoded::<O, NOTE>(to_peer, start, body, to_sender)
+            }
             Err(v) => {
                 to_peer.truncate(start);
                 Err(v)
             }
         }
+    }
+}
+
+impl Decoder {
+    /// A device message over `max_message_size` (and within the split ceiling), or one that is not
+    /// valid UTF-8 (Huawei's SDK cuts its 2048-byte reads inside a character at times: the invalid
+    /// bytes are replaced with U+FFFD): checked like any other, then a `command_response` whose
+    /// `data` is a string is forwarded re-encoded, as several messages within the limit when
+    /// needed; anything else is refused with 1009 (or 1007 when not UTF-8) (docs/codec.md). Out
+    /// of line: the common path never gets here.
+    #[cold]
+    #[inline(never)]
+    fn reencoded<O: Out, const NOTE: bool>(
+        &mut self,
+        to_peer: &mut O,
+        start: usize,
+        body: usize,
+        to_sender: &mut Vec<u8>,
+    ) -> Result<(), Violation> {
+        let raw = to_peer.tail_mut(body).to_vec();
+        to_peer.truncate(start);
+        let repaired = std::str::from_utf8(&raw).is_err();
+        let refusal = || {
+            if repaired {
+                Violation::new(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in text message")
+            } else {
+                Violation::new(CLOSE_TOO_BIG, format!("message exceeds {} bytes", self.max_message_size))
+            }
+        };
+        let payload = String::from_utf8_lossy(&raw);
+        let payload = payload.as_bytes();
+        let mark = to_sender.len();
+        let outcome = match self.policy.check_with::<NOTE>(payload, self.peer_connected, to_sender) {
+            Ok(o) => o,
+            Err(_) if repaired => return Err(refusal()),
+            Err(v) => return Err(v),
+        };
+        let pieces = match json::parse_with_data(payload) {
+            Ok(Doc::Object(env)) => match (&env.operation_type, &env.tunnel_service_type, &env.request_id, &env.data) {
+                (Field::Str(op), Field::Str(service), Field::Str(rid), Field::Str(data)) if op == "command_response" => {
+                    split_output(service, rid, data, self.max_message_size)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(pieces) = pieces else {
+            to_sender.truncate(mark); // a pong or 404 answer of a refused message is not sent
+            return Err(refusal());
+        };
+        if matches!(outcome, Outcome::Forward | Outcome::ForwardNoted) {
+            for piece in &pieces {
+                out_header(to_peer, OP_TEXT, piece.len());
+                let at = to_peer.len();
+                to_peer.put(piece);
+                if NOTE && outcome == Outcome::ForwardNoted {
+                    self.note(at, piece.len());
+                }
+            }
+        }
+        self.messages += 1;
+        self.bytes += raw.len() as u64;
+        Ok(())
     }
 }
 
@@ -200,8 +280,9 @@ impl<O: Out, const NOTE: bool> DataFrames for TextFrames<'_, O, NOTE> {
             return Err(Violation::new(CLOSE_UNSUPPORTED_DATA, "binary messages are not supported"));
         }
         let before = if op == OP_CONT { self.d.frag.len() as u64 } else { 0 };
-        if before.saturating_add(len) > self.d.max_message_size as u64 {
-            return Err(Violation::new(CLOSE_TOO_BIG, format!("message exceeds {} bytes", self.d.max_message_size)));
+        let limit = self.d.frame_limit();
+        if before.saturating_add(len) > limit as u64 {
+            return Err(Violation::new(CLOSE_TOO_BIG, format!("message exceeds {limit} bytes")));
         }
         Ok(())
     }
@@ -249,9 +330,24 @@ impl Decoder {
     }
 }
 
-/// Upper bound of what one `feed(data)` appends to `to_peer`.
+/// Upper bound of what one `feed(data)` appends to `to_peer`, unless it splits a device's
+/// oversized output (each piece repeats the envelope): the output buffers grow then. The
+/// allocation hint of every read.
 pub fn to_peer_bound(d: &Decoder, data_len: usize) -> usize {
     data_len + d.buffered() + header_len(usize::MAX)
+}
+
+/// Upper bound of what one `feed(data)` appends to `to_peer`, re-encoded device messages
+/// included. A message of n bytes re-encodes to D <= 3 n bytes of data (orjson's escapes are the
+/// shortest; an invalid byte becomes U+FFFD, 3 bytes), split into k <= D/(room-5) + 1 pieces of
+/// at most max + 10 bytes; room >= max/2 and room >= 64 make that under 2.4 D + max + 10, and a
+/// split means max < D + envelope <= 4 n: under 12 n in all.
+pub fn to_peer_max(d: &Decoder, data_len: usize) -> usize {
+    if d.side() == DEVICE {
+        (data_len + d.buffered()).saturating_mul(12) + header_len(usize::MAX)
+    } else {
+        to_peer_bound(d, data_len)
+    }
 }
 
 #[cfg(test)]
@@ -420,5 +516,71 @@ mod tests {
         let bound = to_peer_bound(&d, data.len() - 30);
         let (p, _, _) = feed(&mut d, &data[30..]);
         assert!(p.len() <= bound);
+    }
+
+    fn sdk_output(rid: &str, data: &str) -> Vec<u8> {
+        let mut m = format!(r#"{{"operation_type":"command_response","tunnel_service_type":"ssh","request_id":"{rid}","data":"#)
+            .into_bytes();
+        crate::json::write_str(&mut m, data);
+        m.push(b'}');
+        m
+    }
+
+    /// The text of each server text frame in `out`.
+    fn texts(out: &[u8]) -> Vec<Vec<u8>> {
+        let mut found = Vec::new();
+        let mut i = 0;
+        while i < out.len() {
+            let (len, h) = match out[i + 1] {
+                126 => (u16::from_be_bytes([out[i + 2], out[i + 3]]) as usize, 4),
+                n => (n as usize, 2),
+            };
+            found.push(out[i + h..i + h + len].to_vec());
+            i += h + len;
+        }
+        found
+    }
+
+    #[test]
+    fn a_devices_oversized_output_is_split_within_the_limit() {
+        let data = "\u{1}".repeat(2048) + "end";
+        let msg = sdk_output("r7", &data);
+        assert!(msg.len() > 12000);
+        let mut d = dec(DEVICE);
+        let f = client_frame(true, OP_TEXT, &msg);
+        let (hint, max) = (to_peer_bound(&d, f.len()), to_peer_max(&d, f.len()));
+        let (p, s, c) = feed(&mut d, &f);
+        assert_eq!((s, c), (vec![], None));
+        assert!(p.len() > hint && p.len() <= max, "{} {hint} {max}", p.len());
+        let pieces = texts(&p);
+        assert_eq!(pieces.len(), 2);
+        let mut joined = String::new();
+        for piece in &pieces {
+            assert!(piece.len() <= 10240);
+            let text = std::str::from_utf8(piece).unwrap();
+            assert!(text.starts_with(r#"{"operation_type":"command_response","tunnel_service_type":"ssh","request_id":"r7","data":""#));
+            let json_data = &text[text.find(r#""data":"#).unwrap() + 7..text.len() - 1];
+            joined.push_str(json_data);
+        }
+        let mut want = Vec::new();
+        crate::json::write_str(&mut want, &data);
+        // the pieces' data, written back to back, is the original data's (each piece ends its quote)
+        assert_eq!(joined.replace("\"\"", "").into_bytes(), want);
+        assert_eq!((d.messages(), d.bytes()), (1, msg.len() as u64));
+    }
+
+    #[test]
+    fn only_a_devices_command_response_is_split() {
+        let mut big = sdk_output("r", &"\u{1}".repeat(2048));
+        let mut d = dec(SOURCE);
+        let f = client_frame(true, OP_TEXT, &big);
+        assert_eq!(feed(&mut d, &f[..8]).2.unwrap(), (1009, "message exceeds 10240 bytes".into()));
+        let other = String::from_utf8(big.clone()).unwrap().replace("command_response", "connect_response");
+        let mut d = dec(DEVICE);
+        assert_eq!(feed(&mut d, &client_frame(true, OP_TEXT, other.as_bytes())).2.unwrap().0, 1009);
+        big.resize(DEVICE_SPLIT_CEILING + 1, b' ');
+        let mut d = dec(DEVICE);
+        let f = client_frame(true, OP_TEXT, &big);
+        assert_eq!(feed(&mut d, &f[..8]).2.unwrap(), (1009, "message exceeds 16384 bytes".into()));
     }
 }

@@ -16,6 +16,14 @@ pub const CLOSE_REQUEST_ID_REUSED: u16 = 4409;
 
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 
+/// A device's `command_response` over `max_message_size` is split, up to this many bytes (or
+/// `max_message_size` when larger): Huawei's device SDK sends each 2048-byte read of terminal
+/// output as one message, and escaping (6 bytes per control character) makes it up to ~12.4 KB.
+pub const DEVICE_SPLIT_CEILING: usize = 16384;
+/// A split needs this much room for `data` in each piece, and at least half the limit: so the
+/// pieces never outgrow the message more than about twofold (and one character always fits).
+const MIN_SPLIT_ROOM: usize = 64;
+
 /// A violation: the close frame the server sends back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -180,6 +188,54 @@ fn write_reply(out: &mut Vec<u8>, op: &str, service: &str, rid: &str, data: &[&s
     out.reserve(header_len(body.len()) + body.len());
     write_header(out, OP_TEXT, body.len());
     out.extend_from_slice(&body);
+}
+
+/// `{"operation_type":"command_response","tunnel_service_type":S,"request_id":R,"data":D}`, as
+/// orjson.dumps writes it.
+fn command_response(service: &str, rid: &str, data: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(96 + service.len() + rid.len() + data.len());
+    body.extend_from_slice(b"{\"operation_type\":\"command_response\",\"tunnel_service_type\":");
+    json::write_str(&mut body, service);
+    body.extend_from_slice(b",\"request_id\":");
+    json::write_str(&mut body, rid);
+    body.extend_from_slice(b",\"data\":");
+    json::write_str(&mut body, data);
+    body.push(b'}');
+    body
+}
+
+/// Bytes `c` takes inside a JSON string written by `json::write_str`.
+#[inline]
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// `data` as `command_response` messages of at most `limit` bytes each: every piece is the longest
+/// prefix of what is left that fits (cut between characters); `None` when the room the limit
+/// leaves for `data` is under half the limit or under 64 bytes.
+pub fn split_output(service: &str, rid: &str, data: &str, limit: usize) -> Option<Vec<Vec<u8>>> {
+    let budget = limit.checked_sub(command_response(service, rid, "").len())?;
+    if budget < MIN_SPLIT_ROOM || budget.saturating_mul(2) < limit {
+        return None;
+    }
+    let mut pieces = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, c) in data.char_indices() {
+        let n = escaped_len(c);
+        if used + n > budget {
+            pieces.push(command_response(service, rid, &data[start..i]));
+            (start, used) = (i, 0);
+        }
+        used += n;
+    }
+    if start < data.len() || pieces.is_empty() {
+        pieces.push(command_response(service, rid, &data[start..]));
+    }
+    Some(pieces)
 }
 
 impl Policy {

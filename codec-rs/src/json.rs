@@ -29,12 +29,15 @@ pub enum Field<'a> {
     Str(Cow<'a, str>),
 }
 
-/// The envelope fields of a top-level JSON object (last duplicate wins).
+/// The envelope fields of a top-level JSON object (last duplicate wins). `data` is only read by
+/// `parse_with_data` (the rare path that splits a device's oversized output); `parse` leaves it
+/// `Absent`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope<'a> {
     pub operation_type: Field<'a>,
     pub tunnel_service_type: Field<'a>,
     pub request_id: Field<'a>,
+    pub data: Field<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,22 +218,19 @@ const FIELD_NONE: u8 = 0;
 const FIELD_OP: u8 = 1;
 const FIELD_SERVICE: u8 = 2;
 const FIELD_RID: u8 = 3;
+const FIELD_DATA: u8 = 4;
 
-fn field_of(key: &str) -> u8 {
-    match key {
-        "operation_type" => FIELD_OP,
-        "tunnel_service_type" => FIELD_SERVICE,
-        "request_id" => FIELD_RID,
-        _ => FIELD_NONE,
-    }
+fn field_of<const DATA: bool>(key: &str) -> u8 {
+    field_of_raw::<DATA>(key.as_bytes())
 }
 
 #[inline(always)]
-fn field_of_raw(key: &[u8]) -> u8 {
+fn field_of_raw<const DATA: bool>(key: &[u8]) -> u8 {
     match key {
         b"operation_type" => FIELD_OP,
         b"tunnel_service_type" => FIELD_SERVICE,
         b"request_id" => FIELD_RID,
+        b"data" if DATA => FIELD_DATA,
         _ => FIELD_NONE,
     }
 }
@@ -469,7 +469,7 @@ impl<'a> Parser<'a> {
     /// Parse an object key (opening quote expected at `self.i` after whitespace) and the ':'.
     /// Returns the envelope field index for top-level keys.
     #[inline]
-    fn key(&mut self, top: bool) -> Result<u8, JsonError> {
+    fn key<const DATA: bool>(&mut self, top: bool) -> Result<u8, JsonError> {
         if self.peek() != Some(b'"') {
             return Err(JsonError);
         }
@@ -477,9 +477,9 @@ impl<'a> Parser<'a> {
         let f = if !top {
             FIELD_NONE
         } else if !esc {
-            field_of_raw(&self.b[s..e])
+            field_of_raw::<DATA>(&self.b[s..e])
         } else {
-            field_of(&self.decoded(s, e, esc)?)
+            field_of::<DATA>(&self.decoded(s, e, esc)?)
         };
         self.skip_ws();
         if self.peek() != Some(b':') {
@@ -489,12 +489,17 @@ impl<'a> Parser<'a> {
         Ok(f)
     }
 
-    fn document(&mut self) -> Result<Doc<'a>, JsonError> {
+    fn document<const DATA: bool>(&mut self) -> Result<Doc<'a>, JsonError> {
         // container stack as a bit set: 1 = object, 0 = array
         let mut stack = [0u64; MAX_DEPTH / 64];
         let mut depth = 0usize;
         let mut top_is_object = false;
-        let mut env = Envelope { operation_type: Field::Absent, tunnel_service_type: Field::Absent, request_id: Field::Absent };
+        let mut env = Envelope {
+            operation_type: Field::Absent,
+            tunnel_service_type: Field::Absent,
+            request_id: Field::Absent,
+            data: Field::Absent,
+        };
         // field being parsed as the value of a top-level key
         let mut pending_field = FIELD_NONE;
         'value: loop {
@@ -511,6 +516,7 @@ impl<'a> Parser<'a> {
                 match field {
                     FIELD_OP => env.operation_type = v,
                     FIELD_SERVICE => env.tunnel_service_type = v,
+                    FIELD_DATA => env.data = v,
                     _ => env.request_id = v,
                 }
             }
@@ -541,7 +547,7 @@ impl<'a> Parser<'a> {
                         depth -= 1;
                     } else {
                         if obj {
-                            pending_field = self.key(depth == 1)?;
+                            pending_field = self.key::<DATA>(depth == 1)?;
                         }
                         continue 'value;
                     }
@@ -568,7 +574,7 @@ impl<'a> Parser<'a> {
                         self.i += 1;
                         if obj {
                             self.skip_ws();
-                            pending_field = self.key(depth == 1)?;
+                            pending_field = self.key::<DATA>(depth == 1)?;
                         }
                         continue 'value;
                     }
@@ -594,7 +600,13 @@ impl<'a> Parser<'a> {
 /// *or* invalid UTF-8: callers that must tell them apart run `std::str::from_utf8` then.
 pub fn parse(b: &[u8]) -> Result<Doc<'_>, JsonError> {
     let mut p = Parser { b, i: 0 };
-    p.document()
+    p.document::<false>()
+}
+
+/// `parse`, and the top-level `data` field too (decoded when it is a string).
+pub fn parse_with_data(b: &[u8]) -> Result<Doc<'_>, JsonError> {
+    let mut p = Parser { b, i: 0 };
+    p.document::<true>()
 }
 
 /// True when `b` is valid UTF-8 and a JSON document orjson would accept.

@@ -6,7 +6,10 @@ terminal output, tell the user something, the session is over. The rules it foll
 docs/protocol.md (the relay's) and docs/device.md (the agent's answers):
 
 1. wait for `connect_tunnel` (the device is there), then send `connect` {username, password};
-2. `connect_response` with status "200" opens the session; another status ends it;
+2. `connect_response` with status "200" opens the session; another status ends it. One with
+   no status at all opens it too: Huawei's device SDK answers `connect` at once, before its SSH
+   login, and tells a failed login afterwards as a `disconnect` (400). Until the first output
+   shows the shell is there, a `disconnect` from the device is that failure (`LoginRule`);
 3. typed text goes out as `command` messages, each with a new `request_id` (the relay
    refuses a reused one with 4409) and at most `max_message_size` bytes of JSON;
    `command_response` data is terminal output;
@@ -102,6 +105,9 @@ CLOSE_REASONS = {
 
 # docs/protocol.md, "Disconnect messages from the relay": the ones that end the connection.
 _FINAL_DISCONNECTS = {"409", "410", "408", "401", "503", "504"}
+# Huawei's device SDK tells that its SSH channel closed (the shell ended) with this request_id
+# and status 408 "SSH idles for too long..." (docs/device.md): not the relay's 408.
+SDK_CHANNEL_CLOSED_ID = "SSH_timeout_disconnect"
 _EXIT_STATUS = re.compile(r"exit status (\d+)")
 
 
@@ -109,6 +115,39 @@ def describe_close(code: int | None) -> str:
     if code is None:
         return "the connection to the relay ended"
     return f"{CLOSE_REASONS.get(code, 'the relay closed the connection')} (close code {code})"
+
+
+class LoginRule:
+    """What a login's answers mean, for `relay ssh` and `relay exec` (the console's
+    relay/web/console/terminal.js `SshLogin` mirrors it). docs/device.md says what each device
+    sends: the agent answers `connect` with status 200 once its shell is open, or with the
+    failure's status; Huawei's device SDK answers at once with no `data` (no status), then logs
+    in, and reports a failure as a `disconnect` with status 400 and its reason."""
+
+    def __init__(self) -> None:
+        self.unconfirmed = False   # accepted without a status, and no output seen yet
+
+    def answered(self, code: str, text: str) -> tuple[bool, str]:
+        """(accepted, what to tell) for a `connect_response` of status `code`."""
+        if code == "200":
+            self.unconfirmed = False
+            return True, text or "logged in"
+        if not code:
+            self.unconfirmed = True
+            return True, ("the device took the login request (it answers before its SSH login: "
+                          "a refusal would follow as a disconnect)")
+        return False, f"login failed ({code}): {text or 'the device gave no reason'}"
+
+    def output(self) -> None:
+        self.unconfirmed = False   # the shell is there: the login worked
+
+    def refused(self, request_id: object, code: str, text: str) -> str | None:
+        """The reason to end with when this `disconnect` is the device refusing the login."""
+        from_device = code not in _FINAL_DISCONNECTS or request_id == SDK_CHANNEL_CLOSED_ID
+        if self.unconfirmed and from_device and code not in ("499", "404", "200"):
+            self.unconfirmed = False
+            return f"login failed ({code or 'no status'}): {text or 'the device gave no reason'}"
+        return None
 
 
 class SourceSession:
@@ -124,6 +163,7 @@ class SourceSession:
         self.phase = Phase.WAITING
         self._connect_id: str | None = None
         self._logged_in_once = False
+        self._login = LoginRule()
         self.ended: Ended | None = None
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         overhead = len(message("command", self._new_id_sample(), ""))
@@ -154,9 +194,12 @@ class SourceSession:
         if op == "connect_response":
             return self._connect_response(msg.get("request_id"), data)
         if op == "command_response":
-            return [Output(data)] if isinstance(data, str) and data else []
+            if not (isinstance(data, str) and data):
+                return []
+            self._login.output()
+            return [Output(data)]
         if op == "disconnect":
-            return self._disconnect(data)
+            return self._disconnect(msg.get("request_id"), data)
         return []   # ping is the relay's business, pong needs nothing, others are not for a source
 
     def _device_here(self) -> list[Event]:
@@ -172,15 +215,18 @@ class SourceSession:
     def _connect_response(self, request_id: Any, data: Any) -> list[Event]:
         if self.phase is not Phase.LOGGING_IN or request_id != self._connect_id:
             return []
-        code, text = _status(data)
-        if code == "200":
-            self.phase = Phase.OPEN
-            self._logged_in_once = True
-            return [LoggedIn(text or "logged in")]
-        return self._end(f"login failed ({code or 'no status'}): {text or 'the device gave no reason'}")
+        accepted, told = self._login.answered(*_status(data))
+        if not accepted:
+            return self._end(told)
+        self.phase = Phase.OPEN
+        self._logged_in_once = True
+        return [LoggedIn(told)]
 
-    def _disconnect(self, data: Any) -> list[Event]:
+    def _disconnect(self, request_id: Any, data: Any) -> list[Event]:
         code, text = _status(data)
+        refused = self._login.refused(request_id, code, text) if self.phase is Phase.OPEN else None
+        if refused:
+            return self._end(refused)
         if code == "499":   # the device went away; the relay keeps us connected and waits
             if self.phase is Phase.WAITING:
                 return []
@@ -194,6 +240,9 @@ class SourceSession:
         if code == "200":   # the agent: the shell ended by itself
             found = _EXIT_STATUS.search(text)
             return self._end(text or "the SSH session ended", int(found.group(1)) if found else None, error=False)
+        if request_id == SDK_CHANNEL_CLOSED_ID:   # Huawei's SDK: the shell ended (its status unknown)
+            return self._end(f"the device closed the SSH session ({code or 'no status'}): {text or 'no reason given'}",
+                             error=False)
         where = "the relay" if code in _FINAL_DISCONNECTS else "the device"
         return self._end(f"{where} ended the session ({code or 'no status'}): {text or 'no reason given'}")
 

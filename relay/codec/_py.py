@@ -27,6 +27,14 @@ IMPLEMENTATION: str = "python"
 
 MAX_REQUEST_ID_BYTES = 128
 
+# A device's `command_response` over `max_message_size` is split, up to this many bytes (or
+# `max_message_size` when larger): Huawei's device SDK sends each 2048-byte read of terminal
+# output as one message, and escaping (6 bytes per control character) makes it up to ~12.4 KB.
+DEVICE_SPLIT_CEILING = 16384
+# A split needs this much room for `data` in each piece, and at least half the limit: so the
+# pieces never outgrow the message more than about twofold (and one character always fits).
+_MIN_SPLIT_ROOM = 64
+
 # The `ssh` service's operations (Huawei's), then TCP forwarding's (docs/forwarding.md).
 _FORWARDING = ("forward_data", "forward_ack", "forward_close")
 _ALLOWED = {
@@ -115,6 +123,8 @@ class Decoder(FrameDecoder):
                  on_note: Callable[[builtins.bytes], object] | None = None) -> None:
         super().__init__(side)
         self._max = _size_arg(max_message_size, "max_message_size")
+        # the size a frame header may announce: the device side may send bigger output to split
+        self._frame_limit = max(self._max, DEVICE_SPLIT_CEILING) if self._side == DEVICE else self._max
         self._window = _size_arg(request_id_window, "request_id_window")
         if services is None:
             services = ("ssh",)
@@ -184,8 +194,8 @@ class Decoder(FrameDecoder):
         if op == OP_BINARY:
             return 1003, "binary messages are not supported"
         before = len(self._frag) if op == OP_CONT else 0
-        if before + length > self._max:
-            return 1009, f"message exceeds {self._max} bytes"
+        if before + length > self._frame_limit:
+            return 1009, f"message exceeds {self._frame_limit} bytes"
         return None
 
     def _data(self, op: int, fin: bool, payload: builtins.bytes, to_peer: list[builtins.bytes],
@@ -208,7 +218,14 @@ class Decoder(FrameDecoder):
         try:
             payload.decode("utf-8")  # strict: no overlongs, surrogates or code points > U+10FFFF
         except UnicodeDecodeError:
-            return 1007, "invalid UTF-8 in text message"
+            if self._side != DEVICE:
+                return 1007, "invalid UTF-8 in text message"
+            # Huawei's SDK cuts its 2048-byte reads inside a character at times: its output
+            # gets U+FFFD for the cut bytes rather than the session ending (docs/codec.md)
+            return self._reencoded(payload.decode("utf-8", "replace").encode(), len(payload), to_peer, to_sender,
+                                   (1007, "invalid UTF-8 in text message"))
+        if len(payload) > self._max:
+            return self._reencoded(payload, len(payload), to_peer, to_sender, None)
         result = self._envelope(payload, to_sender)
         if isinstance(result, tuple):
             return (result[0], _truncate(result[1]))
@@ -221,6 +238,34 @@ class Decoder(FrameDecoder):
             self._notes.append(payload)
         self._messages += 1
         self._bytes += len(payload)
+        return None
+
+    def _reencoded(self, payload: builtins.bytes, received: int, to_peer: list[builtins.bytes],
+                   to_sender: list[builtins.bytes], repaired: Close | None) -> Close | None:
+        """A device message over ``max_message_size`` (and within ``DEVICE_SPLIT_CEILING``), or one
+        whose invalid UTF-8 was replaced (``repaired``: the close when it cannot be relayed): checked
+        like any other, then a ``command_response`` whose ``data`` is a string is forwarded re-encoded,
+        as several messages within the limit when needed; anything else is refused with 1009 (or
+        ``repaired``) (docs/codec.md)."""
+        mark = len(to_sender)
+        result = self._envelope(payload, to_sender)
+        if isinstance(result, tuple):
+            return repaired or (result[0], _truncate(result[1]))
+        doc = orjson.loads(payload)
+        data = doc.get("data")
+        pieces = (split_output(doc["tunnel_service_type"], doc["request_id"], data, self._max)
+                  if doc["operation_type"] == "command_response" and isinstance(data, str) else None)
+        if pieces is None:
+            del to_sender[mark:]   # a pong or 404 answer of a refused message is not sent
+            return repaired or (1009, f"message exceeds {self._max} bytes")
+        if result in (_FORWARD, _NOTED):
+            for piece in pieces:
+                to_peer.append(_header(OP_TEXT, len(piece)))
+                to_peer.append(piece)
+                if result == _NOTED:
+                    self._notes.append(piece)
+        self._messages += 1
+        self._bytes += received
         return None
 
     def _envelope(self, payload: builtins.bytes, to_sender: list[builtins.bytes]) -> int | Close:
@@ -276,6 +321,40 @@ class Decoder(FrameDecoder):
         self._id_order.append(rid)
         while len(self._id_order) > self._window:
             self._ids.discard(self._id_order.popleft())
+
+
+def _command_response(service: str, rid: str, data: str) -> builtins.bytes:
+    return orjson.dumps({"operation_type": "command_response", "tunnel_service_type": service,
+                         "request_id": rid, "data": data})
+
+
+def _escaped_len(text: str) -> int:
+    return len(orjson.dumps(text)) - 2
+
+
+def split_output(service: str, rid: str, data: str, limit: int) -> list[builtins.bytes] | None:
+    """``data`` as ``command_response`` messages of at most ``limit`` bytes each: every piece is
+    the longest prefix of what is left that fits (cut between characters); None when the room
+    the limit leaves for ``data`` is under half the limit or under 64 bytes."""
+    budget = limit - len(_command_response(service, rid, ""))
+    if budget < _MIN_SPLIT_ROOM or 2 * budget < limit:
+        return None
+    pieces: list[str] = []
+    start, n = 0, len(data)
+    while start < n:
+        end = min(n, start + budget)   # a character takes at least one byte
+        if _escaped_len(data[start:end]) > budget:
+            low, high = start + 1, end - 1   # data[start:low] fits (one character, <= 6 bytes)
+            while low < high:   # the longest prefix that fits
+                mid = (low + high + 1) // 2
+                if _escaped_len(data[start:mid]) <= budget:
+                    low = mid
+                else:
+                    high = mid - 1
+            end = low
+        pieces.append(data[start:end])
+        start = end
+    return [_command_response(service, rid, piece) for piece in pieces or [""]]
 
 
 # The AWS tunnel decoder's twin lives in its own module, which uses the helpers above; it is

@@ -223,3 +223,58 @@ def test_a_command_that_exits_the_shell():
 
 def test_nonces_differ():
     assert ExecFraming("x").nonce != ExecFraming("x").nonce
+
+
+# -- Huawei's device SDK: an answer before the login, a refusal after it (docs/device.md) -------
+
+
+def sdk_answer(request_id: str) -> str:
+    """The SDK's `connect_response`: no `data` at all, pretty-printed by cJSON."""
+    return ('{\n\t"operation_type":\t"connect_response",\n\t"tunnel_service_type":\t"ssh",\n'
+            f'\t"request_id":\t"{request_id}"\n}}')
+
+
+def test_an_answer_without_status_opens_the_session_until_the_device_refuses_it():
+    s = SourceSession("alice", "wrong", new_id=ids())
+    (connect,) = sent(s.received(message("connect_tunnel", "t")))
+    told = only(s.received(sdk_answer(connect["request_id"])), LoggedIn)
+    assert "login request" in told.text and s.phase is Phase.OPEN
+    assert sent(s.typed("id\n"))   # queued at the device behind its login, as the SDK takes them in order
+    refusal = message("disconnect", connect["request_id"],
+                      status("400", "WssClientListenerOnMsg: Create SSH channel failed"))
+    end = only(s.received(refusal), Ended)
+    assert end.error and end.exit_status is None
+    assert end.reason == "login failed (400): WssClientListenerOnMsg: Create SSH channel failed"
+
+
+def test_after_the_first_output_a_device_disconnect_is_no_longer_a_login_failure():
+    s = SourceSession("alice", "pw", new_id=ids())
+    (connect,) = sent(s.received(message("connect_tunnel", "t")))
+    s.received(sdk_answer(connect["request_id"]))
+    assert only(s.received(message("command_response", connect["request_id"], "Last login: ...\r\n$ ")), Output)
+    end = only(s.received(message("disconnect", "d", status("400", "gone"))), Ended)
+    assert end.reason == "the device ended the session (400): gone"
+
+
+def test_the_relays_own_disconnects_keep_their_meaning_while_the_login_is_unconfirmed():
+    s = SourceSession("alice", "pw", new_id=ids())
+    (connect,) = sent(s.received(message("connect_tunnel", "t")))
+    s.received(sdk_answer(connect["request_id"]))
+    assert "waiting" in only(s.received(message("disconnect", "x", status("499", "the device disconnected"))),
+                             Notice).text
+    (again,) = sent(s.received(message("connect_tunnel", "t2")))
+    s.received(sdk_answer(again["request_id"]))
+    end = only(s.received(message("disconnect", "y", status("410", "the tunnel was closed"))), Ended)
+    assert end.reason == "the relay ended the session (410): the tunnel was closed"
+
+
+def test_the_sdk_closing_its_ssh_channel_ends_the_session_without_error():
+    s = SourceSession("alice", "pw", new_id=ids())
+    (connect,) = sent(s.received(message("connect_tunnel", "t")))
+    s.received(sdk_answer(connect["request_id"]))
+    s.received(message("command_response", connect["request_id"], "$ "))
+    closed = message("disconnect", "SSH_timeout_disconnect",
+                     status("408", "SSH idles for too long, the session will be closed"))
+    end = only(s.received(closed), Ended)
+    assert not end.error and end.exit_status is None
+    assert end.reason == "the device closed the SSH session (408): SSH idles for too long, the session will be closed"

@@ -633,3 +633,165 @@ def test_forward_open_needs_a_fresh_connection_id_but_data_reuses_it(codec: Modu
 def test_tcp_service_only_when_enabled(codec: ModuleType) -> None:
     d = make(codec, codec.SOURCE)
     assert close_code(d.feed(frame(envelope("forward_open", "c", service="tcp")))) == 4400
+
+
+# ---------------------------------------------------------------- a device's oversized output
+
+SDK_DATA = "\x01" * 2000 + 'q"\\\x1b[0m é😀\r\n' * 3   # one 2048-byte read of control-dense output
+
+
+def server_texts(out: bytes) -> list[bytes]:
+    """The payloads of the server text frames in ``out`` (reference parsing, not the codec's)."""
+    found, i = [], 0
+    while i < len(out):
+        assert out[i] == 0x81
+        n, h = out[i + 1], 2
+        if n == 126:
+            n, h = int.from_bytes(out[i + 2:i + 4], "big"), 4
+        elif n == 127:
+            n, h = int.from_bytes(out[i + 2:i + 10], "big"), 10
+        found.append(out[i + h:i + h + n])
+        i += h + n
+    return found
+
+
+def sdk_message(data: str = SDK_DATA, rid: str = "cmd-7", op: str = "command_response") -> bytes:
+    """As cJSON_Print writes it: pretty-printed, controls as \\u00xx."""
+    return (f'{{\n\t"operation_type":\t"{op}",\n\t"tunnel_service_type":\t"ssh",\n\t"request_id":\t"{rid}",'
+            f'\n\t"data":\t').encode() + orjson.dumps(data) + b"\n}"
+
+
+def test_a_devices_oversized_output_is_split_within_the_limit(codec: ModuleType) -> None:
+    msg = sdk_message()
+    assert 10240 < len(msg) <= 16384
+    d = make(codec, codec.DEVICE)
+    to_peer, to_sender, close = d.feed(frame(msg))
+    assert (to_sender, close) == (b"", None)
+    pieces = [orjson.loads(p) for p in server_texts(to_peer)]
+    assert len(pieces) == 2 and all(len(p) <= 10240 for p in server_texts(to_peer))
+    assert [set(p) for p in pieces] == [{"operation_type", "tunnel_service_type", "request_id", "data"}] * 2
+    assert {(p["operation_type"], p["tunnel_service_type"], p["request_id"]) for p in pieces} == \
+        {("command_response", "ssh", "cmd-7")}
+    assert "".join(p["data"] for p in pieces) == SDK_DATA
+    # each piece is as long as the limit allows: the first one leaves no room for the next character
+    first = server_texts(to_peer)[0]
+    assert len(first) + len(orjson.dumps(pieces[1]["data"][0])) - 2 > 10240
+    assert (d.messages, d.bytes, d.closed) == (1, len(msg), False)
+
+
+def test_split_pieces_keep_their_order_among_other_messages(codec: ModuleType) -> None:
+    before, after = envelope("command_response", "a", data="1"), envelope("command_response", "b", data="2")
+    big = sdk_message("x" * 12000)
+    d = make(codec, codec.DEVICE)
+    stream = frame(before) + frame(big[:5000], fin=False) + frame(big[5000:], OP_CONT) + frame(after)
+    out = b"".join(d.feed(stream[i:i + 777])[0] for i in range(0, len(stream), 777))
+    texts = [orjson.loads(p) for p in server_texts(out)]
+    assert [t["request_id"] for t in texts] == ["a", "cmd-7", "cmd-7", "b"]
+    assert "".join(t["data"] for t in texts) == "1" + "x" * 12000 + "2"
+
+
+def test_split_cuts_between_characters_and_fits_any_limit(codec: ModuleType) -> None:
+    data = ("é😀\x00\"\\" + "a" * 7) * 600
+    for limit in (200, 1000, 4096, 10240):
+        out, _, close = make(codec, codec.DEVICE, max_message_size=limit).feed(frame(sdk_message(data)))
+        assert close is None
+        texts = server_texts(out)
+        assert all(len(t) <= limit for t in texts)
+        assert "".join(orjson.loads(t)["data"] for t in texts) == data
+
+
+def test_split_pieces_are_noted_each(codec: ModuleType) -> None:
+    seen: list[bytes] = []
+    d = codec.Decoder(codec.DEVICE, noted=("command_response",), on_note=seen.append)
+    d.peer_connected = True
+    out, _, _ = d.feed(frame(sdk_message()))
+    assert seen == server_texts(out) and len(seen) == 2
+
+
+def test_an_oversized_output_while_the_source_is_away_gets_one_answer(codec: ModuleType) -> None:
+    d = make(codec, codec.DEVICE, peer=False)
+    to_peer, to_sender, close = d.feed(frame(sdk_message()))
+    assert (to_peer, close) == (b"", None)
+    (answer,) = server_texts(to_sender)
+    assert orjson.loads(answer)["data"] == {"status_code": "404", "status_msg": "source is not connected"}
+
+
+@pytest.mark.parametrize("msg", [
+    sdk_message(op="connect_response"),
+    envelope("command_response", data=["x" * 11000], service="ssh"),
+    envelope("command_response", data=..., pad="x" * 11000),
+    envelope("ping", data="x" * 11000),
+], ids=["not-output", "data-not-a-string", "no-data", "ping"])
+def test_other_oversized_device_messages_are_refused_as_before(codec: ModuleType, msg: bytes) -> None:
+    d = make(codec, codec.DEVICE)
+    assert d.feed(frame(msg)) == (b"", b"", (1009, "message exceeds 10240 bytes"))
+
+
+def test_the_envelope_rules_come_before_the_size(codec: ModuleType) -> None:
+    d = make(codec, codec.DEVICE)
+    assert d.feed(frame(envelope("command", data="x" * 11000)))[2][0] == 4403
+    assert make(codec, codec.DEVICE).feed(frame(b"[" + b" " * 11000 + b"]"))[2][0] == 4400
+
+
+def test_the_split_ceiling(codec: ModuleType) -> None:
+    over = padded("command_response", 16385)
+    assert make(codec, codec.DEVICE).feed(frame(over)[:8]) == (b"", b"", (1009, "message exceeds 16384 bytes"))
+    out, _, close = make(codec, codec.DEVICE).feed(frame(padded("command_response", 16384)))
+    assert close is None and len(server_texts(out)) == 2
+    # a source never gets the ceiling; a limit above it is the limit on both sides
+    assert make(codec, codec.SOURCE).feed(frame(padded("command", 10241))[:8])[2] == \
+        (1009, "message exceeds 10240 bytes")
+    big = make(codec, codec.DEVICE, max_message_size=20000)
+    assert big.feed(frame(padded("command_response", 20001))[:8])[2] == (1009, "message exceeds 20000 bytes")
+
+
+def test_a_limit_too_small_to_split_refuses_as_before(codec: ModuleType) -> None:
+    # a split needs room for data of at least half the limit (and 64 bytes): pieces stay efficient
+    msg = envelope("command_response", "r", data="abcdefghij" * 20)
+    overhead = len(envelope("command_response", "r", data=""))
+    assert overhead >= 64
+    limit = 2 * overhead - 1   # room for data: overhead - 1, under half the limit
+    assert make(codec, codec.DEVICE, max_message_size=limit).feed(frame(msg))[2] == \
+        (1009, f"message exceeds {limit} bytes")
+    out, _, close = make(codec, codec.DEVICE, max_message_size=limit + 1).feed(frame(msg))
+    room = limit + 1 - overhead
+    assert close is None
+    assert "".join(orjson.loads(t)["data"] for t in server_texts(out)) == "abcdefghij" * 20
+    assert [len(orjson.loads(t)["data"]) for t in server_texts(out)] == [room, room, 200 - 2 * room]
+
+
+# ---------------------------------------------------------------- a character cut between two SDK reads
+
+def sdk_raw(read: bytes, rid: str = "cmd-9") -> bytes:
+    """What the SDK sends for one read: its bytes as they are, even a character cut in two."""
+    return (f'{{\n\t"operation_type":\t"command_response",\n\t"tunnel_service_type":\t"ssh",\n\t"request_id":\t"{rid}",'
+            f'\n\t"data":\t"').encode() + read + b'"\n}'
+
+
+def test_a_character_cut_between_two_sdk_reads_costs_the_character_not_the_session(codec: ModuleType) -> None:
+    text = "日志 中文输出 ".encode() * 200   # 3-byte characters: a 2048-byte read cuts one
+    reads = [text[:2048], text[2048:]]
+    d = make(codec, codec.DEVICE)
+    out = b""
+    for read in reads:
+        to_peer, to_sender, close = d.feed(frame(sdk_raw(read)))
+        assert (to_sender, close) == (b"", None)
+        out += to_peer
+    texts = [orjson.loads(t) for t in server_texts(out)]
+    assert {(t["operation_type"], t["request_id"]) for t in texts} == {("command_response", "cmd-9")}
+    got = "".join(t["data"] for t in texts)
+    # the cut character's bytes become U+FFFD on both sides of the cut; the rest is whole
+    assert got == "".join(read.decode("utf-8", "replace") for read in reads)
+    assert got.count("\ufffd") == 3 and got.replace("\ufffd" * 3, "中") == text.decode()
+    assert (d.messages, d.bytes) == (2, sum(len(sdk_raw(r)) for r in reads))
+
+
+@pytest.mark.parametrize("side, msg", [
+    (0, b'{"operation_type":"command","tunnel_service_type":"ssh","request_id":"r","data":"\xe4\xb8"}'),
+    (1, b'{"operation_type":"connect_response","tunnel_service_type":"ssh","request_id":"r","data":"\xe4"}'),
+    (1, b'{"operation_type":"command_response","tunnel_service_type":"ssh","request_id":"\xe4","data":"x"}'[:-2]),
+    (1, b'{"operation_type":"command_response","tunnel_service_type":"ssh","request_id":"r","data":["\xe4"]}'),
+    (1, b"\xff"),
+], ids=["source", "not-output", "not-json", "data-not-a-string", "not-json-at-all"])
+def test_other_invalid_utf8_is_refused_as_before(codec: ModuleType, side: int, msg: bytes) -> None:
+    assert make(codec, side).feed(frame(msg)) == (b"", b"", (1007, "invalid UTF-8 in text message"))

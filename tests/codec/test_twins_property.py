@@ -270,3 +270,68 @@ def test_twins_notes_on_frame_streams(data: st.DataObject, side: int, peer: bool
         notes[0].append(i)
         notes[1].append(i)
     assert notes[0] == notes[1]
+
+
+# ---------------------------------------------------------------- a device's oversized output
+
+# terminal output as Huawei's device SDK reads it: control-dense, quotes, backslashes, any text
+terminal_text = st.lists(st.sampled_from(["\x01", "\x1b[0m", "\r\n", '"', "\\", "é", "😀", "\x00", "\t", "ab"])
+                         | st.text(max_size=30), min_size=1, max_size=3000).map("".join)
+
+
+@st.composite
+def oversized_outputs(draw: st.DrawFn) -> bytes:
+    """A device `command_response` that may go over the limit: plain or pretty-printed (as cJSON
+    prints it), with a duplicate `data`, an extra field, escapes orjson would not write."""
+    rid = draw(st.sampled_from(["cmd-1", "r" * 128]) | st.text(min_size=1, max_size=20))
+    data = draw(terminal_text)
+    fields = [("operation_type", orjson.dumps("command_response")), ("tunnel_service_type", b'"ssh"'),
+              ("request_id", orjson.dumps(rid)), ("data", orjson.dumps(data))]
+    extra = draw(st.sampled_from(["", "duplicate", "field", "escaped", "cut"]))
+    if extra == "duplicate":
+        fields.insert(0, ("data", orjson.dumps(draw(terminal_text))))
+    elif extra == "field":
+        fields.append(("note", orjson.dumps(draw(json_values))))
+    elif extra == "escaped":
+        fields[3] = ("data", b'"' + b"\\u00e9\\/\\ud83d\\ude00" * draw(st.integers(1, 400)) + b'"')
+    elif extra == "cut":   # a read that cut a character, at either end or both
+        raw = "中文😀".encode() * draw(st.integers(1, 900))
+        fields[3] = ("data", b'"' + raw[draw(st.integers(0, 3)):len(raw) - draw(st.integers(0, 3))] + b'"')
+    if draw(st.booleans()):
+        return b"{\n" + b",\n".join(b'\t"' + k.encode() + b'":\t' + v for k, v in fields) + b"\n}"
+    return b"{" + b",".join(b'"' + k.encode() + b'":' + v for k, v in fields) + b"}"
+
+
+@SETTINGS
+@given(data=st.data(), msgs=st.lists(oversized_outputs(), min_size=1, max_size=3),
+       max_size=st.sampled_from([10240, 2048, 600, 150, 140, 16384]), peer=st.booleans(),
+       noted=st.sampled_from([(), ("command_response",)]))
+def test_twins_split_oversized_device_output(data: st.DataObject, msgs: list[bytes], max_size: int, peer: bool,
+                                            noted: tuple[str, ...]) -> None:
+    """Both twins split a device's oversized output into the same messages, and those are
+    within the limit and carry the whole output, in order."""
+    stream = b"".join(frame(m) for m in msgs)
+    chunks = data.draw(chunked(stream))
+    notes: tuple[list[bytes], list[bytes]] = ([], [])
+    py, rs = (impl.Decoder(1, max_message_size=max_size, noted=noted, on_note=seen.append)
+              for impl, seen in zip((PY, RS), notes))
+    py.peer_connected = rs.peer_connected = peer
+    out = b""
+    for chunk in chunks:
+        a, b = py.feed(chunk), rs.feed(chunk)
+        assert a == b, chunk
+        assert _state(py) == _state(rs)
+        out += a[0]
+    assert notes[0] == notes[1]
+    if py.closed or not peer:
+        return
+    texts, i = [], 0
+    while i < len(out):
+        n, h = out[i + 1], 2
+        if n == 126:
+            n, h = int.from_bytes(out[i + 2:i + 4], "big"), 4
+        texts.append(out[i + h:i + h + n])
+        i += h + n
+    assert all(len(t) <= max_size for t in texts)
+    want = "".join(orjson.loads(m.decode("utf-8", "replace"))["data"] for m in msgs)
+    assert "".join(orjson.loads(t)["data"] for t in texts) == want

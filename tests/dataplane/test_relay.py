@@ -532,3 +532,33 @@ async def test_socket_buffer_bounds_the_kernel_buffers_of_tunnel_sockets(relay_f
         # Linux reports twice what was set (it counts its bookkeeping); autotuning is then off.
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 65536
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * 65536
+
+
+async def test_an_sdk_devices_oversized_output_reaches_the_source_in_pieces_and_the_device_stays(tunnel):
+    """Huawei's device SDK sends each 2048-byte read of terminal output as one message, escaped
+    by cJSON: control-dense output makes ~12.4 KB. The relay splits it within the limit."""
+    from tests.sdk_device import cjson_print, cjson_string
+    source, device = await tunnel.pair()
+    await source.send_str(message("command", "cmd-1", "cat big\n"))
+    assert (await receive_json(device))["request_id"] == "cmd-1"
+    reads = [b"\x1b" * 2048, b"\x01\x02" * 1024, b"tail\r\n$ "]
+    sent = [cjson_print([("operation_type", "command_response"), ("tunnel_service_type", "ssh"),
+                         ("request_id", "cmd-1"), ("data", cjson_string(read))]) for read in reads]
+    assert [len(m) > 10240 for m in sent] == [True, True, False]
+    for text in sent:
+        await device.send_str(text)
+    got = []
+    while "".join(m["data"] for m in got) != b"".join(reads).decode():
+        msg = await source.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
+        assert len(msg.data.encode()) <= 10240
+        got.append(orjson.loads(msg.data))
+    assert {(m["operation_type"], m["request_id"]) for m in got} == {("command_response", "cmd-1")}
+    assert len(got) == 5
+    # the device kept its connection: later commands still reach it
+    await source.send_str(message("command", "cmd-2", "echo more\n"))
+    assert (await receive_json(device))["request_id"] == "cmd-2"
+    assert (await tunnel.info())["device_connect_state"]["status"] == "CONNECTED"
+    # beyond the ceiling the rule of every message holds
+    await device.send_str(message("command_response", "cmd-2", "\x1b" * 2800))
+    assert (await receive_close(device))[0] == 1009

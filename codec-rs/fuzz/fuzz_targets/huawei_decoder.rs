@@ -6,11 +6,12 @@
 //! * noting messages (`policy.noted`, a separately compiled path) changes no output;
 //! * once it has returned a close it stays closed and emits nothing;
 //! * what it writes is well-formed server frames: text frames of at most `max_message_size`
-//!   bytes holding a JSON object each, pongs and envelope replies, within `to_peer_bound`;
+//!   bytes holding a JSON object each, pongs and envelope replies, within `to_peer_max` (a
+//!   device's split output included);
 //!   notes point at forwarded payloads whose operation_type is noted; the close is sendable.
 #![no_main]
 
-use _codec_rs::decoder::{to_peer_bound, Decoder};
+use _codec_rs::decoder::{to_peer_max, Decoder};
 use _codec_rs::envelope::{Violation, DEVICE, SOURCE};
 use _codec_rs::frame::{OP_PING, OP_PONG, OP_TEXT};
 use _codec_rs::json::{self, Doc, Field};
@@ -42,7 +43,7 @@ fn run(mut d: Decoder, reads: &[&[u8]]) -> Run {
     let mut r = Run::default();
     for &read in reads {
         let was_closed = d.closed();
-        let bound = to_peer_bound(&d, read.len());
+        let bound = to_peer_max(&d, read.len());
         let (mut to_peer, mut to_sender) = (Vec::new(), Vec::new());
         let close = d.feed(read, &mut to_peer, &mut to_sender);
         if was_closed {

@@ -2,7 +2,7 @@
 // the ssh service over the source-connect WebSocket (docs/protocol.md). Plain ES module, no
 // build step; every piece of data reaches the page as text nodes, never as HTML.
 
-import { Screen, keyToText } from "/console/terminal.js";
+import { Screen, SshLogin, keyToText } from "/console/terminal.js";
 import { AuditView } from "/console/audit.js";
 
 const $ = (id) => document.getElementById(id);
@@ -489,6 +489,7 @@ class TunnelTerminal {
     this.token = token;
     this.screen = new Screen($("screen"));
     this.loggedIn = false;
+    this.sshLogin = new SshLogin();
     this.deviceThere = false;
     this.socket = null;
     this.lastReason = "";   // the latest disconnect, shown again when the connection closes
@@ -548,24 +549,35 @@ class TunnelTerminal {
         if (!$("ssh-user").value) $("ssh-user").focus(); else $("ssh-password").focus();
         break;
       case "connect_response": {
-        const code = data && data.status_code;
-        if (code === "200") {
-          this.loggedIn = true;
+        const answer = this.sshLogin.answered(data);
+        this.loggedIn = answer.accepted;
+        if (answer.accepted) {
           this.setState("logged in", "ok");
-          this.message((data && data.status_msg) || "Logged in.", "ok");
+          this.message(answer.text, "ok");
           $("ssh-password").value = "";
           $("screen").focus();
         } else {
-          this.loggedIn = false;
-          this.message(`Login failed (${code || "?"}): ${(data && data.status_msg) || "no reason given"}`, "error");
+          this.message(answer.text, "error");
         }
         this.updateControls();
         break;
       }
       case "command_response":
-        if (typeof data === "string") this.screen.write(data);
+        if (typeof data === "string") {
+          this.sshLogin.output();
+          this.screen.write(data);
+        }
         break;
       case "disconnect": {
+        const refused = this.sshLogin.refused(msg.request_id, data);
+        if (refused) {
+          this.loggedIn = false;
+          if (this.deviceThere) this.setState("device connected", "ok");
+          this.lastReason = refused;
+          this.message(refused, "error");
+          this.updateControls();
+          break;
+        }
         const code = data && data.status_code;
         const text = (data && data.status_msg) || "no reason given";
         this.loggedIn = false;

@@ -230,3 +230,55 @@ export function keyToText(event) {
   if (event.key.length === 1) return event.altKey ? "\x1b" + event.key : event.key;
   return null;
 }
+
+// What a login's answers mean: the rule of relay/client/session.py (`LoginRule`), mirrored. The
+// device agent answers `connect` with status 200 once its shell is open, or with the failure's
+// status; Huawei's device SDK answers at once with no `data` (no status), then logs in, and
+// tells a failure as a `disconnect` with status 400 and its reason (docs/device.md). So an
+// answer without a status is accepted, and until the first output a `disconnect` from the device
+// is the login failing. The relay's own disconnects keep their meaning.
+const RELAY_DISCONNECTS = new Set(["409", "410", "408", "401", "503", "504"]);
+const SDK_CHANNEL_CLOSED_ID = "SSH_timeout_disconnect";   // the SDK's 408 when its shell ended
+
+function loginStatus(data) {
+  if (!data || typeof data !== "object") return ["", ""];
+  const code = data.status_code;
+  const text = data.status_msg;
+  return [typeof code === "string" || typeof code === "number" ? String(code) : "",
+          typeof text === "string" ? text.split(/\s+/).filter(Boolean).join(" ") : ""];
+}
+
+export class SshLogin {
+  constructor() {
+    this.unconfirmed = false;   // accepted without a status, and no output seen yet
+  }
+
+  // A connect_response: { accepted, text } to tell.
+  answered(data) {
+    const [code, text] = loginStatus(data);
+    if (code === "200") {
+      this.unconfirmed = false;
+      return { accepted: true, text: text || "Logged in." };
+    }
+    if (!code) {
+      this.unconfirmed = true;
+      return { accepted: true, text: "The device took the login request (it answers before its SSH login: a refusal would follow as a disconnect)." };
+    }
+    return { accepted: false, text: `Login failed (${code}): ${text || "no reason given"}` };
+  }
+
+  output() {
+    this.unconfirmed = false;   // the shell is there: the login worked
+  }
+
+  // A disconnect: the text to tell when it is the device refusing the login, else null.
+  refused(requestId, data) {
+    const [code, text] = loginStatus(data);
+    const fromDevice = !RELAY_DISCONNECTS.has(code) || requestId === SDK_CHANNEL_CLOSED_ID;
+    if (this.unconfirmed && fromDevice && !["499", "404", "200"].includes(code)) {
+      this.unconfirmed = false;
+      return `Login failed (${code || "no status"}): ${text || "no reason given"}`;
+    }
+    return null;
+  }
+}
