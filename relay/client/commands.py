@@ -193,14 +193,22 @@ async def remote_async(args: argparse.Namespace, password: str, terminal: Termin
 async def _run_remote(api: RelayApi, args: argparse.Namespace, opened: Opened, password: str,
                       terminal: Terminal) -> int:
     assert api.http is not None
+
+    async def tunnel() -> dict | None:   # what the wait is about, for its progress lines
+        try:
+            return await api.show(opened.tunnel_id)
+        except ClientError:
+            return None
+
+    waiter = (args.device_id, tunnel)
     if args.mode == "ssh":
         session = SourceSession(args.user, password, relogin=True)
         return await interactive(api.http, opened, session, terminal, wait=args.wait, ssl=api.ssl,
-                                 set_size=args.set_size)
+                                 set_size=args.set_size, waiter=waiter)
     command = " ".join(args.command)   # as ssh does: the remote shell splits it again
     session = SourceSession(args.user, password, relogin=False)
     return await execute(api.http, opened, session, terminal, command, wait=args.wait, ssl=api.ssl,
-                         timeout=args.timeout_command, crlf=args.crlf)
+                         timeout=args.timeout_command, crlf=args.crlf, waiter=waiter)
 
 
 def closes_on_exit(created: bool, args: argparse.Namespace) -> bool:

@@ -21,10 +21,11 @@ import aiohttp
 from relay import forward
 from relay.client import output
 from relay.client.api import ClientError, RelayApi, source_uri, ssl_context
-from relay.client.remote import EXIT_FAILURE, Opened, connect, open_tunnel, take_over
+from relay.client.remote import EXIT_FAILURE, Opened, Waiter, connect, open_tunnel, take_over
 from relay.client.running import stop_on_signals, token_and_target, until
 from relay.client.session import describe_close
 from relay.client.terminal import Terminal
+from relay.client.waiting import PROGRESS_EVERY, gave_up, still_waiting
 from relay.errors import ConfigError
 
 # docs/protocol.md: the relay's disconnects that end the connection, and the close codes
@@ -54,8 +55,10 @@ class Forwarder:
 
     def __init__(self, http: aiohttp.ClientSession, opened: Opened, *, port: int, listen: tuple[str, int],
                  wait: float, ssl: ssl_.SSLContext | bool, notice: Callable[[str], None],
-                 error: Callable[[str], None], announce: Callable[[str], None]) -> None:
+                 error: Callable[[str], None], announce: Callable[[str], None],
+                 waiter: Waiter | None = None) -> None:
         self.http = http
+        self.waiter = waiter   # who we wait for and how to read the tunnel: progress lines
         self.opened = opened
         self.port = port
         self.listen = listen
@@ -97,13 +100,13 @@ class Forwarder:
                 self.notice("waiting for the device's end of the tunnel (its agent) to connect...")
                 reader = asyncio.create_task(self._read(self._ws))
                 if server is None:
-                    ready = asyncio.create_task(self.device_ready.wait())
-                    await asyncio.wait({reader, ready}, timeout=self.wait, return_when=asyncio.FIRST_COMPLETED)
-                    ready.cancel()
+                    await self._wait_for_device(reader)
                     if not self.device_ready.is_set():
                         reader.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await reader
+                        if self._final is None and self.waiter is not None:
+                            self._final = gave_up(self.waiter[0], self.wait, await self.waiter[1]())
                         self.error(self._final or f"the device did not connect within {self.wait:g} s: "
                                    "is it online, and does it run `relay agent`?")
                         return EXIT_FAILURE
@@ -197,6 +200,26 @@ class Forwarder:
             self._final = f"the relay ended the session ({code}): {text}"
             return True
         return False
+
+    async def _wait_for_device(self, reader: asyncio.Task[object]) -> None:
+        """Until the device's end is there, the WebSocket ends or --wait is over; with a
+        waiter, a line every PROGRESS_EVERY seconds on what the wait is for."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ready = asyncio.create_task(self.device_ready.wait())
+        try:
+            while not ready.done() and not reader.done():
+                left = started + self.wait - loop.time()
+                if left <= 0:
+                    return
+                step = min(left, PROGRESS_EVERY) if self.waiter is not None else left
+                await asyncio.wait({reader, ready}, timeout=step, return_when=asyncio.FIRST_COMPLETED)
+                if self.waiter is not None and not ready.done() and not reader.done() and loop.time() - started < self.wait:
+                    tunnel = await self.waiter[1]()
+                    if not self.device_ready.is_set():
+                        self.notice(still_waiting(self.waiter[0], loop.time() - started, self.wait, tunnel))
+        finally:
+            ready.cancel()
 
     # -- local connections ----------------------------------------------------------------
 
@@ -301,8 +324,19 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
                 opened = await open_tunnel(api, args.device_id, terminal.notice, expires_in=args.expires_in,
                                            description=f"relay forward to port {args.port}")
             terminal.notice("connecting to the relay...")
+            waiter: Waiter | None = None
+            if api is not None:
+                known_api = api
+
+                async def tunnel() -> dict | None:   # what the wait is about, for its progress lines
+                    try:
+                        return await known_api.show(opened.tunnel_id)
+                    except ClientError:
+                        return None
+
+                waiter = (args.device_id or f"the device of tunnel {opened.tunnel_id}", tunnel)
             forwarder = Forwarder(http, opened, port=args.port, listen=listen, wait=args.wait, ssl=ssl,
-                                  notice=terminal.notice, error=terminal.error, announce=announce)
+                                  notice=terminal.notice, error=terminal.error, announce=announce, waiter=waiter)
             if started is not None:
                 started(forwarder)
             return await until(forwarder.run(), stop, terminal.notice)

@@ -8,13 +8,17 @@ import asyncio
 import contextlib
 import dataclasses
 import ssl as ssl_
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from relay.client.api import ApiError, ClientError, RelayApi, source_uri
-from relay.client.session import Ended, Event, ExecFraming, Output, Phase, Send, SourceSession
+from relay.client.session import Ended, Event, ExecFraming, Notice, Output, Phase, Send, SourceSession
 from relay.client.terminal import Terminal
+from relay.client.waiting import PROGRESS_EVERY, gave_up, still_waiting
+
+# the device the command waits for, and how to read its tunnel (None when it cannot be read)
+Waiter = tuple[str, Callable[[], Awaitable[dict | None]]]
 
 EXIT_FAILURE = 255   # like ssh: the relay, the tunnel or the login failed, not the remote command
 
@@ -141,29 +145,43 @@ class Link:
                     break
         await self.dispatch(self.session.connection_closed(self.ws.close_code))
 
-    async def until_open(self, timeout: float) -> None:
+    async def until_open(self, timeout: float, waiter: Waiter | None = None) -> None:
         """Wait for the device and the login; the session ends with a clear reason if they
-        take longer than `timeout`."""
+        take longer than `timeout`. With a `waiter`, say every PROGRESS_EVERY seconds what the
+        wait is for and why it may not end (relay/client/waiting.py)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        started = loop.time()
+        deadline = started + timeout
+        next_progress = started + PROGRESS_EVERY
         while self.session.phase not in (Phase.OPEN, Phase.ENDED):
             self.changed.clear()
-            left = deadline - loop.time()
+            now = loop.time()
+            left = deadline - now
             if left <= 0:
-                reason = ("the device did not connect within {:g} s: is it online, and does it run `relay agent`?"
-                          if self.session.phase is Phase.WAITING else
-                          "the device did not answer the login within {:g} s").format(timeout)
+                if self.session.phase is Phase.WAITING and waiter is not None:
+                    reason = gave_up(waiter[0], timeout, await waiter[1]())
+                elif self.session.phase is Phase.WAITING:
+                    reason = f"the device did not connect within {timeout:g} s: is it online, and does it run `relay agent`?"
+                else:
+                    reason = f"the device did not answer the login within {timeout:g} s"
                 await self.dispatch(self.session.give_up(reason))
                 return
+            if waiter is not None and self.session.phase is Phase.WAITING and now >= next_progress:
+                tunnel = await waiter[1]()
+                if self.session.phase is Phase.WAITING:
+                    self.sink(Notice(still_waiting(waiter[0], now - started, timeout, tunnel)))
+                next_progress = now + PROGRESS_EVERY
+                continue
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), left)
+                await asyncio.wait_for(self.changed.wait(), min(left, max(0.0, next_progress - now)) if waiter else left)
 
     async def type(self, data: str | bytes) -> None:
         await self.dispatch(self.session.typed(data))
 
 
 async def interactive(http: aiohttp.ClientSession, opened: Opened, session: SourceSession, terminal: Terminal, *,
-                      wait: float, ssl: ssl_.SSLContext | bool = True, set_size: bool = False) -> int:
+                      wait: float, ssl: ssl_.SSLContext | bool = True, set_size: bool = False,
+                      waiter: Waiter | None = None) -> int:
     """`relay ssh`: the local terminal in raw mode, keys to the device's shell, its output back."""
     terminal.notice("connecting to the relay...")
     ws = await connect(http, opened, ssl)
@@ -178,7 +196,7 @@ async def interactive(http: aiohttp.ClientSession, opened: Opened, session: Sour
             terminal.notice(event.text)   # Notice, LoggedIn
 
     async with Link(session, ws, sink) as link:
-        await link.until_open(wait)
+        await link.until_open(wait, waiter)
         if session.phase is Phase.OPEN:
             if set_size:
                 columns, rows = terminal.size()
@@ -211,7 +229,7 @@ async def interactive(http: aiohttp.ClientSession, opened: Opened, session: Sour
 
 async def execute(http: aiohttp.ClientSession, opened: Opened, session: SourceSession, terminal: Terminal,
                   command: str, *, wait: float, ssl: ssl_.SSLContext | bool = True, timeout: float | None = None,
-                  crlf: bool = False) -> int:
+                  crlf: bool = False, waiter: Waiter | None = None) -> int:
     """`relay exec`: one command, its output on stdout, its exit status as ours."""
     framing = ExecFraming(command, crlf=crlf)
     terminal.notice("connecting to the relay...")
@@ -237,7 +255,7 @@ async def execute(http: aiohttp.ClientSession, opened: Opened, session: SourceSe
             terminal.notice(event.text)
 
     async with Link(session, ws, sink) as link:
-        await link.until_open(wait)
+        await link.until_open(wait, waiter)
         if session.phase is Phase.OPEN:
             await link.type(framing.line)
             try:
