@@ -74,7 +74,7 @@ def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
 RELAY_ACCOUNT = "relay.notifier"          # a '.' keeps it apart from every device id
 PASSWORD_FILE = "mqtt-passwd"
 RELAY_PASSWORD_FILE = "mqtt-relay-password.txt"
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")   # the agent's rule for device ids
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")   # the agent's rule for device ids
 HASH_ITERATIONS = 101      # mosquitto_passwd's; the passwords are 256 random bits, not words
 RELOAD_POLL = 1.0          # seconds between looks at the password file
 

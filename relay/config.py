@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from relay.errors import ConfigError
 
-PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

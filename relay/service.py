@@ -265,12 +265,22 @@ class TunnelService:
 
     async def run_sweeper(self) -> None:
         """Expiry and retention, forever; started by the app, cancelled on shutdown."""
+        failing = False
         while True:
             try:
                 await self.expire_due()
                 await self.purge_old()
-            except Exception:  # the store may be briefly unavailable; try again next round
-                log.exception("expiry sweep failed")
+            except Exception as exc:  # the store may be briefly unavailable; try again next round
+                # one line when it starts failing and one when it works again, not a traceback
+                # every sweep_interval (a Redis outage would fill the log)
+                if not failing:
+                    log.warning("expiry sweep failed (retrying every %g s): %s: %s",
+                                self.settings.sweep_interval, type(exc).__name__, exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("expiry sweep works again")
+                failing = False
             await asyncio.sleep(self.settings.sweep_interval)
 
     async def _settle(self, tunnel: Tunnel) -> Tunnel:

@@ -22,7 +22,7 @@ from relay.errors import ConfigError
 from relay.recording import parse_cast, play
 
 PAGE_MAX = 1000   # events per call (docs/audit.md)
-_RELATIVE = re.compile(r"^(\d{1,9})([smhd])$")
+_RELATIVE = re.compile(r"^(\d{1,9})([smhd])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

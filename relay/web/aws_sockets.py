@@ -35,7 +35,7 @@ PATH = "/tunnel"
 TOKEN_HEADER = "access-token"
 TOKEN_COOKIE = "awsiot-tunnel-token"
 CLIENT_TOKEN_HEADER = "client-token"
-CLIENT_TOKEN_RE = re.compile(r"^[a-zA-Z0-9-]{32,128}$")
+CLIENT_TOKEN_RE = re.compile(r"^[a-zA-Z0-9-]{32,128}\Z")
 _SUPPORTED = ", ".join(sorted(SUBPROTOCOLS, reverse=True))
 
 

@@ -550,7 +550,7 @@ def check_origin(request: web.Request, settings: Settings) -> None:
         "with --allowed-origins (docs/security.md)")
 
 
-_TOKEN_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]{1,256}\Z")
 
 
 async def _connect(request: web.Request, side: Side) -> web.StreamResponse:

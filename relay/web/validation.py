@@ -9,7 +9,7 @@ from typing import Any
 from relay import errors
 from relay.model import ListQuery, Side, Status, TunnelProtocol
 
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 MAX_DESCRIPTION = 1024
 MAX_CUSTOM_INFO = 4096
 MAX_BATCH = 100
@@ -17,7 +17,7 @@ MAX_LIST_LIMIT = 50
 MAX_OFFSET = 100_000
 # AWS service ids (DestinationConfig.services of AWS's OpenTunnel): 1-3 per tunnel, each 1-128
 # characters of letters, digits, ':', '_' and '-'.
-SERVICE_ID_RE = re.compile(r"^[A-Za-z0-9:_-]{1,128}$")
+SERVICE_ID_RE = re.compile(r"^[A-Za-z0-9:_-]{1,128}\Z")
 MAX_SERVICES = 3
 
 

@@ -397,3 +397,13 @@ async def test_a_second_auth_header_does_not_widen_access(relay):
     async with relay.client.request("GET", f"/v5/iot/proj-b/tunnels/{theirs['tunnel_id']}",
                                     headers=[("X-Auth-Token", TOKEN_A), ("X-Auth-Token", TOKEN_B)]) as resp:
         assert resp.status == 403  # the first header decides; a smuggled second one is ignored
+
+
+async def test_an_id_with_a_trailing_newline_is_refused(relay):
+    # `$` matches before a final newline: ids are checked to their very end
+    status, body = await relay.call("POST", BASE, json={"device_id": "dev-1\n"})
+    assert_error(status, body, errors.InvalidParameter)
+    status, body = await relay.call("GET", f"{BASE}?device_id=dev-1%0A")
+    assert_error(status, body, errors.InvalidParameter)
+    status, body = await relay.call("GET", "/v5/iot/proj-a%0A/tunnels")
+    assert status in (400, 403, 404) and status != 200, body
