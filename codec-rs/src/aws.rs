@@ -6,7 +6,8 @@
 //! are in docs/codec.md; the Python twin is relay/codec/_aws_py.py.
 
 use crate::decoder::Out;
-use crate::envelope::{Violation, SOURCE};
+use crate::close::Violation;
+use crate::envelope::SOURCE;
 use crate::frame::{client_frames, unmask_into, with_pending, write_header, DataFrames, OP_BINARY, OP_TEXT};
 
 /// Largest WebSocket frame payload accepted, and largest one written: the limit of the
@@ -25,8 +26,9 @@ pub const TYPE_SERVICE_IDS: i32 = 5;
 pub const TYPE_CONNECTION_START: i32 = 6;
 pub const TYPE_CONNECTION_RESET: i32 = 7;
 
-pub use crate::envelope::{CLOSE_INVALID_PAYLOAD, CLOSE_NOT_ALLOWED};
-pub use crate::frame::{CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA};
+pub use crate::close::{
+    CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL, CLOSE_NOT_ALLOWED, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA,
+};
 pub const CLOSE_INVALID_MESSAGE: u16 = 4400;
 
 pub const TEXT_REFUSED: &str = "text messages are not supported: this endpoint speaks the binary AWS tunnel protocol";

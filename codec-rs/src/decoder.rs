@@ -1,13 +1,13 @@
 //! Per-connection decoder: client->server frames in, server->client frames out.
 
-use crate::envelope::{split_output, Outcome, Policy, Violation, DEVICE, DEVICE_SPLIT_CEILING};
+use crate::close::Violation;
+use crate::envelope::{split_output, Outcome, Policy, DEVICE, DEVICE_SPLIT_CEILING};
 use crate::json::{self, Doc, Field};
 use crate::frame::{
     client_frames, header_len, unmask_in_place, unmask_into, with_pending, DataFrames, OP_BINARY, OP_CONT, OP_TEXT,
 };
 
-pub use crate::envelope::CLOSE_INVALID_PAYLOAD;
-pub use crate::frame::{CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA};
+pub use crate::close::{CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA};
 
 /// An append-only output buffer that can be rolled back (for rejected or answered messages).
 pub trait Out {

@@ -3,15 +3,14 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::frame::{header_len, truncate_utf8, write_header, MAX_CLOSE_REASON, OP_TEXT};
+use crate::close::{Violation, CLOSE_INVALID_PAYLOAD, CLOSE_NOT_ALLOWED};
+use crate::frame::{header_len, write_header, OP_TEXT};
 use crate::json::{self, Doc, Field};
 
 pub const SOURCE: u8 = 0;
 pub const DEVICE: u8 = 1;
 
-pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 pub const CLOSE_INVALID_ENVELOPE: u16 = 4400;
-pub const CLOSE_NOT_ALLOWED: u16 = 4403;
 pub const CLOSE_REQUEST_ID_REUSED: u16 = 4409;
 
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
@@ -23,22 +22,6 @@ pub const DEVICE_SPLIT_CEILING: usize = 16384;
 /// A split needs this much room for `data` in each piece, and at least half the limit: so the
 /// pieces never outgrow the message more than about twofold (and one character always fits).
 const MIN_SPLIT_ROOM: usize = 64;
-
-/// A violation: the close frame the server sends back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub code: u16,
-    pub reason: String,
-}
-
-impl Violation {
-    pub fn new(code: u16, reason: impl Into<String>) -> Self {
-        let mut reason: String = reason.into();
-        let keep = truncate_utf8(&reason, MAX_CLOSE_REASON).len();
-        reason.truncate(keep);
-        Violation { code, reason }
-    }
-}
 
 /// What to do with an accepted message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

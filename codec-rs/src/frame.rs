@@ -1,7 +1,7 @@
 //! RFC 6455 frame helpers: server->client frame encoding, client payload unmasking, and the
 //! client-frame loop (header checks, control frames, fragmentation) shared by both decoders.
 
-use crate::envelope::{Violation, CLOSE_INVALID_PAYLOAD};
+use crate::close::{truncate_utf8, Violation, CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, MAX_CLOSE_REASON};
 
 pub const OP_CONT: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -10,8 +10,6 @@ pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
 
-/// Longest close reason that fits a control frame (125 - 2 bytes of code).
-pub const MAX_CLOSE_REASON: usize = 123;
 /// Largest control frame payload.
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
@@ -56,18 +54,6 @@ pub fn encode_text(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(header_len(payload.len()) + payload.len());
     write_frame(&mut out, OP_TEXT, payload);
     out
-}
-
-/// Longest prefix of `s` that is at most `max` bytes and ends on a character boundary.
-pub fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Close frame payload: 2-byte code + reason truncated to 123 bytes on a UTF-8 boundary.
@@ -126,11 +112,6 @@ pub fn unmask_in_place(buf: &mut [u8], mask: [u8; 4]) {
         *b ^= mask[i & 3];
     }
 }
-
-pub const CLOSE_NORMAL: u16 = 1000;
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-pub const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
-pub const CLOSE_TOO_BIG: u16 = 1009;
 
 fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
@@ -369,12 +350,5 @@ mod tests {
         assert_eq!(encode_ping(b"hb").unwrap(), b"\x89\x02hb");
         assert!(encode_ping(&[0u8; 125]).is_some());
         assert!(encode_ping(&[0u8; 126]).is_none());
-    }
-
-    #[test]
-    fn truncation() {
-        assert_eq!(truncate_utf8("abc", 2), "ab");
-        assert_eq!(truncate_utf8("aé", 2), "a");
-        assert_eq!(truncate_utf8("aé", 3), "aé");
     }
 }

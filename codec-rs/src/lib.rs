@@ -1,6 +1,7 @@
 //! Hot-path codec of the secure-tunnel relay. The logic lives in plain-Rust modules
 //! (tested by `cargo test` without Python); this file only holds the PyO3 bindings.
 pub mod aws;
+pub mod close;
 pub mod decoder;
 pub mod envelope;
 pub mod frame;
@@ -16,7 +17,8 @@ mod bindings {
 
     use crate::aws;
     use crate::decoder::{self, Out};
-    use crate::envelope::{Violation, DEVICE, SOURCE};
+    use crate::close::Violation;
+    use crate::envelope::{DEVICE, SOURCE};
     use crate::frame;
 
     extern "C" {

@@ -15,7 +15,8 @@
 
 use _codec_rs::aws::{self, AwsDecoder, FRAME_CAP, MAX_PAYLOAD, TYPE_CONNECTION_START, TYPE_STREAM_RESET};
 use _codec_rs::aws::{TYPE_DATA, TYPE_SESSION_RESET, TYPE_SERVICE_IDS, TYPE_STREAM_START};
-use _codec_rs::envelope::{Violation, DEVICE, SOURCE};
+use _codec_rs::close::Violation;
+use _codec_rs::envelope::{DEVICE, SOURCE};
 use _codec_rs::frame::{OP_BINARY, OP_PING, OP_PONG};
 use codec_rs_fuzz::{config, seeds_of, server_frames, split, tunnel_messages, write_seeds_from_env, Input, RECORDS};
 use libfuzzer_sys::fuzz_target;

@@ -12,7 +12,8 @@
 #![no_main]
 
 use _codec_rs::decoder::{to_peer_max, Decoder};
-use _codec_rs::envelope::{Violation, DEVICE, SOURCE};
+use _codec_rs::close::Violation;
+use _codec_rs::envelope::{DEVICE, SOURCE};
 use _codec_rs::frame::{OP_PING, OP_PONG, OP_TEXT};
 use _codec_rs::json::{self, Doc, Field};
 use codec_rs_fuzz::{seeds_of, server_frames, split, write_seeds_from_env, Input, RECORDS};
