@@ -21,10 +21,10 @@ import dataclasses
 import hashlib
 import hmac
 from collections.abc import Callable
+from typing import Protocol
 
 from relay.clock import Clock
 from relay.model import Side
-from relay.store.base import TunnelStore
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,6 +85,13 @@ def bridge_refusal(secret: str, claim: BridgeClaim, credential: str, now: float)
     return None
 
 
+class ConnectStates(Protocol):
+    """Where a cluster records that an end connected or went away: the tunnel store
+    (relay/store/base.py, which sits above this module and implements it)."""
+
+    async def set_connect_state(self, tunnel_id: str, side: Side, connected: bool, when: float) -> None: ...
+
+
 class Cluster:
     """The single-replica cluster: nothing to coordinate."""
 
@@ -92,7 +99,7 @@ class Cluster:
     address = ""
     distributed = False
 
-    def __init__(self, store: TunnelStore, clock: Clock) -> None:
+    def __init__(self, store: ConnectStates, clock: Clock) -> None:
         self.store = store
         self.clock = clock
         self.handler: HintHandler | None = None

@@ -13,8 +13,9 @@ import sys
 from collections.abc import Callable, Iterable
 
 from relay.aws_messages import MAX_PAYLOAD, MessageType, ProxyMessage, decode, frame
-from relay.codec._frames_py import OP_BINARY, OP_TEXT, SOURCE, Close, FrameDecoder, _header, _truncate
-from relay.codec._py import _size_arg, _str_items, _Unraisable
+from relay.codec._frames_py import (
+    OP_BINARY, OP_TEXT, SOURCE, Close, FrameDecoder, _header, _size_arg, _str_items, _truncate, _Unraisable,
+)
 
 __all__ = ["AwsDecoder", "encode_binary", "FRAME_CAP"]
 

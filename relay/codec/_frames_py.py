@@ -24,6 +24,42 @@ MAX_CONTROL_PAYLOAD = 125
 Close = tuple[int, str]
 
 
+# Argument checks both decoders make, as the Rust bindings (codec-rs/src/lib.rs) make them.
+def _size_arg(value: int, name: str) -> int:
+    value = operator.index(value)
+    if not 0 <= value < 1 << 63:
+        raise ValueError(f"{name} must be >= 0")
+    return value
+
+
+def _str_items(value: object, what: str) -> tuple[str, ...]:
+    """An iterable of ``str`` that is not itself a ``str``."""
+    message = f"{what} must be an iterable of str"
+    if isinstance(value, str):
+        raise TypeError(message)
+    try:
+        items: tuple[object, ...] = tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(message) from None
+    strings = tuple(s for s in items if isinstance(s, str))
+    if len(strings) != len(items):
+        raise TypeError(message)
+    return strings
+
+
+class _Unraisable:
+    """The argument of ``sys.unraisablehook``, as ``PyErr_WriteUnraisable`` builds it."""
+
+    __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg", "object")
+
+    def __init__(self, exc: BaseException, obj: object) -> None:
+        self.exc_type = type(exc)
+        self.exc_value = exc
+        self.exc_traceback = exc.__traceback__
+        self.err_msg = None
+        self.object = obj
+
+
 def _truncate(text: str, limit: int = MAX_CLOSE_REASON) -> str:
     """Longest prefix of ``text`` of at most ``limit`` UTF-8 bytes that ends on a character boundary."""
     raw = text.encode()

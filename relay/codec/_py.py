@@ -15,9 +15,12 @@ from collections.abc import Callable, Iterable
 
 import orjson
 
+# The AWS tunnel decoder's twin lives in its own module; it is re-exported here so that this
+# module has the same names as relay._codec_rs.
+from relay.codec._aws_py import AwsDecoder, encode_binary
 from relay.codec._frames_py import (
     DEVICE, MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, SOURCE, Close, FrameDecoder,
-    _header, _truncate,
+    _header, _size_arg, _str_items, _truncate, _Unraisable,
 )
 
 __all__ = ["SOURCE", "DEVICE", "IMPLEMENTATION", "Decoder", "AwsDecoder", "encode_text", "encode_binary",
@@ -78,41 +81,6 @@ def encode_ping(payload: bytes = b"") -> bytes:
     if len(payload) > MAX_CONTROL_PAYLOAD:
         raise ValueError("ping payload exceeds 125 bytes")
     return _header(OP_PING, len(payload)) + payload
-
-
-def _size_arg(value: int, name: str) -> int:
-    value = operator.index(value)
-    if not 0 <= value < 1 << 63:
-        raise ValueError(f"{name} must be >= 0")
-    return value
-
-
-def _str_items(value: object, what: str) -> tuple[str, ...]:
-    """An iterable of ``str`` that is not itself a ``str``."""
-    message = f"{what} must be an iterable of str"
-    if isinstance(value, str):
-        raise TypeError(message)
-    try:
-        items: tuple[object, ...] = tuple(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(message) from None
-    strings = tuple(s for s in items if isinstance(s, str))
-    if len(strings) != len(items):
-        raise TypeError(message)
-    return strings
-
-
-class _Unraisable:
-    """The argument of ``sys.unraisablehook``, as ``PyErr_WriteUnraisable`` builds it."""
-
-    __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg", "object")
-
-    def __init__(self, exc: BaseException, obj: object) -> None:
-        self.exc_type = type(exc)
-        self.exc_value = exc
-        self.exc_traceback = exc.__traceback__
-        self.err_msg = None
-        self.object = obj
 
 
 class Decoder(FrameDecoder):
@@ -355,8 +323,3 @@ def split_output(service: str, rid: str, data: str, limit: int) -> list[builtins
         pieces.append(data[start:end])
         start = end
     return [_command_response(service, rid, piece) for piece in pieces or [""]]
-
-
-# The AWS tunnel decoder's twin lives in its own module, which uses the helpers above; it is
-# re-exported here so that this module has the same names as relay._codec_rs.
-from relay.codec._aws_py import AwsDecoder, encode_binary  # noqa: E402

@@ -26,8 +26,8 @@ from relay.model import Claim, Side, Status, Tunnel, TunnelProtocol
 from relay.protocol_aws import MODES, SUBPROTOCOLS, AwsPairing, choose_subprotocol
 from relay.tokens import hash_token, token_matches
 from relay.web import rest
-from relay.web.sockets import (HUB, Hub, TunnelConnection, _check_upgrade, tune_transport,
-                               _TOKEN_RE, _UpgradeResponse, take_over)
+from relay.web.sockets import HUB, Hub, TunnelConnection, _check_upgrade, tune_transport, _TOKEN_RE
+from relay.web.takeover import UpgradeResponse, take_over
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ async def aws_connect(request: web.Request) -> web.StreamResponse:
     hub.check_address(address)
     tunnel = await authenticate(hub, token, side, client_token)
 
-    response = _UpgradeResponse(status=101, headers={
+    response = UpgradeResponse(status=101, headers={
         hdrs.UPGRADE: "websocket", hdrs.CONNECTION: "Upgrade", hdrs.SEC_WEBSOCKET_ACCEPT: accept,
         hdrs.SEC_WEBSOCKET_PROTOCOL: subprotocol,
     })

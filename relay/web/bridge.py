@@ -27,7 +27,8 @@ from relay.cluster import (BRIDGE_CREDENTIAL_LIFETIME, BridgeClaim, Cluster, Hin
                            bridge_refusal)
 from relay.model import Side
 from relay.protocol import Pairing, Reasons
-from relay.web.sockets import End, Hub, TunnelConnection, _UpgradeResponse, take_over
+from relay.web.sockets import End, Hub, TunnelConnection
+from relay.web.takeover import UpgradeResponse, take_over
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ class Bridges:
         if isinstance(device, TunnelConnection) and device.claim is not None and device.claim.done() \
                 and not device.claim.exception() and device.claim.result() > epoch:
             raise errors.DeviceBusy("a newer device connection is here")
-        response = _UpgradeResponse(status=101, headers={"Upgrade": "relay-bridge", "Connection": "Upgrade"})
+        response = UpgradeResponse(status=101, headers={"Upgrade": "relay-bridge", "Connection": "Upgrade"})
         await response.prepare(request)
         if request.transport is None or request.transport.is_closing():
             return response

@@ -18,8 +18,7 @@ import hashlib
 import logging
 import re
 import socket
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import hdrs, web
 
@@ -35,10 +34,10 @@ from relay.sessions import SessionWatcher, TunnelAudit
 from relay.tokens import hash_token
 from relay.web import rest, validation
 from relay.web.metrics import Counters
+from relay.web.takeover import UpgradeResponse, take_over
 
 if TYPE_CHECKING:
     from relay.recording import Recording
-    from relay.web.bridge import Bridges
 
 log = logging.getLogger(__name__)
 
@@ -196,47 +195,19 @@ def tune_transport(transport: asyncio.Transport, settings: Settings) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, settings.socket_buffer)
 
 
-class _TailCatcher:
-    """Receives bytes aiohttp already read past the upgrade request (a client may send its
-    first frame without waiting for the 101)."""
+class ReplicaBridges(Protocol):
+    """What the hub and the internal port ask of the bridges between replicas (relay/web/bridge.py,
+    which imports this module)."""
 
-    def __init__(self) -> None:
-        self.data = b""
+    async def attached_here(self, conn: TunnelConnection, epoch: int) -> None: ...
 
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        self.data += data
-        return False, b""
+    def on_attached(self, hint: Hint) -> None: ...
 
-    def feed_eof(self) -> None:
-        pass
+    def after_detach(self, pairing: Pairing) -> None: ...
 
+    async def reconcile(self) -> None: ...
 
-def take_over(request: web.Request, make: Callable[[asyncio.Transport], asyncio.Protocol]) -> tuple[asyncio.Protocol, bytes]:
-    """Hand an upgraded connection to the relay's own protocol, and make aiohttp forget it.
-
-    aiohttp keeps a request handler, a parser, a task and buffers for every connection,
-    about 15 kB; a relay holding thousands of idle tunnels cannot afford that. So once the
-    101 answer is out, the transport gets our protocol, and aiohttp's protocol is told the
-    connection is gone (after losing its transport, so that it closes nothing). Returns the
-    protocol and any bytes the client sent right after its request (they are not lost).
-    tests/dataplane/test_relay.py checks that aiohttp really lets go."""
-    transport = request.transport
-    old = request.protocol
-    assert transport is not None
-    tail = _TailCatcher()
-    old.set_parser(tail)  # type: ignore[arg-type]
-    protocol = make(transport)  # type: ignore[arg-type]
-    transport.set_protocol(protocol)
-    old.transport = None
-    old.connection_lost(None)
-    return protocol, tail.data
-
-
-class _UpgradeResponse(web.StreamResponse):
-    """The 101 answer. After it the socket belongs to the relay: aiohttp writes nothing more."""
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
+    async def accept(self, request: web.Request) -> web.StreamResponse: ...
 
 
 class Hub:
@@ -250,7 +221,7 @@ class Hub:
         self.settings = settings
         self.pairings: dict[str, Pairing | AwsPairing] = {}   # a tunnel's kind of pairing (its protocol)
         self.accepting = True
-        self.bridges: Bridges | None = None   # set when the relay runs as one of several replicas
+        self.bridges: ReplicaBridges | None = None   # set when the relay runs as one of several replicas
         self.counters = Counters()
         self.per_address: dict[str, int] = {}
         self.owners: dict[str, tuple[str, str]] = {}   # tunnel id -> (project id, device id) of AWS tunnels, for the audit trail
@@ -576,7 +547,7 @@ async def _connect(request: web.Request, side: Side) -> web.StreamResponse:
         raise errors.WrongProtocol(
             "this is an AWS-protocol tunnel: connect to /tunnel?local-proxy-mode=source|destination (docs/aws.md)")
 
-    response = _UpgradeResponse(status=101, headers={
+    response = UpgradeResponse(status=101, headers={
         hdrs.UPGRADE: "websocket", hdrs.CONNECTION: "Upgrade", hdrs.SEC_WEBSOCKET_ACCEPT: accept,
     })
     if subprotocol:

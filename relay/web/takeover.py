@@ -1,0 +1,54 @@
+"""After the 101 answer: how an upgraded connection leaves aiohttp for one of the relay's own
+protocols. Every upgrade path uses it: the tunnel endpoints of both protocols
+(relay/web/sockets.py, relay/web/aws_sockets.py) and the bridges between replicas
+(relay/web/bridge.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+
+
+class _TailCatcher:
+    """Receives bytes aiohttp already read past the upgrade request (a client may send its
+    first frame without waiting for the 101)."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.data += data
+        return False, b""
+
+    def feed_eof(self) -> None:
+        pass
+
+
+def take_over(request: web.Request, make: Callable[[asyncio.Transport], asyncio.Protocol]) -> tuple[asyncio.Protocol, bytes]:
+    """Hand an upgraded connection to the relay's own protocol, and make aiohttp forget it.
+
+    aiohttp keeps a request handler, a parser, a task and buffers for every connection,
+    about 15 kB; a relay holding thousands of idle tunnels cannot afford that. So once the
+    101 answer is out, the transport gets our protocol, and aiohttp's protocol is told the
+    connection is gone (after losing its transport, so that it closes nothing). Returns the
+    protocol and any bytes the client sent right after its request (they are not lost).
+    tests/dataplane/test_relay.py checks that aiohttp really lets go."""
+    transport = request.transport
+    old = request.protocol
+    assert transport is not None
+    tail = _TailCatcher()
+    old.set_parser(tail)  # type: ignore[arg-type]
+    protocol = make(transport)  # type: ignore[arg-type]
+    transport.set_protocol(protocol)
+    old.transport = None
+    old.connection_lost(None)
+    return protocol, tail.data
+
+
+class UpgradeResponse(web.StreamResponse):
+    """The 101 answer. After it the socket belongs to the relay: aiohttp writes nothing more."""
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
