@@ -5,19 +5,24 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SOURCES := pyproject.toml codec-rs/Cargo.toml $(wildcard codec-rs/src/*.rs)
 
-.PHONY: run test test-rust test-python setup system-deps bench image clean
+.PHONY: run test lint test-rust test-python setup system-deps bench image clean
 
 ## make run: build everything and run the relay on its embedded defaults (127.0.0.1:8080)
 run: setup
 	$(VENV)/bin/relay serve
 
-## make test: build everything, install what the tests need, run the whole suite on the Rust
-## codec (a test fails if the Rust build is not the one in use, or if the container image
-## cannot be built for tests/image), then once more on the pure-Python twin
-test: setup system-deps
+## make test: build everything, install what the tests need, lint and type-check, run the whole
+## suite on the Rust codec (a test fails if the Rust build is not the one in use, or if the
+## container image cannot be built for tests/image), then once more on the pure-Python twin
+test: setup system-deps lint
 	cargo test --quiet --manifest-path codec-rs/Cargo.toml
 	RELAY_EXPECT_RUST=1 RELAY_EXPECT_IMAGE=1 $(PY) -m pytest -q
 	RELAY_CODEC=python $(PY) -m pytest -q
+
+## make lint: ruff and mypy with the rules of pyproject.toml; any finding fails
+lint: setup
+	$(PY) -m ruff check relay tests benchmarks
+	$(PY) -m mypy
 
 setup: $(STAMP)
 

@@ -251,7 +251,7 @@ class Relay:
                 break
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited: {self.proc.stderr.read().decode()}")
+                    raise RuntimeError(f"{name} exited: {self.proc.stderr.read().decode()}") from None
                 time.sleep(0.05)
         self.ps = psutil.Process(self.proc.pid)
         self.source_port = self.device_port = self.port
@@ -352,11 +352,12 @@ async def open_aws_pairs(relay: Relay, ids: list, per_tunnel_bytes: int) -> list
     pairs = []
     for _, source_token, destination_token in ids:
         _, source = await loop.create_connection(
-            lambda: AwsClient(aws_upgrade_request(relay.source_port, "source", source_token)),
+            lambda source_token=source_token: AwsClient(aws_upgrade_request(relay.source_port, "source", source_token)),
             "127.0.0.1", relay.source_port)
         await source.upgraded
         _, destination = await loop.create_connection(
-            lambda: AwsClient(aws_upgrade_request(relay.device_port, "destination", destination_token)),
+            lambda destination_token=destination_token: AwsClient(
+                aws_upgrade_request(relay.device_port, "destination", destination_token)),
             "127.0.0.1", relay.device_port)
         await destination.upgraded
         # SERVICE_IDS to both: both are attached, so the stream can start
@@ -382,11 +383,13 @@ async def measure(relay: Relay, size: int, tunnels: int, messages: int, protocol
     for tunnel_id, source_token, device_token in [] if aws else ids:
         base = f"/v5/iot/tunnels/{tunnel_id}"
         _, source = await loop.create_connection(
-            lambda: Client(upgrade_request(relay.source_port, base + "/source-connect", source_token), relay.ours),
+            lambda base=base, source_token=source_token: Client(
+                upgrade_request(relay.source_port, base + "/source-connect", source_token), relay.ours),
             "127.0.0.1", relay.source_port)
         await source.upgraded
         _, device = await loop.create_connection(
-            lambda: Client(upgrade_request(relay.device_port, base + "/device-connect", device_token), False),
+            lambda base=base, device_token=device_token: Client(
+                upgrade_request(relay.device_port, base + "/device-connect", device_token), False),
             "127.0.0.1", relay.device_port)
         await device.upgraded
         source.expected = per_tunnel * server_frame_len(len(payload))

@@ -32,10 +32,10 @@ import itertools
 import logging
 import re
 import socket
+import ssl
 import struct
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Union
 
 from relay import aws_messages
 from relay.aws_messages import MessageReader, MessageType, ProxyMessage, frame
@@ -185,7 +185,7 @@ class Notice:
     warning: bool = False
 
 
-Effect = Union[Send, Connect, Deliver, Close, Notice]
+Effect = Send | Connect | Deliver | Close | Notice
 
 
 # -- the rules ---------------------------------------------------------------------------------
@@ -607,7 +607,7 @@ class Bridge:
         target = f"{address[0]}:{address[1]}"
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), self.connect_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             why = "no answer" if isinstance(exc, asyncio.TimeoutError) else _describe(exc)
             log.warning("stream %s: cannot connect to %s: %s", _name(link.key), target, why, extra=self.extra)
             await self.local_closed(link, f"cannot connect to {target}: {why}", abort=True)
@@ -733,7 +733,7 @@ class Session:
     listeners there)."""
 
     def __init__(self, *, mode: str, endpoint: str, token: str, make_table: Callable[[int], _Table],
-                 client_token: str | None = None, highest: int = 3, ssl: object = True, heartbeat: float = 20.0,
+                 client_token: str | None = None, highest: int = 3, ssl: ssl.SSLContext | bool = True, heartbeat: float = 20.0,
                  reconnect_initial: float = 1.0, reconnect_max: float = 30.0, max_attempts: int | None = None,
                  extra: dict[str, str] | None = None,
                  on_connected: Callable[[Bridge], Awaitable[None]] | None = None) -> None:
@@ -789,7 +789,7 @@ class Session:
                                             failed=True)
                     log.warning("the relay refused the connection (HTTP %s); will retry", exc.status,
                                 extra=self.extra)
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     log.warning("cannot reach the relay at %s (%s); will retry", self.url.split("?")[0],
                                 _describe(exc) if not isinstance(exc, asyncio.TimeoutError) else "timed out",
                                 extra=self.extra)

@@ -125,7 +125,7 @@ class BrokerAccounts:
         self.relay_password_file = self.folder / RELAY_PASSWORD_FILE
 
     @contextlib.contextmanager
-    def _locked(self):  # type: ignore[no-untyped-def]
+    def _locked(self):
         """One writer at a time (the relay starting, `relay device add` in another process)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.folder / f".{PASSWORD_FILE}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -280,16 +280,14 @@ class ManagedBroker:
                     process.terminate()
                 try:
                     await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     with contextlib.suppress(ProcessLookupError):
                         process.kill()
                     await process.wait()
             log.info("stopped mosquitto")
         if self._log_task is not None:
-            try:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._log_task, STOP_TIMEOUT)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                pass
             self._log_task = None
         if self._dir is not None:
             self._dir.cleanup()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import os
 import sys
 from pathlib import Path
@@ -149,7 +148,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="redis://HOST:PORT/DB to share tunnels between replicas (docs/scaling.md); "
                         "default: the SQLite file of --db")
     p.add_argument("--replica-id", default=e("replica_id", ""), help="this replica's name (default: host name and pid)")
-    p.add_argument("--internal-port", type=_port, default=int(e("internal_port")) if e("internal_port") else None,
+    p.add_argument("--internal-port", type=_port, default=int(port) if (port := e("internal_port")) else None,
                    help="port for /livez, /readyz and replica-to-replica forwarding; needed with --store-url redis://")
     p.add_argument("--internal-host", default=e("internal_host", d.internal_host), help="address of the internal port")
     p.add_argument("--internal-address", default=e("internal_address", ""),
@@ -341,7 +340,7 @@ def _agent(args: argparse.Namespace) -> int:
     return asyncio.run(run(settings))
 
 
-def agent_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def agent_settings(args: argparse.Namespace):
     """The agent's settings from its options (AgentSettings)."""
     import re
 
@@ -469,7 +468,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
         max_message_size=args.max_message_size, sweep_interval=args.sweep_interval,
         max_connections_per_address=max(0, args.max_connections_per_address),
         socket_buffer=max(0, args.socket_buffer), aws_region=args.aws_region, sqlite_cache_kib=args.sqlite_cache_kib,
-        heartbeat_interval=args.heartbeat_interval, handshake_timeout=args.handshake_timeout, expose_device_token=not args.hide_device_token,
+        heartbeat_interval=args.heartbeat_interval, handshake_timeout=args.handshake_timeout,
+        expose_device_token=not args.hide_device_token,
         keepalive_timeout=args.keepalive_timeout, body_timeout=args.body_timeout,
         max_http_connections_per_address=max(0, args.max_http_connections_per_address),
         log_level=args.log_level, tls_cert=args.tls_cert or None, tls_key=args.tls_key or None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 HUAWEI_TIME_FORMAT = "%Y%m%dT%H%M%SZ"  # yyyyMMdd'T'HHmmss'Z', UTC
 
@@ -31,4 +31,4 @@ class ManualClock(Clock):
 def format_time(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime(HUAWEI_TIME_FORMAT)
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime(HUAWEI_TIME_FORMAT)

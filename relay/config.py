@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from typing import overload
 from urllib.parse import urlsplit
 
 from relay.errors import ConfigError
@@ -200,6 +201,14 @@ def load_api_keys(path: str | None, inline: str | None) -> tuple[ApiKey, ...]:
             raise ConfigError(f"the token of {key.name!r} is given twice")
         seen.add(key.token)
     return tuple(keys)
+
+
+@overload
+def env(name: str, default: str) -> str: ...
+
+
+@overload
+def env(name: str, default: None = None) -> str | None: ...
 
 
 def env(name: str, default: str | None = None) -> str | None:

@@ -60,18 +60,18 @@ class _TrackedStorage(PersistentStorage):
     """gmqtt's in-flight store, which also tells which packet id a publish got and when the
     broker acknowledged it (gmqtt's `publish` does not return the id)."""
 
-    def __init__(self, on_ack) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, on_ack) -> None:
         super().__init__()
         self.last_mid: int | None = None
         self._on_ack = on_ack
         self._ours: set[int] = set()
 
-    def push_message(self, mid, raw_package):  # type: ignore[no-untyped-def]
+    def push_message(self, mid, raw_package):
         super().push_message(mid, raw_package)
         self.last_mid = mid
         self._ours.add(mid)
 
-    def remove_message_by_mid(self, mid):  # type: ignore[no-untyped-def]
+    def remove_message_by_mid(self, mid):
         super().remove_message_by_mid(mid)   # called on PUBACK
         if mid in self._ours:
             self._ours.discard(mid)
@@ -81,11 +81,11 @@ class _TrackedStorage(PersistentStorage):
 class _Client(gmqtt.Client):
     """A gmqtt client that reports a lost connection instead of reconnecting by itself."""
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.lost = asyncio.Event()
 
-    async def reconnect(self, delay=False):  # type: ignore[no-untyped-def]  # gmqtt's hook on a lost link
+    async def reconnect(self, delay=False):  # gmqtt's hook on a lost link
         self.lost.set()
 
 
@@ -140,7 +140,7 @@ class Notifier:
             client = self._new_client()
             try:
                 await asyncio.wait_for(self._connect(client), CONNECT_TIMEOUT)
-            except (OSError, asyncio.TimeoutError, MQTTConnectError, ssl.SSLError) as exc:
+            except (TimeoutError, OSError, MQTTConnectError, ssl.SSLError) as exc:
                 if not announced_down:
                     log.warning("MQTT broker %s unreachable (%s); notifies wait in the outbox, retrying every %s s",
                                 self.settings.mqtt_url, _describe(exc), delay)
@@ -165,7 +165,7 @@ class Notifier:
     def _new_client(self) -> _Client:
         storage = _TrackedStorage(self._acknowledged)
         client = _Client(self.client_id, clean_session=True, persistent_storage=storage, logger=self._gmqtt_log)
-        client.storage = storage  # type: ignore[attr-defined]
+        client.storage = storage
         if self.settings.mqtt_username:
             client.set_auth_credentials(self.settings.mqtt_username, self.settings.mqtt_password)
         client.on_message = self._on_message
@@ -245,7 +245,7 @@ class Notifier:
                 continue   # closing drops the entry; this one is on its way out
             topic, payload = self._notify(tunnel, entry.device_token)
             client.publish(topic, payload, qos=1)
-            mid = client.storage.last_mid  # type: ignore[attr-defined]
+            mid = client.storage.last_mid
             if mid is not None:
                 self._in_flight[mid] = entry
             log.info("tunnel notify published", extra={"tunnel_id": tunnel.tunnel_id, "device_id": tunnel.device_id})
@@ -261,7 +261,7 @@ class Notifier:
             expires_in=tunnel.remaining_lifetime(now), now=now, custom_info=tunnel.custom_info,
         )
 
-    def _on_message(self, client, topic, payload, qos, properties):  # type: ignore[no-untyped-def]
+    def _on_message(self, client, topic, payload, qos, properties):
         device_id = device_of_presence_topic(topic)
         if device_id is None:
             return 0

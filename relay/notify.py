@@ -173,7 +173,7 @@ def quiet_gmqtt_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
-async def cancel_and_wait(task: asyncio.Task) -> None:  # type: ignore[type-arg]
+async def cancel_and_wait(task: asyncio.Task) -> None:
     """Cancel a task and wait for its end. Cancels again while it runs: on Python 3.11 a
     `wait_for` whose inner work finishes as the cancel arrives swallows the cancel."""
     while not task.done():

@@ -15,7 +15,7 @@ import dataclasses
 import enum
 import uuid
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol, Union
+from typing import Any, ClassVar, Protocol
 
 from relay import codec
 from relay.envelope import build as build_envelope
@@ -121,7 +121,7 @@ class StateChange:
     connected: bool
 
 
-Action = Union[Send, Close, Link, StateChange]
+Action = Send | Close | Link | StateChange
 
 _CODEC_SIDE = {Side.SOURCE: codec.SOURCE, Side.DEVICE: codec.DEVICE}
 

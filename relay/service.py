@@ -8,6 +8,7 @@ MQTT notifier) hear about changes that concern open sockets or devices.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import logging
 import uuid
@@ -226,8 +227,8 @@ class TunnelService:
             listener.tokens_rotated(updated, sides, device_token)
         return RotatedTokens(updated, source_token, device_token, updated.remaining_lifetime(self.clock.now()))
 
-    async def batch(self, project_id: str, tunnel_ids: list[str], action: str, *,
-                    actor: str = ACTOR_RELAY) -> list[BatchResult]:
+    async def batch(self, project_id: str, tunnel_ids: builtins.list[str], action: str, *,
+                    actor: str = ACTOR_RELAY) -> builtins.list[BatchResult]:
         operation = self.close if action == "close" else self.delete
         results = []
         for tunnel_id in tunnel_ids:

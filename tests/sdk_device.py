@@ -132,7 +132,7 @@ class SdkDevice:
                 self.ssh_host, self.ssh_port, username=data.get("username"), password=data.get("password"),
                 known_hosts=None, client_keys=None, agent_path=None, preferred_auth=("password",)), 15)
             self._shell = await self._conn.create_process(term_type="xterm", term_size=(128, 30), encoding=None)
-        except (OSError, asyncssh.Error, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncssh.Error):
             await self._end_shell()
             return False
         self._tasks.append(asyncio.create_task(self._read(self._shell)))

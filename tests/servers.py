@@ -23,7 +23,7 @@ def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float =
             return
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"{what} exited with {proc.returncode}")
+                raise RuntimeError(f"{what} exited with {proc.returncode}") from None
             time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout} s")
 

@@ -53,7 +53,7 @@ class Served:
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise AssertionError(f"relay exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+                    raise AssertionError(f"relay exited: {self.proc.stderr.read() if self.proc.stderr else ''}") from None
                 time.sleep(0.05)
         raise AssertionError("relay did not start within 15 s")
 
@@ -126,7 +126,7 @@ def test_defaults_generate_a_token_and_say_how_to_use_it(tmp_path):
         token_file = tmp_path / "var" / "api-tokens.txt"
         assert str(token_file) in "".join(lines)
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
-        token = [l for l in token_file.read_text().splitlines() if not l.startswith("#")][0].split(":", 2)[2]
+        token = [line for line in token_file.read_text().splitlines() if not line.startswith("#")][0].split(":", 2)[2]
         assert token not in "".join(lines)  # the secret itself is never printed
         assert (tmp_path / "var" / "relay.db").exists()
     finally:
@@ -186,7 +186,8 @@ def test_bad_token_entries_are_explained(tmp_path):
 
 
 def test_help_explains_every_option():
-    proc = subprocess.run([sys.executable, "-m", "relay.cli", "serve", "--help"], env=clean_env(), capture_output=True, text=True, timeout=20)
+    proc = subprocess.run([sys.executable, "-m", "relay.cli", "serve", "--help"], env=clean_env(), capture_output=True, text=True,
+                          timeout=20)
     assert proc.returncode == 0
     for option in ("--host", "--port", "--public-url", "--db", "--api-tokens-file", "--instance-id",
                    "--default-lifetime", "--closed-retention", "--max-tunnels-per-project"):
@@ -300,7 +301,8 @@ def test_json_logs_carry_tunnel_and_side_and_no_secret(tmp_path):
         async def pair() -> None:
             async with aiohttp.ClientSession() as session:
                 source = await session.ws_connect(created["tunnel_uri"], headers={"tunnel_access_token": created["tunnel_access_token"]})
-                device = await session.ws_connect(created["device_tunnel_uri"], headers={"tunnel_access_token": created["device_access_token"]})
+                device = await session.ws_connect(created["device_tunnel_uri"],
+                                                  headers={"tunnel_access_token": created["device_access_token"]})
                 await source.receive(timeout=5)
                 await device.close()
                 await source.close()

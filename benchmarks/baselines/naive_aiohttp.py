@@ -6,7 +6,6 @@ validation). No authentication: only the relaying is compared.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import orjson

@@ -113,6 +113,7 @@ async def run_destination(settings: AgentSettings, token: str, endpoint: str, *,
     stopper = asyncio.create_task(stop.wait()) if stop is not None else None
     if stopper is not None:
         waits.add(stopper)
+    stopped = False
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -120,7 +121,10 @@ async def run_destination(settings: AgentSettings, token: str, endpoint: str, *,
             stopper.cancel()
         if not main.done():
             await cancel_and_wait(main)
-            return 0
+            stopped = True
+    # Not a `return` inside `finally`: that would swallow a cancel of this task (ruff B012).
+    if stopped:
+        return 0
     main.result()
     return 255 if session.failed else 0
 

@@ -94,7 +94,7 @@ class ForwardHost:
         target = f"{self.host}:{port}"
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, port), CONNECT_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self._answer(conn_id, "502", f"cannot connect to {target}: no answer within {CONNECT_TIMEOUT:g} s")
             return
         except OSError as exc:

@@ -37,11 +37,11 @@ KEEPALIVE = 30
 class _Client(gmqtt.Client):
     """Reports a lost connection instead of reconnecting by itself."""
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.lost = asyncio.Event()
 
-    async def reconnect(self, delay=False):  # type: ignore[no-untyped-def]
+    async def reconnect(self, delay=False):
         self.lost.set()
 
 
@@ -69,7 +69,7 @@ class DeviceLink:
                 await asyncio.wait_for(client.connect(
                     self.host, self.port, ssl=mqtt_tls_context(self.settings.mqtt_url, self.settings.mqtt_ca_file),
                     keepalive=KEEPALIVE, version=MQTTv311), CONNECT_TIMEOUT)
-            except (OSError, asyncio.TimeoutError, MQTTConnectError) as exc:
+            except (TimeoutError, OSError, MQTTConnectError) as exc:
                 if not said:
                     log.warning("MQTT broker %s unreachable (%s); retrying every %s s",
                                 self.settings.mqtt_url, exc or type(exc).__name__, delay)
@@ -114,7 +114,7 @@ class DeviceLink:
         client.on_message = self._on_message
         return client
 
-    def _on_message(self, client, topic, payload, qos, properties):  # type: ignore[no-untyped-def]
+    def _on_message(self, client, topic, payload, qos, properties):
         if topic == self.aws_down and self.on_aws_notify is not None:
             try:
                 aws_notify = parse_aws_notify(payload)

@@ -25,7 +25,7 @@ import codecs
 import dataclasses
 import enum
 import random
-from typing import Any, Union
+from typing import Any
 
 import orjson
 
@@ -57,7 +57,7 @@ class CloseShell:
     reason: str
 
 
-Effect = Union[Send, OpenShell, WriteShell, CloseShell]
+Effect = Send | OpenShell | WriteShell | CloseShell
 
 
 def message(operation_type: str, request_id: str, data: Any = None) -> bytes:

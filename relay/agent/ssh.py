@@ -52,7 +52,7 @@ class Shell:
             ), timeout)
         except asyncssh.PermissionDenied:
             raise LoginFailed("401", f"SSH login to {where} as {username!r} refused: wrong user name or password") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise LoginFailed("504", f"the SSH server at {where} did not answer within {timeout:g} s") from None
         except asyncssh.HostKeyNotVerifiable as exc:
             raise LoginFailed("502", f"the SSH server at {where} has a host key that is not trusted: {exc.reason}") from None

@@ -69,7 +69,7 @@ class TunnelClient:
                     decision = ReconnectPolicy.after_refusal(exc.status)
                     log.warning("the relay refused the connection (HTTP %s): %s", exc.status, decision.value,
                                 extra=self.extra())
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     decision = Next.RECONNECT
                     log.warning("cannot reach the relay (%s); will retry", _describe(exc), extra=self.extra())
                 else:
@@ -105,7 +105,7 @@ class TunnelClient:
         try:
             await asyncio.wait_for(self._token_changed.wait(), max(0.0, limit))
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return delay is not None and left > delay
 
     def _finish(self, why: str) -> str:

@@ -7,7 +7,6 @@ Errors come back as `ApiError` (the relay's `error_code` and `error_msg`) or
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -103,7 +102,7 @@ class RelayApi:
                     return await resp.json(content_type=None)
                 except ValueError:
                     raise ApiError(resp.status, f"HTTP.{resp.status}", "the relay's answer is not JSON") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Unreachable(f"the relay at {self.url} did not answer in time") from None
         except aiohttp.ClientConnectorError as exc:
             raise Unreachable(f"cannot reach the relay at {self.url}: {exc.os_error.strerror or exc}") from None

@@ -112,7 +112,7 @@ async def fetch_recording(args: argparse.Namespace) -> bytes:
         return await api.recording(args.session_id)
 
 
-async def playback_async(args: argparse.Namespace, out: BinaryIO, err: TextIO, sleep=time.sleep) -> int:  # type: ignore[no-untyped-def]
+async def playback_async(args: argparse.Namespace, out: BinaryIO, err: TextIO, sleep=time.sleep) -> int:
     if args.speed <= 0:
         raise ConfigError("--speed must be above zero")
     if args.max_idle is not None and args.max_idle < 0:

@@ -250,7 +250,7 @@ class Forwarder:
         try:
             await self.send(forward.open_message(conn_id, self.port))
             code, text = await asyncio.wait_for(future, self.wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             code, text = "504", f"the device did not answer within {self.wait:g} s"
             with contextlib.suppress(Exception):
                 await self.send(forward.close_message(conn_id, "error: no answer to forward_open"))

@@ -95,7 +95,7 @@ async def connect(http: aiohttp.ClientSession, opened: Opened, ssl: ssl_.SSLCont
                                      autoping=True, autoclose=True, max_msg_size=0)
     except aiohttp.WSServerHandshakeError as exc:
         raise ClientError(_REFUSALS.get(exc.status, f"the relay refused the connection (HTTP {exc.status})")) from None
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise ClientError(f"cannot connect to {opened.uri}: {type(exc).__name__} {exc}".rstrip()) from None
 
 
@@ -260,7 +260,7 @@ async def execute(http: aiohttp.ClientSession, opened: Opened, session: SourceSe
             await link.type(framing.line)
             try:
                 await asyncio.wait_for(finished.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 terminal.error(f"the command did not finish within {timeout:g} s")
                 return EXIT_FAILURE
     if framing.exit_status is not None:

@@ -31,7 +31,7 @@ import secrets
 import shlex
 import uuid
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 
 from relay import envelope
@@ -72,7 +72,7 @@ class Ended:
     error: bool = True
 
 
-Event = Union[Send, Output, Notice, LoggedIn, Ended]
+Event = Send | Output | Notice | LoggedIn | Ended
 
 
 class Phase(str, enum.Enum):

@@ -13,6 +13,7 @@ never logs it."""
 from __future__ import annotations
 
 import abc
+import builtins
 
 from relay.audit import AuditEvent, AuditPage, AuditQuery
 from relay.model import Claim, CloseReason, ListQuery, Page, PendingNotify, Side, Tunnel
@@ -69,7 +70,7 @@ class TunnelStore(abc.ABC):
     async def set_connect_state(self, tunnel_id: str, side: Side, connected: bool, when: float) -> None: ...
 
     @abc.abstractmethod
-    async def due_for_expiry(self, now: float) -> list[str]:
+    async def due_for_expiry(self, now: float) -> builtins.list[str]:
         """Ids of OPEN tunnels whose lifetime has run out."""
 
     @abc.abstractmethod
@@ -88,7 +89,7 @@ class TunnelStore(abc.ABC):
         None when the tunnel is unknown or closed."""
 
     @abc.abstractmethod
-    async def pending_notifies(self, limit: int) -> list[PendingNotify]:
+    async def pending_notifies(self, limit: int) -> builtins.list[PendingNotify]:
         """Up to `limit` outbox entries waiting to be published, oldest first."""
 
     @abc.abstractmethod
@@ -98,7 +99,7 @@ class TunnelStore(abc.ABC):
         is marked DELIVERED; False when nothing matched. The entry is kept (see `renotify`)."""
 
     @abc.abstractmethod
-    async def renotify(self, device_id: str) -> list[str]:
+    async def renotify(self, device_id: str) -> builtins.list[str]:
         """The device came online: every OPEN tunnel of `device_id` (in any project) whose
         notify was delivered and whose device end is not connected gets its entry waiting again
         (notify PENDING). Returns their ids."""
@@ -110,7 +111,7 @@ class TunnelStore(abc.ABC):
     # In the same database as the tunnels: relay/store/audit_sqlite.py, audit_redis.py.
 
     @abc.abstractmethod
-    async def append_audit(self, events: list[AuditEvent]) -> None:
+    async def append_audit(self, events: builtins.list[AuditEvent]) -> None:
         """Add events, all or none. Idempotent by event_id: a batch retried after a failure
         adds nothing twice."""
 

@@ -20,6 +20,7 @@ as Lua scripts, which Redis executes atomically, so replicas sharing the store c
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -232,7 +233,7 @@ class RedisStore(TunnelStore):
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    async def _call(self, coro):  # type: ignore[no-untyped-def]
+    async def _call(self, coro):
         try:
             return await coro
         except (RedisError, OSError) as exc:
@@ -243,7 +244,7 @@ class RedisStore(TunnelStore):
                 self._k("dev", tunnel.project_id, tunnel.device_id), self._k("seq"), self._k("expiry"),
                 self._k("outbox"), self._k("outbox:order"),
                 self._k("tok", tunnel.source_token_hash), self._k("tok", tunnel.device_token_hash)]
-        args = [max_per_project, tunnel.tunnel_id, repr(tunnel.expires_at), notify_token or "", *_fields(tunnel)]
+        args: list[str | int] = [max_per_project, tunnel.tunnel_id, repr(tunnel.expires_at), notify_token or "", *_fields(tunnel)]
         result = int(await self._call(self._insert(keys=keys, args=args)))
         if result == -1:
             raise errors.DeviceBusy(f"device {tunnel.device_id!r} already has an open tunnel")
@@ -310,7 +311,7 @@ class RedisStore(TunnelStore):
     async def set_connect_state(self, tunnel_id: str, side: Side, connected: bool, when: float) -> None:
         await self._call(self._set_state(keys=[self._k("t", tunnel_id)], args=[side.value, "1" if connected else "0", repr(when)]))
 
-    async def due_for_expiry(self, now: float) -> list[str]:
+    async def due_for_expiry(self, now: float) -> builtins.list[str]:
         return list(await self._call(self.redis.zrangebyscore(self._k("expiry"), "-inf", now)))
 
     async def count_by_status(self) -> dict[str, int]:
@@ -332,7 +333,7 @@ class RedisStore(TunnelStore):
         done = await self._call(self._queue_notify(keys=keys, args=[tunnel_id, device_token]))
         return await self.get(tunnel_id) if int(done) else None
 
-    async def pending_notifies(self, limit: int) -> list[PendingNotify]:
+    async def pending_notifies(self, limit: int) -> builtins.list[PendingNotify]:
         ids = await self._call(self.redis.zrange(self._k("outbox:order"), 0, limit - 1))
         if not ids:
             return []
@@ -343,7 +344,7 @@ class RedisStore(TunnelStore):
         keys = [self._k("t", tunnel_id), self._k("outbox"), self._k("outbox:order")]
         return bool(int(await self._call(self._delivered(keys=keys, args=[tunnel_id, device_token]))))
 
-    async def renotify(self, device_id: str) -> list[str]:
+    async def renotify(self, device_id: str) -> builtins.list[str]:
         keys = [self._k("outbox"), self._k("outbox:order"), self._k("seq")]
         return list(await self._call(self._renotify(keys=keys, args=[device_id, self.prefix])))
 
@@ -352,7 +353,7 @@ class RedisStore(TunnelStore):
 
     # -- the audit trail and session recordings (relay/store/audit_redis.py) -------------
 
-    async def append_audit(self, events: list[AuditEvent]) -> None:
+    async def append_audit(self, events: builtins.list[AuditEvent]) -> None:
         await self._audit.append(events)
 
     async def query_audit(self, project_id: str, query: AuditQuery) -> AuditPage:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -127,7 +128,7 @@ class RedisCluster(Cluster):
 
     async def claim(self, tunnel_id: str, side: Side) -> int:
         keys = [self._k("lease", tunnel_id, side.value), self._k("epoch", tunnel_id, side.value), self._k("t", tunnel_id)]
-        args = [self.replica_id, self.address, self.lease_ttl_ms, repr(self.clock.now()), side.value]
+        args: list[str | int] = [self.replica_id, self.address, self.lease_ttl_ms, repr(self.clock.now()), side.value]
         return int(await self._claim(keys=keys, args=args))
 
     async def release(self, tunnel_id: str, side: Side, epoch: int) -> bool:
@@ -138,7 +139,7 @@ class RedisCluster(Cluster):
             return False  # the lease expires by itself
 
     async def owner(self, tunnel_id: str, side: Side) -> Lease | None:
-        h = await self.redis.hgetall(self._k("lease", tunnel_id, side.value))
+        h = cast(dict[str, str], await self.redis.hgetall(self._k("lease", tunnel_id, side.value)))  # decode_responses
         if not h:
             return None
         return Lease(h["replica"], h["address"], int(h["epoch"]))

@@ -14,6 +14,7 @@ truncated, so that no copy of a delivered token stays in either file (docs/secur
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 import sqlite3
@@ -309,7 +310,7 @@ class SqliteStore(TunnelStore):
             (int(connected), when, tunnel_id),
         )
 
-    async def due_for_expiry(self, now: float) -> list[str]:
+    async def due_for_expiry(self, now: float) -> builtins.list[str]:
         rows = self._db.execute(
             "SELECT tunnel_id FROM tunnels WHERE status='OPEN' AND expires_at<=? ORDER BY expires_at",
             (now,),
@@ -342,7 +343,7 @@ class SqliteStore(TunnelStore):
             raise
         return self._one("tunnel_id=?", (tunnel_id,)) if cur.rowcount else None
 
-    async def pending_notifies(self, limit: int) -> list[PendingNotify]:
+    async def pending_notifies(self, limit: int) -> builtins.list[PendingNotify]:
         rows = self._db.execute(
             "SELECT tunnel_id, device_token FROM notify_outbox WHERE delivered=0 ORDER BY rowid LIMIT ?", (limit,)
         ).fetchall()
@@ -363,7 +364,7 @@ class SqliteStore(TunnelStore):
             raise
         return cur.rowcount > 0   # the token stays in the outbox until its tunnel closes (renotify)
 
-    async def renotify(self, device_id: str) -> list[str]:
+    async def renotify(self, device_id: str) -> builtins.list[str]:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -405,7 +406,7 @@ class SqliteStore(TunnelStore):
 
     # -- the audit trail and session recordings (relay/store/audit_sqlite.py) -------------
 
-    async def append_audit(self, events: list[AuditEvent]) -> None:
+    async def append_audit(self, events: builtins.list[AuditEvent]) -> None:
         self._audit.append(events)
 
     async def query_audit(self, project_id: str, query: AuditQuery) -> AuditPage:

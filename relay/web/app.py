@@ -73,7 +73,7 @@ _HTTP_ERRORS: dict[int, type[errors.ApiError]] = {
 
 
 @web.middleware
-async def error_bodies(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def error_bodies(request: web.Request, handler):
     """Every error leaves as `{"error_code", "error_msg"}` with its HTTP status."""
     try:
         return await handler(request)
@@ -147,7 +147,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, store: TunnelS
     app.router.add_get("/healthz", health, allow_head=False)
     console.add_routes(app)  # the web console (docs/console.md)
 
-    async def sweeper(app: web.Application):  # type: ignore[no-untyped-def]
+    async def sweeper(app: web.Application):
         task = asyncio.create_task(service.run_sweeper(), name="tunnel-sweeper")
         yield
         task.cancel()
@@ -158,7 +158,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, store: TunnelS
     app.cleanup_ctx.append(sweeper)
     audit_rest.setup(app, service, settings, clock)  # docs/audit.md; after the sweeper: flushed before the store closes
 
-    async def coordination(app: web.Application):  # type: ignore[no-untyped-def]
+    async def coordination(app: web.Application):
         await cluster.start(hub.on_hint)
         reconciler = asyncio.create_task(hub.reconcile_forever()) if cluster.distributed else None
         yield
@@ -229,7 +229,7 @@ def _add_device_side(app: web.Application, settings: Settings, service: TunnelSe
         tunnel.project_id, EventType.NOTIFY_DELIVERED, actor=ACTOR_RELAY, tunnel=tunnel,
         detail={"protocol": tunnel.protocol.value})
 
-    async def device_side(app: web.Application):  # type: ignore[no-untyped-def]
+    async def device_side(app: web.Application):
         broker = None
         if accounts is not None:
             host, port, _ = parse_mqtt_url(settings.mqtt_url)

@@ -41,7 +41,7 @@ def setup(app: web.Application, service: TunnelService, settings: Settings, cloc
     app[AUDIT] = audit
     add_routes(app)
 
-    async def audit_log(app: web.Application):  # type: ignore[no-untyped-def]
+    async def audit_log(app: web.Application):
         await audit.start()
         yield
         await audit.aclose()

@@ -47,7 +47,7 @@ class AwsConnection(TunnelConnection):
 
     def __init__(self, side: Side, hub: Hub, pairing: AwsPairing, transport: asyncio.Transport, token_hash: str,
                  version: int) -> None:
-        super().__init__(side, hub, pairing, transport, token_hash)  # type: ignore[arg-type]
+        super().__init__(side, hub, pairing, transport, token_hash)
         self.version = version   # the subprotocol's: 1, 2 or 3
 
     def send_message(self, payload: bytes) -> None:

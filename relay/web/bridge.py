@@ -27,6 +27,7 @@ from relay.cluster import (BRIDGE_CREDENTIAL_LIFETIME, BridgeClaim, Cluster, Hin
                            bridge_refusal)
 from relay.model import Side
 from relay.protocol import Pairing, Reasons
+from relay.protocol_aws import AwsPairing
 from relay.web.sockets import End, Hub, TunnelConnection
 from relay.web.takeover import UpgradeResponse, take_over
 
@@ -41,7 +42,8 @@ class BridgeEnd(End):
     __slots__ = ("side", "pairing", "hub", "transport", "peer", "closing", "own_full", "peer_full",
                  "remote", "done")
 
-    def __init__(self, side: Side, pairing: Pairing, hub: Hub, transport: asyncio.Transport, remote: Lease) -> None:
+    def __init__(self, side: Side, pairing: Pairing | AwsPairing, hub: Hub, transport: asyncio.Transport,
+                 remote: Lease) -> None:
         self.side = side
         self.pairing = pairing
         self.hub = hub
@@ -115,7 +117,7 @@ class _UpgradeAnswer(asyncio.Protocol):
         self.buffer = b""
         self.answer: asyncio.Future[tuple[bytes, bytes]] = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+    def connection_made(self, transport):
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
@@ -124,7 +126,7 @@ class _UpgradeAnswer(asyncio.Protocol):
             head, _, rest = self.buffer.partition(b"\r\n\r\n")
             self.answer.set_result((head, rest))
 
-    def connection_lost(self, exc):  # type: ignore[no-untyped-def]
+    def connection_lost(self, exc):
         if not self.answer.done():
             self.answer.set_exception(ConnectionError("the other replica closed the bridge"))
 
@@ -163,7 +165,7 @@ class Bridges:
         if side is Side.SOURCE and isinstance(pairing.ends[Side.DEVICE], TunnelConnection):
             self.hub.spawn(self.bridge_device(pairing))
 
-    def after_detach(self, pairing: Pairing) -> None:
+    def after_detach(self, pairing: Pairing | AwsPairing) -> None:
         """A bridge is only worth keeping while an end here uses it."""
         if not any(isinstance(e, TunnelConnection) for e in pairing.ends.values()):
             for end in list(pairing.ends.values()):
@@ -177,7 +179,7 @@ class Bridges:
 
     # -- the device's replica opens the bridge ----------------------------------------------
 
-    async def bridge_device(self, pairing: Pairing, device_epoch: int | None = None) -> None:
+    async def bridge_device(self, pairing: Pairing | AwsPairing, device_epoch: int | None = None) -> None:
         """Bridge the device held here to the source's replica, if that is elsewhere and not
         bridged yet. `device_epoch`: the device's lease, when its claim has just been made
         (otherwise the finished claim says it)."""
@@ -200,13 +202,13 @@ class Bridges:
         self.connecting.add(tunnel_id)
         try:
             await self._open(pairing, device, device_epoch, lease)
-        except (OSError, ConnectionError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, OSError, ConnectionError, ValueError) as exc:
             log.info("could not bridge to the source's replica; will retry",
                      extra={"tunnel_id": tunnel_id, "replica": lease.replica_id, "error": str(exc)})
         finally:
             self.connecting.discard(tunnel_id)
 
-    async def _open(self, pairing: Pairing, device: TunnelConnection, device_epoch: int, lease: Lease) -> None:
+    async def _open(self, pairing: Pairing | AwsPairing, device: TunnelConnection, device_epoch: int, lease: Lease) -> None:
         host, _, port = lease.address.rpartition(":")
         claim = BridgeClaim(pairing.tunnel_id, self.cluster.replica_id, self.cluster.address, device_epoch,
                             lease.epoch, math.ceil(self.hub.service.clock.now() + BRIDGE_CREDENTIAL_LIFETIME),
@@ -240,7 +242,7 @@ class Bridges:
             if pairing.ends[Side.DEVICE] is not device or device.closing:
                 transport.close()  # the device left while the bridge was being built
                 return
-            bridge = BridgeEnd(Side.SOURCE, pairing, self.hub, transport, lease)  # type: ignore[arg-type]
+            bridge = BridgeEnd(Side.SOURCE, pairing, self.hub, transport, lease)
             transport.set_protocol(bridge)
             self.hub.apply(pairing, pairing.attach(bridge))  # links the device: `link` ends the hold
             log.info("bridged", extra={"tunnel_id": pairing.tunnel_id, "to": lease.replica_id})
@@ -281,10 +283,10 @@ class Bridges:
             raise errors.TunnelNotFound("the device end is not held by the replica that asks for the bridge")
         pairing = self.hub.pairings.get(tunnel_id)
         source = pairing.ends[Side.SOURCE] if pairing is not None else None
-        if not isinstance(source, TunnelConnection) or source.closing or source.claim is None \
+        if pairing is None or not isinstance(source, TunnelConnection) or source.closing or source.claim is None \
                 or not source.claim.done() or source.claim.exception() or source.claim.result() != expected:
             raise errors.TunnelNotFound("the source end is no longer here")
-        device = pairing.ends[Side.DEVICE]  # type: ignore[union-attr]
+        device = pairing.ends[Side.DEVICE]
         if isinstance(device, TunnelConnection) and device.claim is not None and device.claim.done() \
                 and not device.claim.exception() and device.claim.result() > epoch:
             raise errors.DeviceBusy("a newer device connection is here")
@@ -292,9 +294,9 @@ class Bridges:
         await response.prepare(request)
         if request.transport is None or request.transport.is_closing():
             return response
-        bridge, early = take_over(request, lambda t: BridgeEnd(Side.DEVICE, pairing, self.hub, t, remote))  # type: ignore[arg-type]
+        bridge, early = take_over(request, lambda t: BridgeEnd(Side.DEVICE, pairing, self.hub, t, remote))
         assert isinstance(bridge, BridgeEnd)
-        self.hub.apply(pairing, pairing.attach(bridge))  # type: ignore[union-attr]
+        self.hub.apply(pairing, pairing.attach(bridge))
         if early:
             bridge.data_received(early)
         response.force_close()

@@ -108,11 +108,11 @@ class ConnectionGuard:
         # aiohttp's handlers tell their server when they get and lose their connection; so do we.
         took, let_go = factory.connection_made, factory.connection_lost
 
-        def connection_made(handler, transport):  # type: ignore[no-untyped-def]
+        def connection_made(handler, transport):
             took(handler, transport)
             self._count(handler, transport)
 
-        def connection_lost(handler, exc=None):  # type: ignore[no-untyped-def]
+        def connection_lost(handler, exc=None):
             timer = self.timers.pop(handler, None)
             if timer is not None:
                 timer.cancel()
@@ -130,7 +130,7 @@ class ConnectionGuard:
 
     # -- connections per address ---------------------------------------------------------
 
-    def _count(self, handler, transport: asyncio.Transport) -> None:  # type: ignore[no-untyped-def]
+    def _count(self, handler, transport: asyncio.Transport) -> None:
         peer = transport.get_extra_info("peername")
         address = peer[0] if isinstance(peer, (tuple, list)) and peer else ""
         held = self.per_address.get(address, 0)
@@ -140,7 +140,7 @@ class ConnectionGuard:
         self.per_address[address] = held + 1
         self.addresses[handler] = address
 
-    def _uncount(self, handler) -> None:  # type: ignore[no-untyped-def]
+    def _uncount(self, handler) -> None:
         address = self.addresses.pop(handler, None)
         if address is None:
             return
@@ -169,12 +169,12 @@ class ConnectionGuard:
 
     # -- the first request head's deadline -------------------------------------------------
 
-    def _expire(self, handler) -> None:  # type: ignore[no-untyped-def]
+    def _expire(self, handler) -> None:
         self.timers.pop(handler, None)
         self._check(handler)
 
     @staticmethod
-    def _check(handler) -> None:  # type: ignore[no-untyped-def]
+    def _check(handler) -> None:
         transport = handler.transport
         if transport is None or transport.is_closing() or transport.get_protocol() is not handler:
             return
@@ -224,7 +224,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _hostport(address: tuple) -> str:  # type: ignore[type-arg]
+def _hostport(address: tuple) -> str:
     """host:port of a bound socket's address, as the system reports it (IPv6 hosts in brackets)."""
     host, port = address[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -249,7 +249,7 @@ def _banner(settings: Settings, token_file: str | None, *, bound: str, internal:
             f"  API token (project '{project}'): stored in {token_file}",
             "  try:",
             f"    TOKEN=$(grep -v '^#' {token_file} | head -1 | cut -d: -f3)",
-            f"    curl -s -H \"X-Auth-Token: $TOKEN\" -H 'Content-Type: application/json' \\",
+            "    curl -s -H \"X-Auth-Token: $TOKEN\" -H 'Content-Type: application/json' \\",
             f"         -d '{{\"device_id\": \"my-device\"}}' {base}/v5/iot/{project}/tunnels",
         ]
     print("\n".join(lines), flush=True)

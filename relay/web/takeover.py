@@ -40,7 +40,7 @@ def take_over(request: web.Request, make: Callable[[asyncio.Transport], asyncio.
     assert transport is not None
     tail = _TailCatcher()
     old.set_parser(tail)  # type: ignore[arg-type]
-    protocol = make(transport)  # type: ignore[arg-type]
+    protocol = make(transport)
     transport.set_protocol(protocol)
     old.transport = None
     old.connection_lost(None)

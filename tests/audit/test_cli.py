@@ -20,7 +20,7 @@ OUTPUT = ["pi@dev-1:~$ ", "uptime\r\n", " 10:00:00 up 3 days\r\n", "pi@dev-1:~$ 
 
 async def seed(relay) -> None:  # type: ignore[no-untyped-def]
     log = relay.client.server.app[AUDIT]
-    for n, (kind, actor, device, outcome, detail) in enumerate([
+    for _n, (kind, actor, device, outcome, detail) in enumerate([
         (EventType.TUNNEL_CREATED, "alice", "dev-1", "ok", {"expires_in": 600}),
         (EventType.SSH_LOGIN_FAILED, "source", "dev-1", "401", {"username": "root"}),
         (EventType.SSH_LOGIN_SUCCEEDED, "source", "dev-1", "ok", {"username": "pi"}),

@@ -9,7 +9,6 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.audit import EventType
 from relay.recording import parse_cast
 from tests.conftest import TOKEN_A2
 from tests.dataplane.conftest import Tunnel, message, receive_close, receive_json
@@ -64,7 +63,7 @@ async def test_a_scripted_tunnel_life_is_audited_once_per_event(relay_factory, m
         output = ["pi@dev-1:~$ ", "uname -a\r\nLinux dev-1 6.1.0\r\n", "pi@dev-1:~$ "]
         await source.send_str(message("command", "cmd-1", "uname -a\r"))
         await receive_json(device)
-        for n, chunk in enumerate(output):
+        for chunk in output:
             await device.send_str(message("command_response", "cmd-1", chunk))
             assert (await receive_json(source))["data"] == chunk
         await source.send_str(message("disconnect", "bye-1"))

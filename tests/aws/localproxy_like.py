@@ -47,6 +47,7 @@ import aiohttp
 
 from tests.aws.spec_client import (CONNECTION_RESET, CONNECTION_START, DATA, NAMES, SERVICE_IDS, SESSION_RESET,
                                    STREAM_RESET, STREAM_START, V1, V3, Msg, decode, frame)
+import contextlib
 
 KNOWN_3X = {DATA, STREAM_START, STREAM_RESET, SESSION_RESET, SERVICE_IDS, CONNECTION_START, CONNECTION_RESET}
 KNOWN_1X = {DATA, STREAM_START, STREAM_RESET, SESSION_RESET}
@@ -365,10 +366,8 @@ class Localproxy:
 
     async def close(self) -> None:
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
         await self.ws.close()
 
 

@@ -155,7 +155,7 @@ def reset_of(stream: int, service: str = "SSH", connection: int = 1) -> Msg:
     return Msg(STREAM_RESET, stream_id=stream, service_id=service, connection_id=connection)
 
 
-async def open_stream(source: "SpecClient", destination: "SpecClient", stream: int = 1) -> None:
+async def open_stream(source: SpecClient, destination: SpecClient, stream: int = 1) -> None:
     """A stream of SSH from `source` that reached `destination`."""
     start = Msg(STREAM_START, stream_id=stream, service_id="SSH", connection_id=1)
     await source.send(start)
@@ -237,7 +237,7 @@ class SpecClient:
         """Nothing arrives within `wait` seconds (used only where the absence is the point)."""
         try:
             msg = await asyncio.wait_for(self.recv(), wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         raise AssertionError(f"unexpected {msg}")
 

@@ -51,7 +51,7 @@ class InProcessSource:
                                  error=self.lines.append, announce=self.lines.append, **options)
         self.task: asyncio.Task[int] | None = None
 
-    async def __aenter__(self) -> "InProcessSource":
+    async def __aenter__(self) -> InProcessSource:
         self.task = asyncio.create_task(self.proxy.run())
         listening = asyncio.create_task(self.proxy.listening.wait())
         await asyncio.wait({listening, self.task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
@@ -231,8 +231,8 @@ async def test_a_notify_on_the_aws_topic_starts_the_agent_s_session(relay_factor
     made = await relay.create(DEVICE, protocol="aws", services=["SSH"])
     agent = await agent_factory(DEVICE, mosquitto.url, ssh_port=sshd.port, aws_endpoint=relay.url)
     assert agent.aws.session is None
-    payload = ('{"clientAccessToken": "%s", "clientMode": "destination", "region": "self-hosted", '
-               '"services": ["SSH"]}' % made["destination_access_token"])
+    payload = ('{"clientAccessToken": "' + made["destination_access_token"] + '", "clientMode": "destination", '
+               '"region": "self-hosted", "services": ["SSH"]}')
     await mosquitto.publish(f"$aws/things/{DEVICE}/tunnels/notify", payload)
     await eventually(lambda: agent.aws.session is not None and agent.aws.session.connected.is_set(), 20)
     async with InProcessSource(relay.url, made["source_access_token"]) as source:

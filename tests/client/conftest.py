@@ -30,7 +30,7 @@ class Cli:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             out, err = await asyncio.wait_for(proc.communicate(input.encode() if input is not None else None), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             out, err = await proc.communicate()
             raise AssertionError(f"relay {' '.join(args)} did not finish within {timeout} s: {err.decode()}") from None

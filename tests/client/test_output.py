@@ -117,7 +117,7 @@ def test_status_lines_are_sanitized_and_the_stream_is_filtered():
     assert stderr.getvalue().endswith("\r\n[relay] line one\r\nline two\\x1b[2A\r\n")
     terminal.write("\x1b[32mgreen\x1b[0m \x1b]52;c;YQ")
     terminal.write("==\x07done\r\n")
-    assert stdout.getvalue() == "\x1b[32mgreen\x1b[0m done\r\n".encode()
+    assert stdout.getvalue() == b"\x1b[32mgreen\x1b[0m done\r\n"
 
     raw = io.BytesIO()
     Terminal(stdin_fd=0, stdout=raw, stderr=stderr, raw_output=True).write("\x1b]52;c;YQ==\x07")

@@ -14,6 +14,7 @@ import termios
 
 from tests.client.conftest import DEVICE, SSH_PASSWORD
 from tests.device.conftest import eventually
+import contextlib
 
 
 async def tunnels(relay, status: str | None = None) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -141,10 +142,8 @@ class Pty:
         while self.proc.poll() is None:
             if loop.time() > deadline:
                 raise AssertionError(f"relay ssh did not exit; the terminal shows {self.seen[-2000:]!r}")
-            try:
+            with contextlib.suppress(BlockingIOError, OSError):
                 self.seen += os.read(self.master, 65536)
-            except (BlockingIOError, OSError):
-                pass
             await asyncio.sleep(0.02)
         return self.proc.returncode
 

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from tests.codec.frames import (
-    OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, envelope, frame, padded, server_text,
+    OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, envelope, frame, padded, server_text,
 )
 
 

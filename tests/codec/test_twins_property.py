@@ -20,7 +20,8 @@ PY = relay.codec.python_impl
 RS = relay.codec.rust_impl
 
 # CODEC_PROPERTY_EXAMPLES=5000 for a longer soak
-SETTINGS = settings(max_examples=int(os.environ.get("CODEC_PROPERTY_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=int(os.environ.get("CODEC_PROPERTY_EXAMPLES", "300")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 OPS = ["connect", "command", "disconnect", "ping", "connect_response", "command_response", "forward_open",
        "forward_open_response", "forward_data", "forward_ack", "forward_close", "pong", "bogus", ""]

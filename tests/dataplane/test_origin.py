@@ -39,11 +39,10 @@ ENDPOINTS = {"huawei": huawei_tunnel, "aws": aws_tunnel}
 
 async def handshake(url: str, **headers: str) -> tuple[int, dict | None]:
     """A raw upgrade: (status, the JSON error body or None)."""
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url, headers=upgrade_headers(**headers)) as resp:
-            if resp.status == 101:
-                return 101, None
-            return resp.status, orjson.loads(await resp.read())
+    async with aiohttp.ClientSession() as session, session.get(url, headers=upgrade_headers(**headers)) as resp:
+        if resp.status == 101:
+            return 101, None
+        return resp.status, orjson.loads(await resp.read())
 
 
 async def source_state(relay, tunnel_url: str) -> str | None:

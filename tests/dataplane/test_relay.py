@@ -12,7 +12,6 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.web.rest import SERVICE
 from tests.dataplane.conftest import message, receive_close, receive_json
 
 BASE = "/v5/iot/proj-a/tunnels"

@@ -94,7 +94,7 @@ class Mosquitto:
         stop_process(self.proc)
         self.proc = None
 
-    async def subscribe(self, topic: str, count: int = 1, timeout: float = 10) -> "Subscription":
+    async def subscribe(self, topic: str, count: int = 1, timeout: float = 10) -> Subscription:
         """A plain subscriber (mosquitto_sub, QoS 1) that collects `count` messages."""
         return await Subscription.start(self.port, topic, count, timeout)
 
@@ -113,7 +113,7 @@ class Subscription:
         self.proc = proc
 
     @classmethod
-    async def start(cls, port: int, topic: str, count: int, timeout: float) -> "Subscription":
+    async def start(cls, port: int, topic: str, count: int, timeout: float) -> Subscription:
         # -N: no newline added; -F %j... is not needed: one message per line with %p and a separator
         proc = await asyncio.create_subprocess_exec(
             _binary("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", topic,

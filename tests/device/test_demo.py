@@ -51,7 +51,7 @@ class DemoDevice:
             self.proc.send_signal(signal.SIGTERM)
         try:
             return await asyncio.wait_for(self.proc.wait(), 20)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.proc.kill()
             raise AssertionError("relay demo-device did not stop on SIGTERM within 20 s") from None
 

@@ -39,8 +39,8 @@ class Netns:
 
 @pytest.fixture
 def netns() -> Any:
-    """A namespace `relayf<pid>` with a veth pair; the /30 is the link-local 169.254.<pid % 256>.0/30 (a point-to-point link between two ends the test made), used
-    only on these two interfaces. Always removed at teardown."""
+    """A namespace `relayf<pid>` with a veth pair; the /30 is the link-local 169.254.<pid % 256>.0/30
+    (a point-to-point link between two ends the test made), used only on these two interfaces. Always removed at teardown."""
     pid = os.getpid()
     octet = pid % 256
     ns = Netns(f"relayf{pid}", f"rfh{pid}", f"rfn{pid}", f"169.254.{octet}.1", f"169.254.{octet}.2")

@@ -47,7 +47,7 @@ async def run(*argv: str, env: dict[str, str], timeout: float = 60) -> tuple[int
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.communicate()
         raise AssertionError(f"{argv[0]} did not finish within {timeout} s") from None
@@ -120,7 +120,8 @@ async def test_ssh_login_and_scp_of_50_mb_through_relay_forward(fleet, sshd, tmp
         _, err_bytes = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 0, err_bytes.decode()
         text = err_bytes.decode()
-        assert "waiting for the device's end of the tunnel (its agent) to connect..." in text and "-> device port" in text and "closed:" in text
+        assert "waiting for the device's end of the tunnel (its agent) to connect..." in text
+        assert "-> device port" in text and "closed:" in text
         assert [t["status"] for t in await tunnels(relay)] == ["CLOSED"]
     finally:
         if proc.returncode is None:
@@ -141,7 +142,7 @@ class InProcess:
         self.forwarder: Forwarder | None = None
         self.task: asyncio.Task[int] | None = None
 
-    async def __aenter__(self) -> "InProcess":
+    async def __aenter__(self) -> InProcess:
         def started(f: Forwarder) -> None:
             self.forwarder = f
         self.task = asyncio.create_task(forward_async(self.args, self.terminal, ("127.0.0.1", 0), None,

@@ -133,7 +133,7 @@ class Pair:
         self.sent: list[str] = []
         self.servers: list[asyncio.Server] = []
 
-    async def start(self, window: int = WINDOW) -> "Pair":
+    async def start(self, window: int = WINDOW) -> Pair:
         for _ in range(2):
             accepted: asyncio.Future = asyncio.get_running_loop().create_future()
             server = await asyncio.start_server(lambda r, w, f=accepted: f.set_result((r, w)), "127.0.0.1", 0)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -39,7 +36,7 @@ class Replica:
 
     def start(self) -> Replica:
         env = clean_env(RELAY_API_TOKENS=f"p1:rig:{TOKEN}", RELAY_LOG_LEVEL="INFO", RELAY_BRIDGE_SECRET=BRIDGE_SECRET)
-        self.log = open(self.folder / f"{self.name}.log", "ab")
+        self.log = open(self.folder / f"{self.name}.log", "ab")  # noqa: SIM115 (held until stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay.cli", "serve", "--port", str(self.port), "--public-url", self.public_url,
              "--store-url", self.redis_url, "--internal-port", str(self.internal_port), "--replica-id", self.name,

@@ -190,8 +190,8 @@ async def test_huawei_device_message_sent_while_the_bridge_is_built_is_relayed(r
 
         try:
             got = await source.receive(timeout=5)
-        except asyncio.TimeoutError:
-            raise AssertionError("the device's message, sent once the source had connect_tunnel, was not relayed")
+        except TimeoutError:
+            raise AssertionError("the device's message, sent once the source had connect_tunnel, was not relayed") from None
         assert got.type == aiohttp.WSMsgType.TEXT and got.data == up
         # and the device was not told "peer absent": the next thing it hears is the source
         down = message("command", "after", "id")
@@ -231,8 +231,8 @@ async def test_aws_destination_data_sent_while_the_bridge_is_built_is_relayed(re
         assert await destination.recv(timeout=5) == start   # not a STREAM_RESET for its DATA
         try:
             got = await source.recv(timeout=5)
-        except asyncio.TimeoutError:
-            raise AssertionError("the destination's DATA, sent once the source's end was linked, was not relayed")
+        except TimeoutError:
+            raise AssertionError("the destination's DATA, sent once the source's end was linked, was not relayed") from None
         assert got == data
         with contextlib.suppress(Exception):
             await source.close()
