@@ -32,7 +32,6 @@ import hmac
 import logging
 import os
 import pwd
-import re
 import secrets
 import shutil
 import signal
@@ -41,6 +40,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from relay import config
 from relay.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,6 @@ def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
 RELAY_ACCOUNT = "relay.notifier"          # a '.' keeps it apart from every device id
 PASSWORD_FILE = "mqtt-passwd"
 RELAY_PASSWORD_FILE = "mqtt-relay-password.txt"
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")   # the agent's rule for device ids
 HASH_ITERATIONS = 101      # mosquitto_passwd's; the passwords are 256 random bits, not words
 RELOAD_POLL = 1.0          # seconds between looks at the password file
 
@@ -176,7 +175,7 @@ class BrokerAccounts:
 
     def add_device(self, device_id: str, *, replace: bool = False) -> str:
         """Create (or with `replace`, renew) a device's account; returns its new password."""
-        if not DEVICE_ID_RE.match(device_id):
+        if not config.DEVICE_ID_RE.match(device_id):
             raise ConfigError(f"device id {device_id[:140]!r} must be 1-128 of A-Z a-z 0-9 _ -")
         with self._locked():
             entries = self._entries()

@@ -62,6 +62,11 @@ def _port_list(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ports))
 
 
+def _check_device_id(device_id: str | None) -> None:
+    if not config.DEVICE_ID_RE.match(device_id or ""):
+        raise ConfigError(f"device id {device_id!r} must be 1-128 of A-Z a-z 0-9 _ -")
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -342,12 +347,9 @@ def _agent(args: argparse.Namespace) -> int:
 
 def agent_settings(args: argparse.Namespace):
     """The agent's settings from its options (AgentSettings)."""
-    import re
-
     from relay.agent.settings import AgentSettings
 
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", args.device_id or ""):
-        raise ConfigError(f"device id {args.device_id!r} must be 1-128 of A-Z a-z 0-9 _ -")
+    _check_device_id(args.device_id)
     config.parse_mqtt_url(args.mqtt_url)
     password = args.mqtt_password or config.env("agent_mqtt_password") or _secret_file(args.mqtt_password_file)
     settings = AgentSettings(
@@ -403,13 +405,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     def run(args: argparse.Namespace) -> int:
-        import re
-
         from relay.agent.demo import run_demo
         from relay.agent.settings import AgentSettings
 
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", args.device_id or ""):
-            raise ConfigError(f"device id {args.device_id!r} must be 1-128 of A-Z a-z 0-9 _ -")
+        _check_device_id(args.device_id)
         config.parse_mqtt_url(args.mqtt_url)
         username, password = args.mqtt_username or None, config.env("agent_mqtt_password") or None
         if password is None and args.mqtt_url == f"mqtt://127.0.0.1:{MANAGED_BROKER_PORT}":

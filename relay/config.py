@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from relay.errors import ConfigError
 
 PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")   # the REST API's, the agent's and the broker's
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -142,17 +142,23 @@ fn needs_fresh_id(op: &str) -> bool {
     matches!(op, "connect" | "command" | "forward_open")
 }
 
+/// `{"operation_type":OP,"tunnel_service_type":S,"request_id":R,"data":` (orjson.dumps layout):
+/// the head every message the relay writes itself shares; the caller writes the data and `}`.
+fn envelope_head(body: &mut Vec<u8>, op: &str, service: &str, rid: &str) {
+    body.extend_from_slice(b"{\"operation_type\":");
+    json::write_str(body, op);
+    body.extend_from_slice(b",\"tunnel_service_type\":");
+    json::write_str(body, service);
+    body.extend_from_slice(b",\"request_id\":");
+    json::write_str(body, rid);
+    body.extend_from_slice(b",\"data\":");
+}
+
 /// Append a text frame whose payload is
 /// `{"operation_type":OP,"tunnel_service_type":S,"request_id":R,"data":DATA}` (orjson.dumps layout).
 fn write_reply(out: &mut Vec<u8>, op: &str, service: &str, rid: &str, data: &[&str]) {
     let mut body = Vec::with_capacity(96 + service.len() + rid.len());
-    body.extend_from_slice(b"{\"operation_type\":");
-    json::write_str(&mut body, op);
-    body.extend_from_slice(b",\"tunnel_service_type\":");
-    json::write_str(&mut body, service);
-    body.extend_from_slice(b",\"request_id\":");
-    json::write_str(&mut body, rid);
-    body.extend_from_slice(b",\"data\":");
+    envelope_head(&mut body, op, service, rid);
     if data.is_empty() {
         body.extend_from_slice(b"null");
     } else {
@@ -177,11 +183,7 @@ fn write_reply(out: &mut Vec<u8>, op: &str, service: &str, rid: &str, data: &[&s
 /// orjson.dumps writes it.
 fn command_response(service: &str, rid: &str, data: &str) -> Vec<u8> {
     let mut body = Vec::with_capacity(96 + service.len() + rid.len() + data.len());
-    body.extend_from_slice(b"{\"operation_type\":\"command_response\",\"tunnel_service_type\":");
-    json::write_str(&mut body, service);
-    body.extend_from_slice(b",\"request_id\":");
-    json::write_str(&mut body, rid);
-    body.extend_from_slice(b",\"data\":");
+    envelope_head(&mut body, "command_response", service, rid);
     json::write_str(&mut body, data);
     body.push(b'}');
     body

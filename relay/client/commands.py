@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from relay import config
 from relay.client import output
 from relay.client.api import ApiError, ClientError, RelayApi, ssl_context
-from relay.client.remote import EXIT_FAILURE, Opened, execute, interactive, open_tunnel
+from relay.client.remote import EXIT_FAILURE, Opened, execute, interactive, open_tunnel, waiter_for
 from relay.client.session import SourceSession
 from relay.client.terminal import Terminal
 from relay.errors import ConfigError
@@ -193,14 +193,7 @@ async def remote_async(args: argparse.Namespace, password: str, terminal: Termin
 async def _run_remote(api: RelayApi, args: argparse.Namespace, opened: Opened, password: str,
                       terminal: Terminal) -> int:
     assert api.http is not None
-
-    async def tunnel() -> dict | None:   # what the wait is about, for its progress lines
-        try:
-            return await api.show(opened.tunnel_id)
-        except ClientError:
-            return None
-
-    waiter = (args.device_id, tunnel)
+    waiter = waiter_for(api, args.device_id, opened.tunnel_id)
     if args.mode == "ssh":
         session = SourceSession(args.user, password, relogin=True)
         return await interactive(api.http, opened, session, terminal, wait=args.wait, ssl=api.ssl,

@@ -21,7 +21,7 @@ import aiohttp
 from relay import forward
 from relay.client import output
 from relay.client.api import ClientError, RelayApi, source_uri, ssl_context
-from relay.client.remote import EXIT_FAILURE, Opened, Waiter, connect, open_tunnel, take_over
+from relay.client.remote import EXIT_FAILURE, Opened, Waiter, connect, open_tunnel, take_over, waiter_for
 from relay.client.running import stop_on_signals, token_and_target, until
 from relay.client.session import describe_close
 from relay.client.terminal import Terminal
@@ -326,15 +326,7 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
             terminal.notice("connecting to the relay...")
             waiter: Waiter | None = None
             if api is not None:
-                known_api = api
-
-                async def tunnel() -> dict | None:   # what the wait is about, for its progress lines
-                    try:
-                        return await known_api.show(opened.tunnel_id)
-                    except ClientError:
-                        return None
-
-                waiter = (args.device_id or f"the device of tunnel {opened.tunnel_id}", tunnel)
+                waiter = waiter_for(api, args.device_id or f"the device of tunnel {opened.tunnel_id}", opened.tunnel_id)
             forwarder = Forwarder(http, opened, port=args.port, listen=listen, wait=args.wait, ssl=ssl,
                                   notice=terminal.notice, error=terminal.error, announce=announce, waiter=waiter)
             if started is not None:

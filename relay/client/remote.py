@@ -20,6 +20,17 @@ from relay.client.waiting import PROGRESS_EVERY, gave_up, still_waiting
 # the device the command waits for, and how to read its tunnel (None when it cannot be read)
 Waiter = tuple[str, Callable[[], Awaitable[dict | None]]]
 
+
+def waiter_for(api: RelayApi, device_id: str, tunnel_id: str) -> Waiter:
+    """What a waiting command reads for its progress lines: the tunnel as the REST API shows it."""
+    async def tunnel() -> dict | None:
+        try:
+            return await api.show(tunnel_id)
+        except ClientError:
+            return None
+
+    return device_id, tunnel
+
 EXIT_FAILURE = 255   # like ssh: the relay, the tunnel or the login failed, not the remote command
 
 # docs/protocol.md, "Handshake": a refused upgrade is a plain HTTP answer.

@@ -6,10 +6,10 @@ import re
 import uuid
 from typing import Any
 
-from relay import errors
+from relay import config, errors
 from relay.model import ListQuery, Side, Status, TunnelProtocol
 
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+DEVICE_ID_RE = config.DEVICE_ID_RE
 MAX_DESCRIPTION = 1024
 MAX_CUSTOM_INFO = 4096
 MAX_BATCH = 100
