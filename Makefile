@@ -19,10 +19,12 @@ test: setup system-deps lint
 	RELAY_EXPECT_RUST=1 RELAY_EXPECT_IMAGE=1 $(PY) -m pytest -q
 	RELAY_CODEC=python $(PY) -m pytest -q
 
-## make lint: ruff and mypy with the rules of pyproject.toml; any finding fails
+## make lint: ruff and mypy with the rules of pyproject.toml, and mypy.stubtest of the Rust codec's
+## stub (relay/_codec_rs.pyi) against the built module; any finding fails
 lint: setup
 	$(PY) -m ruff check relay tests benchmarks
 	$(PY) -m mypy
+	$(PY) -m mypy.stubtest relay._codec_rs
 
 setup: $(STAMP)
 

@@ -17,7 +17,7 @@ import atheris
 
 with atheris.instrument_imports():
     from relay import aws_messages  # noqa: F401  (instrumented: the protobuf rules)
-    from relay.codec import _aws_py as python_twin
+    from relay.codec._py import aws as python_twin
 
 from relay import codec
 

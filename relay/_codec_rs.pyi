@@ -1,6 +1,6 @@
 """Type stub for the Rust codec extension ``relay._codec_rs`` (same API as ``relay.codec._py``).
 
-Checked against the built module by tests/codec/test_stub.py (mypy.stubtest).
+Checked against the built module by mypy.stubtest in `make lint` and tests/codec/test_stub.py.
 """
 
 from collections.abc import Callable, Iterable

@@ -167,16 +167,17 @@ def test_every_module_has_a_layer_and_every_layer_name_a_module():
 def test_the_checks_see_a_planted_crossing_and_a_planted_circle(tmp_path):
     """The checks above fail when a line is crossed or a circle closed (in a copy of two modules)."""
     package = tmp_path / "relay"
-    (package / "codec").mkdir(parents=True)
+    (package / "codec" / "_py").mkdir(parents=True)
     (package / "codec" / "__init__.py").write_text("from relay.codec import _py\n")
-    (package / "codec" / "_py.py").write_text("from relay.codec._aws_py import AwsDecoder\n")
-    (package / "codec" / "_aws_py.py").write_text("from relay.codec._py import _size_arg\n")
+    (package / "codec" / "_py" / "__init__.py").write_text("from relay.codec._py.decoder import Decoder\n")
+    (package / "codec" / "_py" / "decoder.py").write_text("from relay.codec._py.aws import AwsDecoder\n")
+    (package / "codec" / "_py" / "aws.py").write_text("from relay.codec._py.decoder import Decoder\n")
     (package / "errors.py").write_text("from relay.web.app import make_app\n")
     (package / "web").mkdir()
     (package / "web" / "__init__.py").write_text("")
     (package / "web" / "app.py").write_text("from relay import errors\n")
     graph = import_graph(package)
-    assert circles(graph) == [["relay.codec._aws_py", "relay.codec._py"], ["relay.errors", "relay.web.app"]]
+    assert circles(graph) == [["relay.codec._py.aws", "relay.codec._py.decoder"], ["relay.errors", "relay.web.app"]]
     assert crossings(graph) == [f"relay.errors (layer 0) imports relay.web.app (layer {layer_of('relay.web')})"]
 
 

@@ -3,12 +3,11 @@
 //!
 //! The WebSocket payload bytes form a stream of tunnel messages, each a 2-byte big-endian length
 //! and a protobuf `Message` (see relay/aws_messages.py for the schema). The rules and close codes
-//! are in docs/codec.md; the Python twin is relay/codec/_aws_py.py.
+//! are in docs/codec.md; the Python twin is relay/codec/_py/aws.py.
 
-use crate::decoder::Out;
 use crate::close::Violation;
 use crate::envelope::SOURCE;
-use crate::frame::{client_frames, unmask_into, with_pending, write_header, DataFrames, OP_BINARY, OP_TEXT};
+use crate::frame::{client_frames, unmask_into, with_pending, write_header, DataFrames, Out, OP_BINARY, OP_TEXT};
 
 /// Largest WebSocket frame payload accepted, and largest one written: the limit of the
 /// `aws.iot.securetunneling-3.0` protocol (2 x (64 KiB + 2)), which the AWS local proxy uses as

@@ -4,55 +4,11 @@ use crate::close::Violation;
 use crate::envelope::{split_output, Outcome, Policy, DEVICE, DEVICE_SPLIT_CEILING};
 use crate::json::{self, Doc, Field};
 use crate::frame::{
-    client_frames, header_len, unmask_in_place, unmask_into, with_pending, DataFrames, OP_BINARY, OP_CONT, OP_TEXT,
+    client_frames, header_len, out_header, unmask_in_place, unmask_into, with_pending, DataFrames, Out, OP_BINARY,
+    OP_CONT, OP_TEXT,
 };
 
 pub use crate::close::{CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA};
-
-/// An append-only output buffer that can be rolled back (for rejected or answered messages).
-pub trait Out {
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn truncate(&mut self, len: usize);
-    fn put(&mut self, bytes: &[u8]);
-    /// The bytes written from `from` on.
-    fn tail_mut(&mut self, from: usize) -> &mut [u8];
-}
-
-impl Out for Vec<u8> {
-    #[inline]
-    fn len(&self) -> usize {
-        Vec::len(self)
-    }
-    #[inline]
-    fn truncate(&mut self, len: usize) {
-        Vec::truncate(self, len)
-    }
-    #[inline]
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes)
-    }
-    #[inline]
-    fn tail_mut(&mut self, from: usize) -> &mut [u8] {
-        &mut self[from..]
-    }
-}
-
-#[inline]
-fn out_header<O: Out>(out: &mut O, opcode: u8, len: usize) {
-    let b0 = 0x80 | opcode;
-    if len < 126 {
-        out.put(&[b0, len as u8]);
-    } else if len <= 0xFFFF {
-        let l = (len as u16).to_be_bytes();
-        out.put(&[b0, 126, l[0], l[1]]);
-    } else {
-        let l = (len as u64).to_be_bytes();
-        out.put(&[b0, 127, l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]);
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Decoder {

@@ -13,6 +13,52 @@ pub const OP_PONG: u8 = 0xA;
 /// Largest control frame payload.
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
+/// An append-only output buffer that can be rolled back (for rejected or answered messages).
+pub trait Out {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn truncate(&mut self, len: usize);
+    fn put(&mut self, bytes: &[u8]);
+    /// The bytes written from `from` on.
+    fn tail_mut(&mut self, from: usize) -> &mut [u8];
+}
+
+impl Out for Vec<u8> {
+    #[inline]
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    #[inline]
+    fn truncate(&mut self, len: usize) {
+        Vec::truncate(self, len)
+    }
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes)
+    }
+    #[inline]
+    fn tail_mut(&mut self, from: usize) -> &mut [u8] {
+        &mut self[from..]
+    }
+}
+
+/// An unmasked FIN server frame header, written to an `Out`.
+#[inline]
+pub fn out_header<O: Out>(out: &mut O, opcode: u8, len: usize) {
+    let b0 = 0x80 | opcode;
+    if len < 126 {
+        out.put(&[b0, len as u8]);
+    } else if len <= 0xFFFF {
+        let l = (len as u16).to_be_bytes();
+        out.put(&[b0, 126, l[0], l[1]]);
+    } else {
+        let l = (len as u64).to_be_bytes();
+        out.put(&[b0, 127, l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]);
+    }
+}
+
 /// Size of an unmasked server frame header for a payload of `len` bytes.
 #[inline]
 pub fn header_len(len: usize) -> usize {

@@ -16,10 +16,10 @@ mod bindings {
     use pyo3::{PyTraverseError, PyVisit};
 
     use crate::aws;
-    use crate::decoder::{self, Out};
+    use crate::decoder;
     use crate::close::Violation;
     use crate::envelope::{DEVICE, SOURCE};
-    use crate::frame;
+    use crate::frame::{self, Out};
 
     extern "C" {
         // CPython's in-place resize of a uniquely referenced bytes object (not wrapped by pyo3-ffi).
@@ -259,6 +259,15 @@ mod bindings {
         Ok(v)
     }
 
+    /// The `services` argument of both decoders (the tunnel's service types): an iterable of
+    /// `str`; None gives the decoder's default. One check, so the two decoders cannot drift.
+    fn services_arg(services: Option<&Bound<'_, PyAny>>, default: &[&str]) -> PyResult<Vec<String>> {
+        match services {
+            Some(s) if !s.is_none() => str_items(s, "services"),
+            _ => Ok(default.iter().map(|s| (*s).to_owned()).collect()),
+        }
+    }
+
     decoder_class! {
         /// A new connection replaces the old one: drop partial state, keep request-id history.
         impl Decoder {
@@ -275,22 +284,7 @@ mod bindings {
                 let side = side_arg(side)?;
                 let max = index_arg(max_message_size, "max_message_size")?;
                 let window = index_arg(request_id_window, "request_id_window")?;
-                let services: Vec<String> = match services {
-                    None => vec!["ssh".to_owned()],
-                    Some(s) => {
-                        if s.is_instance_of::<PyString>() {
-                            return Err(PyTypeError::new_err("services must be a tuple of str"));
-                        }
-                        let mut v = Vec::new();
-                        for item in s.try_iter().map_err(|_| PyTypeError::new_err("services must be a tuple of str"))? {
-                            let item = item?;
-                            let st: String =
-                                item.extract().map_err(|_| PyTypeError::new_err("services must be a tuple of str"))?;
-                            v.push(st);
-                        }
-                        v
-                    }
-                };
+                let services = services_arg(services, &["ssh"])?;
                 let noted = match noted {
                     None => Vec::new(),
                     Some(n) => str_items(n, "noted")?,
@@ -393,10 +387,7 @@ mod bindings {
                 on_stream: Option<&Bound<'_, PyAny>>,
             ) -> PyResult<Self> {
                 let side = side_arg(side)?;
-                let services = match services {
-                    None => Vec::new(),
-                    Some(s) => str_items(s, "services")?,
-                };
+                let services = services_arg(services, &[])?;
                 let max = index_arg(max_payload, "max_payload")?;
                 let on_stream = match on_stream {
                     Some(cb) if !cb.is_none() => {

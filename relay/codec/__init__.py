@@ -1,8 +1,11 @@
 """WebSocket + tunnel-envelope codec of the relay's hot path (see docs/codec.md).
 
 Two twins with the same API and the same answers: the Rust extension ``relay._codec_rs`` (used when
-built) and the pure-Python reference ``relay.codec._py``. ``RELAY_CODEC=python`` forces the Python
-twin, ``RELAY_CODEC=rust`` forces the Rust one (ImportError if it is not built).
+built; crate codec-rs/) and the pure-Python reference, the package ``relay.codec._py``, whose
+modules mirror the crate's files one to one (``frame.rs`` -> ``_py/frame.py``, ...). This facade is
+the one place that chooses: ``RELAY_CODEC=python`` forces the Python twin, ``RELAY_CODEC=rust``
+forces the Rust one (ImportError if it is not built); tests/codec/test_implementation.py fails
+under ``RELAY_EXPECT_RUST=1`` when the Rust one is not in use.
 """
 
 from __future__ import annotations

@@ -93,6 +93,14 @@ def test_decoder_bad_arguments(codec: ModuleType, kwargs: dict, exc: type[Except
         codec.Decoder(**kwargs)
 
 
+@pytest.mark.parametrize("decoder", ["Decoder", "AwsDecoder"])
+@pytest.mark.parametrize("services", ["ssh", ("ssh", 1), 5, b"ssh", [None]])
+def test_services_argument_is_checked_alike_by_both_decoders(codec: ModuleType, decoder: str, services: object) -> None:
+    """One check of the tunnel's service types for both decoders, the same on both twins."""
+    with pytest.raises(TypeError, match=r"^services must be an iterable of str$"):
+        getattr(codec, decoder)(codec.SOURCE, services=services)
+
+
 def test_feed_needs_bytes(codec: ModuleType) -> None:
     with pytest.raises(TypeError):
         make(codec).feed("text")

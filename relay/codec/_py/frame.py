@@ -1,10 +1,10 @@
-"""The WebSocket client-frame layer of the pure-Python decoders (twin of codec-rs/src/frame.rs).
+"""Twin of codec-rs/src/frame.rs: RFC 6455 frames, the layer both decoders share.
 
-Both ``Decoder`` (relay/codec/_py.py) and ``AwsDecoder`` (relay/codec/_aws_py.py) read RFC 6455
-client frames the same way: the header checks in the documented order (docs/codec.md), pongs for
-pings, the close reply, and the fragmentation bookkeeping live here, in ``FrameDecoder``. A decoder
-subclasses it and supplies what differs: ``_check_data`` (which data opcode is refused, the size
-limit) and ``_data`` (what a data frame's payload is for).
+Server->client frame encoding (``encode_text``, ``encode_close``, ``encode_ping``), client payload
+unmasking, the close reply, and the client-frame loop: the header checks in the documented order
+(docs/codec.md), pongs for pings and the fragmentation bookkeeping live in ``FrameDecoder``. A
+decoder subclasses it (Rust: implements ``DataFrames``) and supplies what differs: ``_check_data``
+(which data opcode is refused, the size limit) and ``_data`` (what a data frame's payload is for).
 """
 
 from __future__ import annotations
@@ -12,63 +12,18 @@ from __future__ import annotations
 import builtins
 import operator
 
+from relay.codec._py.close import (
+    CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, Close, truncate_utf8,
+)
+
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
 
-SOURCE: int = 0
-DEVICE: int = 1
-
-MAX_CLOSE_REASON = 123
+# Largest control frame payload.
 MAX_CONTROL_PAYLOAD = 125
 
-Close = tuple[int, str]
 
-
-# Argument checks both decoders make, as the Rust bindings (codec-rs/src/lib.rs) make them.
-def _size_arg(value: int, name: str) -> int:
-    value = operator.index(value)
-    if not 0 <= value < 1 << 63:
-        raise ValueError(f"{name} must be >= 0")
-    return value
-
-
-def _str_items(value: object, what: str) -> tuple[str, ...]:
-    """An iterable of ``str`` that is not itself a ``str``."""
-    message = f"{what} must be an iterable of str"
-    if isinstance(value, str):
-        raise TypeError(message)
-    try:
-        items: tuple[object, ...] = tuple(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(message) from None
-    strings = tuple(s for s in items if isinstance(s, str))
-    if len(strings) != len(items):
-        raise TypeError(message)
-    return strings
-
-
-class _Unraisable:
-    """The argument of ``sys.unraisablehook``, as ``PyErr_WriteUnraisable`` builds it."""
-
-    __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg", "object")
-
-    def __init__(self, exc: BaseException, obj: object) -> None:
-        self.exc_type = type(exc)
-        self.exc_value = exc
-        self.exc_traceback = exc.__traceback__
-        self.err_msg = None
-        self.object = obj
-
-
-def _truncate(text: str, limit: int = MAX_CLOSE_REASON) -> str:
-    """Longest prefix of ``text`` of at most ``limit`` UTF-8 bytes that ends on a character boundary."""
-    raw = text.encode()
-    if len(raw) <= limit:
-        return text
-    return raw[:limit].decode("utf-8", "ignore")  # only the cut character can be incomplete
-
-
-def _header(opcode: int, length: int) -> bytes:
+def write_header(opcode: int, length: int) -> bytes:
     """Unmasked FIN frame header."""
     if length < 126:
         return bytes((0x80 | opcode, length))
@@ -77,7 +32,37 @@ def _header(opcode: int, length: int) -> bytes:
     return bytes((0x80 | opcode, 127)) + length.to_bytes(8, "big")
 
 
-def _unmask(payload: bytes, mask: bytes) -> bytes:
+def encode_text(payload: bytes) -> bytes:
+    """One unmasked FIN text frame (server->client)."""
+    if not isinstance(payload, bytes):
+        raise TypeError("payload must be bytes")
+    return write_header(OP_TEXT, len(payload)) + payload
+
+
+def encode_close(code: int, reason: str = "") -> bytes:
+    """Unmasked close frame; ``reason`` is truncated to 123 bytes on a UTF-8 boundary."""
+    try:
+        code = operator.index(code)
+    except TypeError:
+        raise TypeError("code must be an int") from None
+    if not 1000 <= code <= 4999:
+        raise ValueError("close code must be in 1000..4999")
+    if not isinstance(reason, str):
+        raise TypeError("reason must be a str")
+    payload = code.to_bytes(2, "big") + truncate_utf8(reason).encode()
+    return write_header(OP_CLOSE, len(payload)) + payload
+
+
+def encode_ping(payload: bytes = b"") -> bytes:
+    """Unmasked ping frame (payload of at most 125 bytes)."""
+    if not isinstance(payload, bytes):
+        raise TypeError("payload must be bytes")
+    if len(payload) > MAX_CONTROL_PAYLOAD:
+        raise ValueError("ping payload exceeds 125 bytes")
+    return write_header(OP_PING, len(payload)) + payload
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
     n = len(payload)
     if not n:
         return b""
@@ -85,32 +70,27 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
-def _close_reply(payload: bytes) -> Close:
+def close_reply(payload: bytes) -> Close:
     """The close frame the server sends back for a client close frame payload."""
     if not payload:
-        return 1000, ""
+        return CLOSE_NORMAL, ""
     if len(payload) == 1:
-        return 1002, "close frame payload of 1 byte"
+        return CLOSE_PROTOCOL_ERROR, "close frame payload of 1 byte"
     code = int.from_bytes(payload[:2], "big")
     if not (1000 <= code <= 1003 or 1007 <= code <= 1011 or 3000 <= code <= 4999):
-        return 1002, f"invalid close code {code}"
+        return CLOSE_PROTOCOL_ERROR, f"invalid close code {code}"
     try:
         payload[2:].decode("utf-8")
     except UnicodeDecodeError:
-        return 1007, "invalid UTF-8 in close reason"
+        return CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in close reason"
     return code, ""
 
 
 class FrameDecoder:
-    """Per-connection state and frame loop shared by the decoders; one ``feed`` per socket read."""
+    """Per-connection state and frame loop shared by the decoders; one ``feed`` per socket read.
+    ``side`` is already checked (``bindings.side_arg``)."""
 
     def __init__(self, side: int) -> None:
-        try:
-            side = operator.index(side)
-        except TypeError:
-            side = -1
-        if side not in (SOURCE, DEVICE):
-            raise ValueError("side must be SOURCE (0) or DEVICE (1)")
         self._side = side
         self._peer_connected = False
         self._closed = False
@@ -157,8 +137,8 @@ class FrameDecoder:
 
     # ---- the frame loop
     def _feed_frames(self, data: builtins.bytes) -> tuple[list[builtins.bytes], list[builtins.bytes], Close | None]:
-        """The frames of the held partial frame + ``data``; after a close the frame state is dropped
-        (the caller drops its own)."""
+        """The frames of the held partial frame + ``data`` (Rust: ``with_pending``); after a close
+        the frame state is dropped (the caller drops its own)."""
         if not isinstance(data, bytes):
             raise TypeError("data must be bytes")
         to_peer: list[builtins.bytes] = []
@@ -177,7 +157,7 @@ class FrameDecoder:
 
     def _process(self, buf: builtins.bytes, to_peer: list[builtins.bytes],
                  to_sender: list[builtins.bytes]) -> tuple[int, Close | None]:
-        """Parse the complete frames of ``buf``; returns (bytes consumed, close)."""
+        """Parse the complete frames of ``buf`` (Rust: ``client_frames``); returns (bytes consumed, close)."""
         pos = 0
         end = len(buf)
         while True:
@@ -192,26 +172,26 @@ class FrameDecoder:
                 return pos, None
             # header checks, in the documented order
             if not masked:
-                return pos, (1002, "client frames must be masked")
+                return pos, (CLOSE_PROTOCOL_ERROR, "client frames must be masked")
             if b0 & 0x70:
-                return pos, (1002, "reserved bits must be zero")
+                return pos, (CLOSE_PROTOCOL_ERROR, "reserved bits must be zero")
             op = b0 & 0x0F
             if op not in _OPCODES:
-                return pos, (1002, f"unknown opcode {op}")
+                return pos, (CLOSE_PROTOCOL_ERROR, f"unknown opcode {op}")
             fin = bool(b0 & 0x80)
             length = len7 if not ext else int.from_bytes(buf[pos + 2:pos + 2 + ext], "big")
             if length >> 63:
-                return pos, (1002, "frame length has the most significant bit set")
+                return pos, (CLOSE_PROTOCOL_ERROR, "frame length has the most significant bit set")
             if op >= OP_CLOSE:
                 if not fin:
-                    return pos, (1002, "control frames must not be fragmented")
+                    return pos, (CLOSE_PROTOCOL_ERROR, "control frames must not be fragmented")
                 if length > MAX_CONTROL_PAYLOAD:
-                    return pos, (1002, "control frame payload exceeds 125 bytes")
+                    return pos, (CLOSE_PROTOCOL_ERROR, "control frame payload exceeds 125 bytes")
             else:
                 if op == OP_CONT and not self._in_message:
-                    return pos, (1002, "unexpected continuation frame")
+                    return pos, (CLOSE_PROTOCOL_ERROR, "unexpected continuation frame")
                 if op != OP_CONT and self._in_message:
-                    return pos, (1002, "expected a continuation frame")
+                    return pos, (CLOSE_PROTOCOL_ERROR, "expected a continuation frame")
                 close = self._check_data(op, length)
                 if close is not None:
                     return pos, close
@@ -219,15 +199,15 @@ class FrameDecoder:
             if end - pos - hlen < length:
                 return pos, None
             mask = buf[pos + hlen - 4:pos + hlen]
-            payload = _unmask(buf[pos + hlen:pos + hlen + length], mask)
+            payload = unmask(buf[pos + hlen:pos + hlen + length], mask)
             pos += hlen + length
             if op == OP_PING:
                 self._before_pong(to_sender)
-                to_sender.append(_header(OP_PONG, length) + payload)
+                to_sender.append(write_header(OP_PONG, length) + payload)
             elif op == OP_PONG:
                 pass
             elif op == OP_CLOSE:
-                return pos, _close_reply(payload)
+                return pos, close_reply(payload)
             else:
                 # a data frame: a message is in progress until a FIN frame ends it
                 self._in_message = not fin

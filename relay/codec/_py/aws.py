@@ -1,27 +1,29 @@
-"""Pure-Python reference twin of the Rust ``AwsDecoder`` (codec-rs/src/aws.rs).
+"""Twin of codec-rs/src/aws.rs: the AWS IoT Secure Tunneling protocol's decoder (V1-V3).
 
-The decoder of the AWS IoT Secure Tunneling protocol (V1-V3): client->server WebSocket frames in,
-the tunnel messages that break no rule out, unchanged, re-framed as server binary frames. What a
-well-formed tunnel message is, is defined by ``relay.aws_messages.decode``. The rules and close
-codes are in docs/codec.md.
+Client->server WebSocket frames in (the frame loop of ``frame.FrameDecoder``), the tunnel messages
+that break no rule out, unchanged, re-framed as server binary frames. What a well-formed tunnel
+message is, is defined by ``relay.aws_messages.decode`` (Rust parses the protobuf itself). The
+rules and close codes are in docs/codec.md.
 """
 
 from __future__ import annotations
 
 import builtins
-import sys
 from collections.abc import Callable, Iterable
 
 from relay.aws_messages import MAX_PAYLOAD, MessageType, ProxyMessage, decode, frame
-from relay.codec._frames_py import (
-    OP_BINARY, OP_TEXT, SOURCE, Close, FrameDecoder, _header, _size_arg, _str_items, _truncate, _Unraisable,
-)
+from relay.codec._py.bindings import callback_arg, services_arg, side_arg, size_arg, write_unraisable
+from relay.codec._py.close import CLOSE_NOT_ALLOWED, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, Close, truncate_utf8
+from relay.codec._py.envelope import SOURCE
+from relay.codec._py.frame import OP_BINARY, OP_TEXT, FrameDecoder, write_header
 
 __all__ = ["AwsDecoder", "encode_binary", "FRAME_CAP"]
 
 # Largest WebSocket frame payload accepted, and largest one written: the limit of the
 # aws.iot.securetunneling-3.0 protocol (2 x (64 KiB + 2)), the AWS local proxy's frame size.
 FRAME_CAP = 131076
+
+CLOSE_INVALID_MESSAGE = 4400
 
 TEXT_REFUSED = "text messages are not supported: this endpoint speaks the binary AWS tunnel protocol"
 
@@ -38,7 +40,7 @@ def encode_binary(payload: bytes) -> bytes:
     """One unmasked FIN binary frame (server->client)."""
     if not isinstance(payload, bytes):
         raise TypeError("payload must be bytes")
-    return _header(OP_BINARY, len(payload)) + payload
+    return write_header(OP_BINARY, len(payload)) + payload
 
 
 def _pack(messages: list[bytes]) -> bytes:
@@ -48,13 +50,13 @@ def _pack(messages: list[bytes]) -> bytes:
     total = 0
     for m in messages:
         if total + len(m) > FRAME_CAP:
-            out.append(_header(OP_BINARY, total))
+            out.append(write_header(OP_BINARY, total))
             out += group
             group, total = [], 0
         group.append(m)
         total += len(m)
     if group:
-        out.append(_header(OP_BINARY, total))
+        out.append(write_header(OP_BINARY, total))
         out += group
     return b"".join(out)
 
@@ -64,18 +66,16 @@ class AwsDecoder(FrameDecoder):
 
     def __init__(self, side: int, services: Iterable[str] | None = None, max_payload: int = MAX_PAYLOAD, *,
                  on_stream: Callable[[int, str, int, int, bool], object] | None = None) -> None:
-        super().__init__(side)
-        if on_stream is not None and not callable(on_stream):
-            raise TypeError("on_stream must be callable or None")
+        super().__init__(side_arg(side))
+        self._services = frozenset(services_arg(services, ()))
+        self._max_payload = size_arg(max_payload, "max_payload")
         # called after the feed with (type, service_id, stream_id, connection_id, answered) of each
         # forwarded STREAM_START, STREAM_RESET, CONNECTION_START and CONNECTION_RESET (answered
         # False), and of each STREAM_RESET answered while the peer is away (answered True)
-        self._on_stream = on_stream
+        self._on_stream = callback_arg(on_stream, "on_stream")
         self._streams: list[tuple[int, str, int, int, bool]] = []
         # per service id, the stream this end was last told is over: not answered again
         self._answered: dict[str, int] = {}
-        self._services = frozenset(() if services is None else _str_items(services, "services"))
-        self._max_payload = _size_arg(max_payload, "max_payload")
         self._stream = b""  # unmasked bytes of an incomplete tunnel message
         self._replies: list[builtins.bytes] = []  # STREAM_RESET answers not yet written to to_sender
 
@@ -115,7 +115,7 @@ class AwsDecoder(FrameDecoder):
                 try:
                     self._on_stream(*event)  # type: ignore[misc]
                 except Exception as exc:  # as the Rust twin: reported, the feed goes on
-                    sys.unraisablehook(_Unraisable(exc, self._on_stream))  # type: ignore[arg-type]
+                    write_unraisable(exc, self._on_stream)
         return out
 
     def _flush_replies(self, to_sender: list[builtins.bytes]) -> None:
@@ -125,9 +125,9 @@ class AwsDecoder(FrameDecoder):
 
     def _check_data(self, op: int, length: int) -> Close | None:
         if op == OP_TEXT:
-            return 1003, TEXT_REFUSED
+            return CLOSE_UNSUPPORTED_DATA, TEXT_REFUSED
         if length > FRAME_CAP:
-            return 1009, f"frame exceeds {FRAME_CAP} bytes"
+            return CLOSE_TOO_BIG, f"frame exceeds {FRAME_CAP} bytes"
         return None
 
     def _before_pong(self, to_sender: list[builtins.bytes]) -> None:
@@ -147,7 +147,7 @@ class AwsDecoder(FrameDecoder):
             while end - pos >= 2:
                 n = stream[pos] << 8 | stream[pos + 1]
                 if n == 0:
-                    return 4400, "empty tunnel message"
+                    return CLOSE_INVALID_MESSAGE, "empty tunnel message"
                 if end - pos - 2 < n:
                     break
                 raw = stream[pos:pos + 2 + n]
@@ -164,20 +164,20 @@ class AwsDecoder(FrameDecoder):
         try:
             msg = decode(raw[2:])
         except ValueError as exc:
-            return 4400, f"invalid tunnel message: {exc}"
+            return CLOSE_INVALID_MESSAGE, f"invalid tunnel message: {exc}"
         if len(msg.payload) > self._max_payload:
-            return 1009, f"payload exceeds {self._max_payload} bytes"
+            return CLOSE_TOO_BIG, f"payload exceeds {self._max_payload} bytes"
         t = msg.type
         if t not in _KNOWN_TYPES:
             if not msg.ignorable:
-                return 4400, f"unknown message type {int(t)}"
+                return CLOSE_INVALID_MESSAGE, f"unknown message type {int(t)}"
         else:
             if t in _RELAY_ONLY:
-                return 4403, f"{MessageType(t).name} is only sent by the relay"
+                return CLOSE_NOT_ALLOWED, f"{MessageType(t).name} is only sent by the relay"
             if t in _SOURCE_ONLY and self._side != SOURCE:
-                return 4403, f"{MessageType(t).name} is only sent by the source"
+                return CLOSE_NOT_ALLOWED, f"{MessageType(t).name} is only sent by the source"
             if self._services and msg.service_id and msg.service_id not in self._services:
-                return 4400, _truncate(f"serviceId '{msg.service_id}' is not one of the tunnel's services")
+                return CLOSE_INVALID_MESSAGE, truncate_utf8(f"serviceId '{msg.service_id}' is not one of the tunnel's services")
             if self._peer_connected:
                 to_peer.append(raw)
                 if self._on_stream is not None and t in _STREAM_MESSAGES:
