@@ -2,7 +2,8 @@
 protocols' endpoints (the relay's own and its codec's), the relay's `disconnect` statuses that
 end a Huawei connection, and the ONE policy every end follows (the agent, `relay ssh`/`exec`,
 `relay forward`, `relay localproxy`, both protocols): stop, reconnect, or reconnect only with a
-new token, and how to say why to a person.
+new token, and how to say why to a person; and how long to wait before trying again (`Backoff`).
+The ends ask it; none keeps a code list of its own.
 
 Standard library only: the bottom layer, tested without sockets (tests/ends/test_closes.py).
 """
@@ -102,7 +103,8 @@ def describe_close(code: int | None) -> str:
 
 
 class Backoff:
-    """Growing delays with jitter: 1, 2, 4, ... up to `maximum` seconds."""
+    """Growing delays with jitter (+-20 %): 1, 2, 4, ... up to `maximum` seconds, between
+    reconnections; `reset` once a connection proved stable."""
 
     def __init__(self, initial: float = 1.0, maximum: float = 30.0, factor: float = 2.0,
                  rng: random.Random | None = None) -> None:
