@@ -23,12 +23,38 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
+import uuid
 
 __all__ = ["MessageType", "ProxyMessage", "MessageReader", "encode", "frame", "decode", "MAX_PAYLOAD",
-           "MAX_MESSAGE"]
+           "MAX_MESSAGE", "SUBPROTOCOL", "VERSION_OF", "subprotocols", "CLIENT_TOKEN", "valid_client_token",
+           "new_client_token"]
 
 MAX_PAYLOAD = 63 * 1024  # 64512: the most payload a tunnel message may carry
 MAX_MESSAGE = 0xFFFF  # the 2-byte length prefix
+
+# -- the protocol's constants, for both ends and the relay --------------------------------------
+
+# The subprotocols of AWS's guides (Sec-WebSocket-Protocol), version -> name and name -> version;
+# the relay answers with the highest offered.
+SUBPROTOCOL = {1: "aws.iot.securetunneling-1.0", 2: "aws.iot.securetunneling-2.0", 3: "aws.iot.securetunneling-3.0"}
+VERSION_OF = {name: version for version, name in SUBPROTOCOL.items()}
+# A client token (the `client-token` header) lets the same access token reconnect.
+CLIENT_TOKEN = re.compile(r"[A-Za-z0-9-]{32,128}")
+
+
+def subprotocols(highest: int = 3) -> list[str]:
+    """What to offer in Sec-WebSocket-Protocol, best first: `highest` and every older version."""
+    return [SUBPROTOCOL[v] for v in range(highest, 0, -1)]
+
+
+def new_client_token() -> str:
+    """A client token (the guides recommend a UUIDv4)."""
+    return str(uuid.uuid4())
+
+
+def valid_client_token(text: str) -> bool:
+    return CLIENT_TOKEN.fullmatch(text) is not None
 
 
 class MessageType(enum.IntEnum):

@@ -428,7 +428,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def _aws_services(text: str | None) -> tuple[tuple[str, str, int], ...]:
     """--aws-services: SERVICE=PORT or SERVICE=HOST:PORT, comma-separated (a bare host: --ssh-host)."""
-    from relay.aws_streams import parse_destinations
+    from relay.ends.localproxy_args import parse_destinations
 
     if not (text or "").strip():
         return ()

@@ -12,28 +12,17 @@ read to the decoder and writes what it returns straight to the peer.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 from relay import codec
+from relay.closes import CloseCode as CloseCode
 from relay.envelope import build as build_envelope
 from relay.model import Side, TunnelProtocol
 
 SERVICE_SSH = "ssh"
 SERVICES = ("ssh", "tcp")  # Huawei's SSH service, and TCP forwarding (docs/forwarding.md)
-
-
-class CloseCode(enum.IntEnum):
-    """WebSocket close codes the relay sends (the codec's own are in docs/codec.md)."""
-
-    NORMAL = 1000            # the tunnel is over: closed or expired; do not reconnect
-    GOING_AWAY = 1001        # the relay is shutting down; reconnect (to another replica)
-    INTERNAL_ERROR = 1011
-    REPLACED = 4000          # a newer connection took this side; do not reconnect
-    TOKEN_REVOKED = 4001     # the token was rotated; reconnect only with the new token
-    HEARTBEAT_TIMEOUT = 4008 # nothing heard for two heartbeat intervals
 
 
 @dataclasses.dataclass(frozen=True)

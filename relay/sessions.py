@@ -15,7 +15,7 @@ from typing import Any
 from relay.audit import ACTOR_SOURCE, EventType
 from relay.clock import Clock
 from relay.envelope import parse
-from relay.forward import requested_port, valid_connection_id
+from relay.ends.huawei_tcp import requested_port, valid_connection_id
 from relay.model import Side
 from relay.recording import Recording, TunnelTap
 

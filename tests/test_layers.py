@@ -5,6 +5,7 @@ a circle (type-only imports count: a circle of annotations is still a circle of 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "relay"
 # Layers from the bottom up, as docs/architecture.md draws them; a module may import its own
 # layer and the ones below.
 LAYERS = [
-    {"relay.errors", "relay.config", "relay.clock", "relay.tokens", "relay.model", "relay.logs", "relay.printable"},
+    {"relay.errors", "relay.config", "relay.clock", "relay.tokens", "relay.model", "relay.logs", "relay.printable",
+     "relay.closes"},
     {"relay.envelope", "relay.aws_messages", "relay.audit"},
     {"relay.codec"},
     {"relay.protocol", "relay.protocol_aws", "relay.cluster"},
     {"relay.recording", "relay.store"},
-    {"relay.forward", "relay.aws_streams"},
+    {"relay.ends"},
     {"relay.sessions", "relay.auditlog"},
     {"relay.service", "relay.notifier", "relay.presence", "relay.notify", "relay.broker"},
     {"relay.web", "relay.agent", "relay.client"},
@@ -31,6 +33,9 @@ UNLAYERED = {"relay", "relay._codec_rs"}
 # Each outside library has one home.
 HOMES = {
     "aiohttp.web": ("relay.web",),
+    # the server (relay.web), the REST client (relay.client.api), and the one WebSocket client of
+    # both ends (relay.ends.websocket, an adapter: nothing else in relay.ends, nor the agent)
+    "aiohttp": ("relay.web", "relay.client", "relay.ends.websocket"),
     "gmqtt": ("relay.notifier", "relay.agent"),
     "uvloop": ("relay.cli",),
     "asyncssh": ("relay.agent",),
@@ -191,3 +196,46 @@ def test_outside_libraries_have_one_home(library, homes):
         uses = any(name == library or name.startswith(library + ".") for name in imports(path))
         if uses:
             assert any(module == h or module.startswith(h + ".") for h in homes), f"{module} imports {library}"
+
+
+# Inside relay.ends (the ends' shared layer), from the bottom up: the sans-I/O rules (the
+# standard library and the message shapes only), the asyncio pipes and listeners, the
+# WebSocket client adapter (the only aiohttp user here), the sessions built on them.
+ENDS = [
+    {"relay.ends.huawei_tcp", "relay.ends.aws_streams", "relay.ends.localproxy_args"},
+    {"relay.ends.pipes", "relay.ends.listeners", "relay.ends.websocket"},
+    {"relay.ends.aws_session"},
+]
+ENDS_RULES_MAY_IMPORT = {"relay.envelope", "relay.aws_messages"}
+
+
+def test_ends_modules_are_placed_and_point_down():
+    found = {module for module, _ in modules() if module.startswith("relay.ends.")}
+    placed = set().union(*ENDS)
+    assert sorted(found ^ placed) == []
+    graph = import_graph()
+    for index, layer in enumerate(ENDS):
+        for module in layer:
+            above = {m for higher in ENDS[index + 1:] for m in higher}
+            assert not graph[module] & above, f"{module} imports {sorted(graph[module] & above)}"
+
+
+@pytest.mark.parametrize("module", sorted(ENDS[0]))
+def test_the_ends_rules_are_sans_io(module):
+    """The stream rules import the standard library and the message shapes, nothing else: no
+    asyncio, no socket, no aiohttp (tested without sockets in tests/ends/)."""
+    path = dict(modules())[module]
+    for name in imports(path):
+        root = name.split(".")[0]
+        if name == "relay":
+            continue   # `from relay import envelope`: the module is checked by its own name
+        if root == "relay":
+            assert any(name == allowed or name.startswith(allowed + ".") for allowed in ENDS_RULES_MAY_IMPORT), \
+                f"{module} imports {name}"
+        else:
+            assert root in sys.stdlib_module_names and root not in ("asyncio", "socket", "ssl"), f"{module} imports {name}"
+
+
+def test_closes_is_standard_library_only():
+    for name in imports(dict(modules())["relay.closes"]):
+        assert name.split(".")[0] in sys.stdlib_module_names, name

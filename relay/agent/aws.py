@@ -8,7 +8,8 @@ V3, falling back to V2/V1 when the relay answers so) with that token and a clien
 of its own, so that it can reconnect with the same token after the connection drops. Each
 stream (STREAM_START, or CONNECTION_START in V3) is a TCP connection to the address that
 `aws_services` maps its service id to (SSH: the device's SSH server by default). The
-rules are relay/aws_streams.py's; this module only wires them to the agent.
+rules and the session are relay/ends/'s (aws_streams, aws_session); this module only wires
+them to the agent.
 
 One AWS tunnel at a time (as AWS's device client): a notify with another token replaces
 the current session; the same token again is ignored. The Huawei tunnel (docs/device.md)
@@ -22,7 +23,8 @@ import logging
 import ssl
 from typing import Any
 
-from relay import aws_streams
+from relay.ends.aws_session import Session, aws_endpoint
+from relay.ends.aws_streams import Destination, match_service
 from relay.agent.settings import AgentSettings
 from relay.notify import AwsNotify, cancel_and_wait
 
@@ -44,16 +46,16 @@ def ssl_setting(settings: AgentSettings) -> ssl.SSLContext | bool:
 
 
 def new_session(settings: AgentSettings, token: str, *, endpoint: str, client_token: str | None = None,
-                **overrides: Any) -> aws_streams.Session:
+                **overrides: Any) -> Session:
     services = destinations(settings)
     extra = {"device_id": settings.device_id, "protocol": "aws"}
     options: dict[str, Any] = dict(
         mode="destination", endpoint=endpoint, token=token, client_token=client_token,
-        make_table=lambda version: aws_streams.Destination(services, version), ssl=ssl_setting(settings),
+        make_table=lambda version: Destination(services, version), ssl=ssl_setting(settings),
         heartbeat=settings.heartbeat, reconnect_initial=settings.reconnect_initial,
         reconnect_max=settings.reconnect_max, extra=extra)
     options.update(overrides)
-    return aws_streams.Session(**options)
+    return Session(**options)
 
 
 class AwsTunnels:
@@ -61,7 +63,7 @@ class AwsTunnels:
 
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
-        self.session: aws_streams.Session | None = None
+        self.session: Session | None = None
         self._token: str | None = None
         self._task: asyncio.Task[str] | None = None
         self._old: set[asyncio.Task[None]] = set()
@@ -69,7 +71,7 @@ class AwsTunnels:
     def endpoint(self, notify: AwsNotify) -> str:
         if self.settings.aws_endpoint:
             return self.settings.aws_endpoint
-        return aws_streams.aws_endpoint(notify.region or "us-east-1")
+        return aws_endpoint(notify.region or "us-east-1")
 
     def on_notify(self, notify: AwsNotify) -> None:
         extra = {"device_id": self.settings.device_id, "protocol": "aws"}
@@ -77,7 +79,7 @@ class AwsTunnels:
         if running and notify.token == self._token:
             return   # the same notify again (QoS 1 may deliver it twice)
         log.info("AWS tunnel notify received (services %s)", ", ".join(notify.services) or "none", extra=extra)
-        missing = [s for s in notify.services if aws_streams.match_service(destinations(self.settings), s) is None]
+        missing = [s for s in notify.services if match_service(destinations(self.settings), s) is None]
         if missing:
             log.warning("no local address for service(s) %s: their streams will be refused "
                         "(see --aws-services)", ", ".join(missing), extra=extra)

@@ -1,6 +1,6 @@
 """The device end of TCP forwarding (the `tcp` service, docs/forwarding.md): a
-`forward_open` for a port on the allow-list connects to `forward_host:port`, and a `Pipe`
-(relay/forward.py) joins that connection to the tunnel. One `ForwardHost` per tunnel
+`forward_open` for a port on the allow-list connects to `forward_host:port`, and a `TcpPipe`
+(relay/ends/pipes.py) joins that connection to the tunnel. One `ForwardHost` per tunnel
 WebSocket connection; its connections are aborted when the WebSocket ends."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 
-from relay import forward
 from relay.agent.settings import AgentSettings
+from relay.ends import huawei_tcp
+from relay.ends.pipes import TcpPipe, TcpPipes
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +29,22 @@ class ForwardHost:
         self.port_map = dict(settings.forward_port_map)
         self._send = send
         self.extra = dict(extra or {})
-        self.pipes = forward.Pipes()
+        self.pipes = TcpPipes()
         self._opening: dict[str, asyncio.Task[None]] = {}
 
-    async def received(self, msg: forward.Message) -> None:
+    async def received(self, msg: huawei_tcp.Message) -> None:
         """A message of the `tcp` service (or the relay's `disconnect` about one)."""
-        if msg.op == forward.OPEN:
+        if msg.op == huawei_tcp.OPEN:
             if msg.conn_id in self._opening or msg.conn_id in self.pipes.by_id:
                 return   # the relay refuses a reused forward_open id (4409): cannot happen
             task = asyncio.create_task(self._open(msg.conn_id, msg.data), name=f"fwd-open-{msg.conn_id}")
             self._opening[msg.conn_id] = task
             task.add_done_callback(functools.partial(self._opened, msg.conn_id))
-        elif msg.op in (forward.DATA, forward.ACK, forward.CLOSE):
+        elif msg.op in (huawei_tcp.DATA, huawei_tcp.ACK, huawei_tcp.CLOSE):
             if await self.pipes.route(msg):
                 return
             opening = self._opening.get(msg.conn_id)
-            if msg.op == forward.CLOSE and opening is not None:
+            if msg.op == huawei_tcp.CLOSE and opening is not None:
                 opening.cancel()   # the source gave up before the connection was made
         elif msg.op == "disconnect":
             await self.relay_disconnect(msg)
@@ -51,10 +52,10 @@ class ForwardHost:
     def _opened(self, conn_id: str, _task: asyncio.Task[None]) -> None:
         self._opening.pop(conn_id, None)
 
-    async def relay_disconnect(self, msg: forward.Message) -> None:
+    async def relay_disconnect(self, msg: huawei_tcp.Message) -> None:
         """The relay's `disconnect`: 499 (the source left) ends every forwarded connection;
         one naming a connection (404: the source was not there) ends that one."""
-        code, text = forward.status_of(msg.data)
+        code, text = huawei_tcp.status_of(msg.data)
         if code == "499":
             n = await self.abort_all(text or "the source disconnected")
             if n:
@@ -81,7 +82,7 @@ class ForwardHost:
 
     async def _open(self, conn_id: str, data: object) -> None:
         extra = {**self.extra, "connection_id": conn_id}
-        port = forward.requested_port(data)
+        port = huawei_tcp.requested_port(data)
         if port is None:
             await self._answer(conn_id, "400", "forward_open needs data {\"port\": 1-65535}")
             return
@@ -102,11 +103,11 @@ class ForwardHost:
             log.warning("forward to %s failed: %s", target, why, extra=extra)
             await self._answer(conn_id, "502", f"cannot connect to {target}: {why}")
             return
-        pipe = forward.Pipe(forward.Connection(conn_id), reader, writer, self._send, self.extra)
+        pipe = TcpPipe(huawei_tcp.Connection(conn_id), reader, writer, self._send, self.extra)
         self.pipes.add(pipe)   # before the answer: the source may send data right after it
         log.info("forwarded connection to %s open", target, extra=extra)
         try:
-            await self._send(forward.open_response(conn_id, "200", "connected"))
+            await self._send(huawei_tcp.open_response(conn_id, "200", "connected"))
         except Exception:
             await pipe.abort("the tunnel is gone", tell_peer=False)
             return
@@ -114,4 +115,4 @@ class ForwardHost:
 
     async def _answer(self, conn_id: str, code: str, text: str) -> None:
         with contextlib.suppress(Exception):
-            await self._send(forward.open_response(conn_id, code, text))
+            await self._send(huawei_tcp.open_response(conn_id, code, text))

@@ -3,7 +3,7 @@
 `DeviceSession` takes the text of each message the relay delivers and the outcomes of SSH
 work (login done or failed, terminal output, shell ended), and returns effects for the I/O
 layer to carry out in order: send a message, open the shell, write to it, close it.
-`ReconnectPolicy` and `Backoff` decide what follows the end of a WebSocket connection.
+What follows the end of a WebSocket connection is relay/closes.py's (one policy for every end).
 
 Protocol (docs/protocol.md, docs/device.md):
 - `connect` {username, password}: log in to the device's SSH server and open a PTY shell;
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import enum
-import random
 from typing import Any
 
 import orjson
@@ -189,52 +187,3 @@ def _reason(data: Any) -> str:
     if isinstance(data, dict) and isinstance(data.get("status_code"), str):
         return f" {data['status_code']} {str(data.get('status_msg', ''))[:100]}".rstrip()
     return ""
-
-
-# -- after a connection ------------------------------------------------------------------
-
-
-class Next(str, enum.Enum):
-    RECONNECT = "reconnect"          # with backoff: the network or the relay had a moment
-    WAIT_FOR_TOKEN = "wait-for-token"  # the token was rotated or refused: only a new one helps
-    STOP = "stop"                    # the tunnel is over, or someone else holds this end
-
-
-# docs/protocol.md, "Close codes"
-_RECONNECT_CODES = {1001, 1006, 1011, 1012, 1013, 1014, 4008}
-
-
-class ReconnectPolicy:
-    @staticmethod
-    def after_close(code: int | None) -> Next:
-        if code is None or code in _RECONNECT_CODES:
-            return Next.RECONNECT
-        if code == 4001:
-            return Next.WAIT_FOR_TOKEN
-        return Next.STOP   # 1000 over, 4000 evicted, 1002/1003/1007/1009/44xx our own fault
-
-    @staticmethod
-    def after_refusal(http_status: int) -> Next:
-        if http_status == 401:
-            return Next.WAIT_FOR_TOKEN
-        if http_status >= 500 or http_status == 429:
-            return Next.RECONNECT
-        return Next.STOP   # 404 unknown tunnel, 410 closed or expired, 400
-
-
-class Backoff:
-    """Growing delays with jitter: 1, 2, 4, ... up to `maximum` seconds."""
-
-    def __init__(self, initial: float = 1.0, maximum: float = 30.0, factor: float = 2.0,
-                 rng: random.Random | None = None) -> None:
-        self.initial, self.maximum, self.factor = initial, maximum, factor
-        self._next = initial
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        delay = self._next
-        self._next = min(self.maximum, self._next * self.factor)
-        return delay * (0.8 + 0.4 * self._rng.random())
-
-    def reset(self) -> None:
-        self._next = self.initial

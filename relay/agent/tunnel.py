@@ -1,5 +1,6 @@
-"""One tunnel on the device side: the WebSocket client (aiohttp) to the device-connect
-address, the SSH shell behind it, reconnection. The decisions are `session.py`'s."""
+"""One tunnel on the device side: the WebSocket (relay/ends/websocket.py) to the
+device-connect address, the SSH shell behind it, reconnection. The decisions are
+`session.py`'s (messages) and relay/closes.py's (what follows a close or a refusal)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,20 @@ import contextlib
 import logging
 import ssl
 
-import aiohttp
-
-from relay import forward
+from relay import closes
 from relay.agent.forwarding import ForwardHost
-from relay.agent.session import (Backoff, CloseShell, DeviceSession, Effect, Next, OpenShell,
-                                 ReconnectPolicy, Send, WriteShell)
+from relay.agent.session import CloseShell, DeviceSession, Effect, OpenShell, Send, WriteShell
 from relay.agent.settings import AgentSettings
 from relay.agent.ssh import LoginFailed, Shell
+from relay.closes import Backoff, Next
+from relay.ends import huawei_tcp
+from relay.ends.pipes import describe
+from relay.ends.websocket import SEND_ERRORS, ClientSocket, Connector, Refused, Unreachable
 from relay.notify import TunnelNotify
 
 log = logging.getLogger(__name__)
+
+_GONE: tuple[type[BaseException], ...] = (*SEND_ERRORS, RuntimeError)   # what a send on a closed WebSocket raises
 
 STABLE_AFTER = 10.0   # a connection that lasted this long resets the backoff
 
@@ -53,25 +57,22 @@ class TunnelClient:
 
     async def run(self) -> str:
         ssl_context = self._ssl_context()
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=15)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with Connector() as connector:
             while True:
                 if asyncio.get_running_loop().time() >= self._deadline:
                     return self._finish("the tunnel's lifetime is over")
                 self._token_changed.clear()
                 token = self._token
                 try:
-                    ws = await http.ws_connect(
-                        self._uri, headers={"tunnel_access_token": token}, ssl=ssl_context,
-                        heartbeat=self.settings.heartbeat, autoclose=True, autoping=True, max_msg_size=0,
-                    )
-                except aiohttp.WSServerHandshakeError as exc:
-                    decision = ReconnectPolicy.after_refusal(exc.status)
+                    ws = await connector.open(self._uri, headers={"tunnel_access_token": token}, ssl=ssl_context,
+                                              heartbeat=self.settings.heartbeat)
+                except Refused as exc:
+                    decision = closes.after_refusal(exc.status).next
                     log.warning("the relay refused the connection (HTTP %s): %s", exc.status, decision.value,
                                 extra=self.extra())
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                except Unreachable as exc:
                     decision = Next.RECONNECT
-                    log.warning("cannot reach the relay (%s); will retry", _describe(exc), extra=self.extra())
+                    log.warning("cannot reach the relay (%s); will retry", _describe(exc.error), extra=self.extra())
                 else:
                     started = asyncio.get_running_loop().time()
                     log.info("connected to the relay", extra=self.extra())
@@ -79,7 +80,7 @@ class TunnelClient:
                         code = await self._serve(ws)
                     finally:
                         await ws.close()
-                    decision = ReconnectPolicy.after_close(code)
+                    decision = closes.after_close(code).next
                     log.info("the relay connection ended (close code %s): %s", code, decision.value, extra=self.extra())
                     if asyncio.get_running_loop().time() - started >= STABLE_AFTER:
                         self._backoff.reset()
@@ -123,38 +124,34 @@ class TunnelClient:
 
     # -- one connection ------------------------------------------------------------------
 
-    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> int | None:
+    async def _serve(self, ws: ClientSocket) -> int | None:
         session = DeviceSession(self.settings.max_message_size)
-        forwards = ForwardHost(self.settings, ws.send_str, self.extra())
+        forwards = ForwardHost(self.settings, ws.send, self.extra())
         self.forwards = forwards
         try:
-            while True:
-                msg = await ws.receive()
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    # The `tcp` service goes to the forwarding host; `ssh` to the session as before.
-                    # The relay's own `disconnect` (499: the source left) concerns both.
-                    parsed = forward.parse(msg.data)
-                    if parsed is not None and parsed.service == forward.SERVICE:
-                        await forwards.received(parsed)
-                        continue
-                    if parsed is not None and parsed.op == "disconnect":
-                        await forwards.relay_disconnect(parsed)
-                    await self._apply(session, ws, session.received(msg.data))
-                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                                  aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                    break
-                # binary frames are not part of the protocol; the relay never sends them
+            async for message in ws:
+                if not isinstance(message, str):
+                    continue   # binary frames are not part of the protocol; the relay never sends them
+                # The `tcp` service goes to the forwarding host; `ssh` to the session as before.
+                # The relay's own `disconnect` (499: the source left) concerns both.
+                parsed = huawei_tcp.parse(message)
+                if parsed is not None and parsed.service == huawei_tcp.SERVICE:
+                    await forwards.received(parsed)
+                    continue
+                if parsed is not None and parsed.op == "disconnect":
+                    await forwards.relay_disconnect(parsed)
+                await self._apply(session, ws, session.received(message))
         finally:
             await forwards.close("the tunnel's WebSocket ended")
             await self._apply(session, ws, session.connection_lost())
             await self._close_shell()
         return ws.close_code
 
-    async def _apply(self, session: DeviceSession, ws: aiohttp.ClientWebSocketResponse, effects: list[Effect]) -> None:
+    async def _apply(self, session: DeviceSession, ws: ClientSocket, effects: list[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, Send):
                 if not ws.closed:
-                    await ws.send_str(effect.payload.decode())
+                    await ws.send(effect.payload.decode())
             elif isinstance(effect, WriteShell):
                 if self._shell is not None:
                     self._shell.write(effect.data)
@@ -165,7 +162,7 @@ class TunnelClient:
                 log.info("SSH session ended: %s", effect.reason, extra=self.extra())
                 await self._close_shell()
 
-    async def _open_shell(self, session: DeviceSession, ws: aiohttp.ClientWebSocketResponse,
+    async def _open_shell(self, session: DeviceSession, ws: ClientSocket,
                           request: OpenShell) -> list[Effect]:
         s = self.settings
         log.info("SSH login to %s:%s as %r", s.ssh_host, s.ssh_port, request.username, extra=self.extra())
@@ -183,7 +180,7 @@ class TunnelClient:
         self._pump = asyncio.create_task(self._pump_output(session, ws, self._shell), name="ssh-output")
         return []
 
-    async def _pump_output(self, session: DeviceSession, ws: aiohttp.ClientWebSocketResponse, shell: Shell) -> None:
+    async def _pump_output(self, session: DeviceSession, ws: ClientSocket, shell: Shell) -> None:
         """Terminal output to the relay, in order, until the shell ends."""
         try:
             while True:
@@ -195,11 +192,11 @@ class TunnelClient:
                 effects = session.shell_ended(shell.exit_status)
                 for effect in effects:   # the pump cannot close itself: leave CloseShell to the caller
                     if isinstance(effect, Send) and not ws.closed:
-                        await ws.send_str(effect.payload.decode())
+                        await ws.send(effect.payload.decode())
                 self._shell = None
                 self._pump = None
                 await shell.close()
-        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+        except _GONE:
             pass   # the WebSocket went away; the connection loop handles that
 
     async def _close_shell(self) -> None:
@@ -214,6 +211,4 @@ class TunnelClient:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    return (str(exc) or type(exc).__name__).split("\n", 1)[0][:200]
+    return "timed out" if isinstance(exc, asyncio.TimeoutError) else describe(exc)

@@ -8,8 +8,8 @@ time, a new connection resets the old). `relay forward DEVICE --protocol aws` fi
 the tunnel through the REST API (`"protocol": "aws"`), then does the same with the source
 token it got, and closes the tunnel on exit unless --keep.
 
-The rules are relay/aws_streams.py's (`Source`, `Bridge`, `Session`); this module listens,
-reports, and builds the commands.
+The rules and the I/O are relay/ends/'s (`aws_streams.Source`, `pipes.StreamPipes`,
+`aws_session.Session`, `listeners.Listener`); this module listens, reports, and builds the commands.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -25,9 +26,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from relay import aws_streams
+from relay.aws_messages import valid_client_token
 from relay.client import output
 from relay.client.running import stop_on_signals, token_and_target, until
+from relay.ends.aws_session import Session, aws_endpoint
+from relay.ends.aws_streams import Source, stream_name
+from relay.ends.listeners import Listener, hostport
+from relay.ends.localproxy_args import parse_destinations, parse_listeners
+from relay.ends.pipes import StreamPipe
 from relay.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -75,24 +81,23 @@ class SourceProxy:
         self.wait = wait
         self.notice, self.error, self.announce = notice, error, announce
         stream_ids = itertools.count(1)   # unique for the tunnel's life, across reconnections
-        self.session = aws_streams.Session(
+        self.session = Session(
             mode="source", endpoint=endpoint, token=token, client_token=client_token, highest=highest, ssl=ssl,
-            make_table=lambda version: aws_streams.Source(version, multiplex, stream_ids),
+            make_table=lambda version: Source(version, multiplex, stream_ids),
             reconnect_initial=reconnect_initial, max_attempts=max_attempts, extra={"protocol": "aws"})
-        self.servers: dict[str, asyncio.Server] = {}
+        self.servers: dict[str, Listener] = {}
         self.addresses: dict[str, tuple[str, int]] = {}   # service id -> where it listens
         self.listening = asyncio.Event()
-        self.links: set[aws_streams.Link] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
+        self.links: set[StreamPipe] = set()
 
     async def run(self) -> int:
         main = asyncio.create_task(self.session.run(), name="aws-source")
         try:
             if not await self._first_connection(main):
                 return EXIT_FAILURE
-            bridge = self.session.bridge
-            assert bridge is not None
-            available = bridge.table.available
+            pipes = self.session.pipes
+            assert pipes is not None
+            available = pipes.table.available
             try:
                 services, warnings = resolve_listeners(self.listeners, available)
             except ConfigError as exc:
@@ -101,12 +106,11 @@ class SourceProxy:
             for text in warnings:
                 self.error(text)
             for service, port in services.items():
-                server = await asyncio.start_server(
-                    lambda r, w, s=service: self._accept(s, r, w), self.bind, port)   # type: ignore[misc]
-                self.servers[service] = server
-                host, bound = server.sockets[0].getsockname()[:2]
+                listener = Listener(functools.partial(self._handle, service))
+                self.servers[service] = listener
+                host, bound = await listener.start(self.bind, port)
                 self.addresses[service] = (host, bound)
-                self.announce(f"listening on {_hostport(host, bound)} for service {service or '(any)'}")
+                self.announce(f"listening on {hostport(host, bound)} for service {service or '(any)'}")
             self.listening.set()
             outcome = await main
             self.error(f"relay: {outcome}")
@@ -123,47 +127,38 @@ class SourceProxy:
         if main.done():
             self.error(f"relay: {main.result()}")
             return False
-        bridge = self.session.bridge
-        if not self.session.connected.is_set() or bridge is None:
+        pipes = self.session.pipes
+        if not self.session.connected.is_set() or pipes is None:
             self.error(f"relay: could not connect to the relay within {self.wait:g} s")
             return False
         if self.session.version == 1:
             return True   # 1.0 does not promise service ids (this relay sends them, marked ignorable)
-        known = asyncio.create_task(bridge.services_known.wait())
+        known = asyncio.create_task(pipes.services_known.wait())
         await asyncio.wait({known, main}, timeout=self.wait, return_when=asyncio.FIRST_COMPLETED)
         known.cancel()
-        if not bridge.services_known.is_set():
+        if not pipes.services_known.is_set():
             self.error(f"relay: the relay did not name the tunnel's services within {self.wait:g} s")
             return False
         return True
 
-    async def _accept(self, service: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        try:
-            await self._handle(service, reader, writer)
-        finally:
-            self._handlers.discard(task)
-
     async def _handle(self, service: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _hostport(*writer.get_extra_info("peername")[:2])
+        peer = hostport(*writer.get_extra_info("peername")[:2])
         if not self.session.connected.is_set():
             self.notice(f"connection from {peer}: waiting for the relay...")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.session.connected.wait(), self.wait)
-        bridge = self.session.bridge
-        if not self.session.connected.is_set() or bridge is None:
+        pipes = self.session.pipes
+        if not self.session.connected.is_set() or pipes is None:
             self.error(f"connection from {peer} closed: not connected to the relay")
             writer.close()
             return
         try:
-            link = await bridge.accept(service, reader, writer)
+            link = await pipes.accept(service, reader, writer)
         except (ConnectionError, OSError) as exc:
             self.error(f"connection from {peer} closed: the tunnel is not connected ({type(exc).__name__})")
             writer.close()
             return
-        name = aws_streams._name(link.key)
+        name = stream_name(link.key)
         self.notice(f"stream {name} from {peer}: open")
         self.links.add(link)
         try:
@@ -179,15 +174,8 @@ class SourceProxy:
             main.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await main
-        for task in list(self._handlers):
-            task.cancel()
-        for task in list(self._handlers):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        for listener in self.servers.values():
+            await listener.end_handlers()
 
 
 # -- the commands --------------------------------------------------------------------------------
@@ -214,7 +202,7 @@ def endpoint_of(args: argparse.Namespace) -> str:
     if endpoint:
         return endpoint
     if region:
-        return aws_streams.aws_endpoint(region)
+        return aws_endpoint(region)
     return os.environ.get("RELAY_URL", "http://127.0.0.1:8080")
 
 
@@ -243,19 +231,19 @@ def localproxy_command(args: argparse.Namespace, destination: Callable[..., Any]
     if (mode == "source") != bool(args.source_listen_port):
         raise ConfigError(f"--mode {args.mode} does not go with "
                           f"{'-s' if args.source_listen_port else '-d'}")
-    if args.client_token and not aws_streams.valid_client_token(args.client_token):
+    if args.client_token and not valid_client_token(args.client_token):
         raise ConfigError("--client-token: 32-128 of A-Z a-z 0-9 -")
     token = access_token(args)
     endpoint = endpoint_of(args)
     logs.setup(_log_level(args.verbose), "text")
     if mode == "source":
         try:
-            listeners = aws_streams.parse_listeners(args.source_listen_port)
+            listeners = parse_listeners(args.source_listen_port)
         except ValueError as exc:
             raise ConfigError(f"-s: {exc}") from None
         return asyncio.run(_source(args, endpoint, token, listeners))
     try:
-        services = aws_streams.parse_destinations(args.destination_app, args.local_bind_address or "127.0.0.1")
+        services = parse_destinations(args.destination_app, args.local_bind_address or "127.0.0.1")
     except ValueError as exc:
         raise ConfigError(f"-d: {exc}") from None
     if destination is None:
@@ -395,7 +383,7 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
             def announce(text: str) -> None:
                 address = proxy.addresses.get(service) or next(iter(proxy.addresses.values()), None)
                 if address is not None:
-                    output.say(f"forwarding {_hostport(*address)} -> device service {service}")
+                    output.say(f"forwarding {hostport(*address)} -> device service {service}")
                 else:   # pragma: no cover
                     output.say(text)
 
@@ -406,7 +394,7 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
                 started(proxy)
             return await until(proxy.run(), stop, terminal.notice)
         except OSError as exc:
-            terminal.error(f"relay: cannot listen on {_hostport(*listen)}: {exc.strerror or exc}")
+            terminal.error(f"relay: cannot listen on {hostport(*listen)}: {exc.strerror or exc}")
             return EXIT_FAILURE
         except ClientError as exc:
             terminal.error(f"relay: {exc}")

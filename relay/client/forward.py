@@ -3,7 +3,7 @@
 It acquires the tunnel as `relay ssh` does (relay/client/remote.py), connects the source
 end, waits for `connect_tunnel`, then listens on a local address; every accepted TCP
 connection becomes a forwarded connection (`forward_open` to the device's port, then a
-`Pipe` of relay/forward.py). Connections are independent: one ending does not touch the
+`TcpPipe` of relay/ends/pipes.py). Connections are independent: one ending does not touch the
 others. When the device goes away (499) or the WebSocket ends, the open connections are
 aborted with a line on stderr; the listener stays, and new connections wait for the device
 (a lost WebSocket is reconnected with growing delays)."""
@@ -18,20 +18,20 @@ from collections.abc import Callable
 
 import aiohttp
 
-from relay import forward
 from relay.client import output
-from relay.client.api import ClientError, RelayApi, source_uri, ssl_context
-from relay.client.remote import EXIT_FAILURE, Opened, Waiter, connect, open_tunnel, take_over, waiter_for
+from relay.client.api import ClientError, RelayApi, Unreachable, source_uri, ssl_context
+from relay.client.remote import (EXIT_FAILURE, Opened, Refused, Waiter, connect, open_tunnel, take_over,
+                                 waiter_for)
 from relay.client.running import stop_on_signals, token_and_target, until
-from relay.client.session import describe_close
 from relay.client.terminal import Terminal
 from relay.client.waiting import PROGRESS_EVERY, gave_up, still_waiting
+from relay.closes import Next, after_close, after_refusal, describe_close, disconnect_is_final
+from relay.ends import huawei_tcp
+from relay.ends.listeners import Listener, hostport
+from relay.ends.pipes import TcpPipe, TcpPipes
+from relay.ends.websocket import SEND_ERRORS, ClientSocket
 from relay.errors import ConfigError
 
-# docs/protocol.md: the relay's disconnects that end the connection, and the close codes
-# after which reconnecting makes sense (the relay restarting, the network).
-_FINAL_DISCONNECTS = {"409", "410", "408", "401", "503", "504"}
-_RECONNECT_CODES = {None, 1001, 1006, 1011, 1012, 1013, 1014, 4008}
 MAX_RECONNECTS = 10
 
 
@@ -65,32 +65,32 @@ class Forwarder:
         self.wait = wait
         self.ssl = ssl
         self.notice, self.error, self.announce = notice, error, announce
-        self.pipes = forward.Pipes()
+        self.pipes = TcpPipes()
         self.device_ready = asyncio.Event()
         self.address: tuple[str, int] | None = None   # where it listens, once it does
         self.listening = asyncio.Event()
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ws: ClientSocket | None = None
         self._responses: dict[str, asyncio.Future[tuple[str, str]]] = {}
         self._final: str | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._listener = Listener(self._handle)
 
     async def send(self, payload: str) -> None:
         ws = self._ws
-        if ws is None or ws.closed:
+        if ws is None:
             raise ConnectionResetError("the tunnel's WebSocket is not connected")
-        await ws.send_str(payload)
+        await ws.send(payload)
 
     # -- the WebSocket, reconnected -------------------------------------------------------
 
     async def run(self) -> int:
-        server: asyncio.Server | None = None
+        listening = False
         delay, attempts = 1.0, 0
         try:
             while True:
                 try:
                     self._ws = await connect(self.http, self.opened, self.ssl)
                 except ClientError as exc:
-                    if server is None or attempts >= MAX_RECONNECTS or not _retryable(exc):
+                    if not listening or attempts >= MAX_RECONNECTS or not _retryable(exc):
                         raise
                     attempts += 1
                     self.error(f"{exc}; retrying in {delay:g} s")
@@ -99,7 +99,7 @@ class Forwarder:
                     continue
                 self.notice("waiting for the device's end of the tunnel (its agent) to connect...")
                 reader = asyncio.create_task(self._read(self._ws))
-                if server is None:
+                if not listening:
                     await self._wait_for_device(reader)
                     if not self.device_ready.is_set():
                         reader.cancel()
@@ -110,11 +110,11 @@ class Forwarder:
                         self.error(self._final or f"the device did not connect within {self.wait:g} s: "
                                    "is it online, and does it run `relay agent`?")
                         return EXIT_FAILURE
-                    server = await asyncio.start_server(self._accept, self.listen[0], self.listen[1])
-                    host, port = server.sockets[0].getsockname()[:2]
+                    host, port = await self._listener.start(*self.listen)
                     self.address = (host, port)
+                    listening = True
                     self.listening.set()
-                    self.announce(f"forwarding {_hostport(host, port)} -> device port {self.port}")
+                    self.announce(f"forwarding {hostport(host, port)} -> device port {self.port}")
                 code = await reader
                 started_ok = self.device_ready.is_set()
                 self.device_ready.clear()
@@ -124,7 +124,7 @@ class Forwarder:
                 if self._final is not None:
                     self.error(self._final)
                     return EXIT_FAILURE
-                if code not in _RECONNECT_CODES:
+                if after_close(code).next is not Next.RECONNECT:   # a new token could only come from us
                     self.error(f"the relay ended the session: {describe_close(code)}")
                     return EXIT_FAILURE
                 if started_ok:
@@ -137,49 +137,43 @@ class Forwarder:
                 await asyncio.sleep(delay)
                 delay = min(30.0, delay * 2)
         finally:
-            if server is not None:
-                server.close()
+            self._listener.close()
             await self._shutdown()
 
     async def _shutdown(self) -> None:
         """Stopping: tell the device about every open connection, then end them."""
         for pipe in list(self.pipes.by_id.values()):
             await pipe.abort("relay forward stopped")
-        for task in list(self._handlers):
-            task.cancel()
-        for task in list(self._handlers):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._listener.end_handlers()
         await self.pipes.abort_all("relay forward stopped")
         if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 5)
+            await self._ws.close(timeout=5)
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> int | None:
-        async for frame in ws:
-            if frame.type != aiohttp.WSMsgType.TEXT:
+    async def _read(self, ws: ClientSocket) -> int | None:
+        async for message in ws:
+            if not isinstance(message, str):
                 continue
-            msg = forward.parse(frame.data)
+            msg = huawei_tcp.parse(message)
             if msg is None:
                 continue
             if msg.op == "connect_tunnel":
                 if not self.device_ready.is_set():
                     self.device_ready.set()
                     self.notice("the device is connected")
-            elif msg.op == forward.OPEN_RESPONSE:
+            elif msg.op == huawei_tcp.OPEN_RESPONSE:
                 future = self._responses.pop(msg.conn_id, None)
                 if future is not None and not future.done():
-                    future.set_result(forward.status_of(msg.data))
-            elif msg.op in (forward.DATA, forward.ACK, forward.CLOSE):
+                    future.set_result(huawei_tcp.status_of(msg.data))
+            elif msg.op in (huawei_tcp.DATA, huawei_tcp.ACK, huawei_tcp.CLOSE):
                 await self.pipes.route(msg)   # a late message for a finished connection: nothing to do
             elif msg.op == "disconnect":
                 if await self._disconnect(msg):
                     break
         return ws.close_code
 
-    async def _disconnect(self, msg: forward.Message) -> bool:
+    async def _disconnect(self, msg: huawei_tcp.Message) -> bool:
         """The relay's disconnect; True when it ends this WebSocket."""
-        code, text = forward.status_of(msg.data)
+        code, text = huawei_tcp.status_of(msg.data)
         if code == "499":
             self.device_ready.clear()
             n = await self.pipes.abort_all("the device disconnected")
@@ -196,7 +190,7 @@ class Forwarder:
                 self.error(f"connection {msg.conn_id} aborted: {text or 'the device is not connected'}")
                 await pipe.abort("the device is not connected", tell_peer=False)
             return False
-        if code in _FINAL_DISCONNECTS:
+        if disconnect_is_final(code):
             self._final = f"the relay ended the session ({code}): {text}"
             return True
         return False
@@ -223,17 +217,8 @@ class Forwarder:
 
     # -- local connections ----------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        try:
-            await self._handle(reader, writer)
-        finally:
-            self._handlers.discard(task)
-
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _hostport(*writer.get_extra_info("peername")[:2])
+        peer = hostport(*writer.get_extra_info("peername")[:2])
         if not self.device_ready.is_set():
             self.notice(f"connection from {peer}: waiting for the device...")
             with contextlib.suppress(asyncio.TimeoutError):
@@ -242,19 +227,19 @@ class Forwarder:
                 self.error(f"connection from {peer} closed: the device did not connect within {self.wait:g} s")
                 writer.close()
                 return
-        conn_id = forward.new_connection_id()
-        pipe = forward.Pipe(forward.Connection(conn_id), reader, writer, self.send)
+        conn_id = huawei_tcp.new_connection_id()
+        pipe = TcpPipe(huawei_tcp.Connection(conn_id), reader, writer, self.send)
         future: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
         self._responses[conn_id] = future
         self.pipes.add(pipe)   # before forward_open: data may follow the answer at once
         try:
-            await self.send(forward.open_message(conn_id, self.port))
+            await self.send(huawei_tcp.open_message(conn_id, self.port))
             code, text = await asyncio.wait_for(future, self.wait)
         except TimeoutError:
             code, text = "504", f"the device did not answer within {self.wait:g} s"
             with contextlib.suppress(Exception):
-                await self.send(forward.close_message(conn_id, "error: no answer to forward_open"))
-        except (ConnectionError, aiohttp.ClientError) as exc:
+                await self.send(huawei_tcp.close_message(conn_id, "error: no answer to forward_open"))
+        except SEND_ERRORS as exc:
             code, text = "502", f"the tunnel is not connected ({type(exc).__name__})"
         finally:
             self._responses.pop(conn_id, None)
@@ -272,13 +257,9 @@ class Forwarder:
 
 
 def _retryable(exc: ClientError) -> bool:
-    """The relay could not be reached, or is restarting; not a refusal of the tunnel or token."""
-    text = str(exc)
-    return text.startswith("cannot connect to") or "(503)" in text
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """The relay could not be reached, or is restarting or overloaded (relay/closes.py); not a
+    refusal of the tunnel or token."""
+    return isinstance(exc, Unreachable) or (isinstance(exc, Refused) and after_refusal(exc.status).next is Next.RECONNECT)
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -333,7 +314,7 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
                 started(forwarder)
             return await until(forwarder.run(), stop, terminal.notice)
         except OSError as exc:   # the local listener
-            terminal.error(f"relay: cannot listen on {_hostport(*listen)}: {exc.strerror or exc}")
+            terminal.error(f"relay: cannot listen on {hostport(*listen)}: {exc.strerror or exc}")
             return EXIT_FAILURE
         except ClientError as exc:
             terminal.error(f"relay: {exc}")

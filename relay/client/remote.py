@@ -1,6 +1,6 @@
 """The source end's I/O: find or create the tunnel, connect its source-connect WebSocket
-(aiohttp's client), and drive a `SourceSession` with it for `relay ssh` and `relay exec`.
-The decisions are session.py's; this module only moves messages."""
+(relay/ends/websocket.py), and drive a `SourceSession` with it for `relay ssh` and `relay exec`.
+The decisions are session.py's and relay/closes.py's; this module only moves messages."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from relay.client.api import ApiError, ClientError, RelayApi, source_uri
+from relay.client.api import ApiError, ClientError, RelayApi, Unreachable, source_uri
 from relay.client.session import Ended, Event, ExecFraming, Notice, Output, Phase, Send, SourceSession
 from relay.client.terminal import Terminal
 from relay.client.waiting import PROGRESS_EVERY, gave_up, still_waiting
+from relay.closes import after_refusal
+from relay.ends import websocket
+from relay.ends.websocket import SEND_ERRORS, ClientSocket
 
 # the device the command waits for, and how to read its tunnel (None when it cannot be read)
 Waiter = tuple[str, Callable[[], Awaitable[dict | None]]]
@@ -33,13 +36,13 @@ def waiter_for(api: RelayApi, device_id: str, tunnel_id: str) -> Waiter:
 
 EXIT_FAILURE = 255   # like ssh: the relay, the tunnel or the login failed, not the remote command
 
-# docs/protocol.md, "Handshake": a refused upgrade is a plain HTTP answer.
-_REFUSALS = {
-    401: "the relay refused the tunnel's source token (401): it was rotated, or it is not this tunnel's",
-    404: "the relay knows no such tunnel (404)",
-    410: "the tunnel is closed or expired (410)",
-    503: "the relay is shutting down (503): try again",
-}
+
+class Refused(ClientError):
+    """docs/protocol.md, "Handshake": the relay answered the upgrade with an HTTP status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(after_refusal(status).text)
+        self.status = status
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,20 +103,22 @@ async def take_over(api: RelayApi, tunnel_id: str, notice: Callable[[str], None]
     return Opened(tunnel_id, source_uri(api.url, tunnel_id), rotated["tunnel_access_token"], created=False)
 
 
-async def connect(http: aiohttp.ClientSession, opened: Opened, ssl: ssl_.SSLContext | bool = True) -> aiohttp.ClientWebSocketResponse:
+async def connect(http: aiohttp.ClientSession, opened: Opened, ssl: ssl_.SSLContext | bool = True) -> ClientSocket:
+    """The tunnel's source-connect WebSocket, on the REST client's HTTP session. Raises
+    `Refused` (an HTTP status) or `Unreachable`."""
     try:
-        return await http.ws_connect(opened.uri, headers={"tunnel_access_token": opened.token}, ssl=ssl,
-                                     autoping=True, autoclose=True, max_msg_size=0)
-    except aiohttp.WSServerHandshakeError as exc:
-        raise ClientError(_REFUSALS.get(exc.status, f"the relay refused the connection (HTTP {exc.status})")) from None
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise ClientError(f"cannot connect to {opened.uri}: {type(exc).__name__} {exc}".rstrip()) from None
+        return await websocket.Connector(http).open(opened.uri, headers={"tunnel_access_token": opened.token}, ssl=ssl)
+    except websocket.Refused as exc:
+        raise Refused(exc.status) from None
+    except websocket.Unreachable as exc:
+        error = exc.error
+        raise Unreachable(f"cannot connect to {opened.uri}: {type(error).__name__} {error}".rstrip()) from None
 
 
-class Link:
+class ShellLink:
     """A source WebSocket and its session: incoming messages become events for `sink`."""
 
-    def __init__(self, session: SourceSession, ws: aiohttp.ClientWebSocketResponse,
+    def __init__(self, session: SourceSession, ws: ClientSocket,
                  sink: Callable[[Event], None]) -> None:
         self.session = session
         self.ws = ws
@@ -126,32 +131,31 @@ class Link:
         for event in events:
             if isinstance(event, Send):
                 if not self.ws.closed:
-                    with contextlib.suppress(ConnectionError, aiohttp.ClientError):
-                        await self.ws.send_str(event.payload)
+                    with contextlib.suppress(*SEND_ERRORS):
+                        await self.ws.send(event.payload)
             else:
                 self.sink(event)
             if isinstance(event, Ended):
                 self.ended.set()
         self.changed.set()
 
-    async def __aenter__(self) -> Link:
+    async def __aenter__(self) -> ShellLink:
         await self.dispatch(self.session.start())
         self._reader = asyncio.create_task(self._read())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.dispatch(self.session.close())
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(), 5)
+        await self.ws.close(timeout=5)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
 
     async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                await self.dispatch(self.session.received(msg.data))
+        async for message in self.ws:
+            if isinstance(message, str):
+                await self.dispatch(self.session.received(message))
                 if self.session.phase is Phase.ENDED:
                     break
         await self.dispatch(self.session.connection_closed(self.ws.close_code))
@@ -206,7 +210,7 @@ async def interactive(http: aiohttp.ClientSession, opened: Opened, session: Sour
         elif hasattr(event, "text"):
             terminal.notice(event.text)   # Notice, LoggedIn
 
-    async with Link(session, ws, sink) as link:
+    async with ShellLink(session, ws, sink) as link:
         await link.until_open(wait, waiter)
         if session.phase is Phase.OPEN:
             if set_size:
@@ -265,7 +269,7 @@ async def execute(http: aiohttp.ClientSession, opened: Opened, session: SourceSe
         elif hasattr(event, "text") and not isinstance(event, Output):
             terminal.notice(event.text)
 
-    async with Link(session, ws, sink) as link:
+    async with ShellLink(session, ws, sink) as link:
         await link.until_open(wait, waiter)
         if session.phase is Phase.OPEN:
             await link.type(framing.line)

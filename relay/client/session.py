@@ -35,6 +35,7 @@ from typing import Any
 
 
 from relay import envelope
+from relay.closes import describe_close, disconnect_is_final
 
 SERVICE = "ssh"
 MAX_ESCAPED = 6   # the most bytes one character takes in JSON text ("\u001b"; UTF-8 is at most 4)
@@ -86,35 +87,10 @@ def message(operation_type: str, request_id: str, data: Any = None) -> str:
     return envelope.build(operation_type, request_id, data, SERVICE).decode()
 
 
-# docs/protocol.md, "Close codes": what each one means to the person at the keyboard.
-CLOSE_REASONS = {
-    1000: "the tunnel is over (closed or expired)",
-    1001: "the relay is shutting down",
-    1002: "WebSocket protocol error",
-    1003: "the relay refused a binary message",
-    1006: "the connection to the relay was lost",
-    1007: "the relay refused a message that is not UTF-8",
-    1009: "a message was over the relay's size limit",
-    4000: "another application connected to this tunnel and replaced this one",
-    4001: "the tunnel's source token was rotated",
-    4008: "the relay heard nothing from this client (heartbeat)",
-    4400: "the relay refused a malformed message",
-    4403: "the relay refused a message this end may not send",
-    4409: "the relay refused a reused request_id",
-}
-
-# docs/protocol.md, "Disconnect messages from the relay": the ones that end the connection.
-_FINAL_DISCONNECTS = {"409", "410", "408", "401", "503", "504"}
 # Huawei's device SDK tells that its SSH channel closed (the shell ended) with this request_id
 # and status 408 "SSH idles for too long..." (docs/device.md): not the relay's 408.
 SDK_CHANNEL_CLOSED_ID = "SSH_timeout_disconnect"
 _EXIT_STATUS = re.compile(r"exit status (\d+)")
-
-
-def describe_close(code: int | None) -> str:
-    if code is None:
-        return "the connection to the relay ended"
-    return f"{CLOSE_REASONS.get(code, 'the relay closed the connection')} (close code {code})"
 
 
 class LoginRule:
@@ -143,7 +119,7 @@ class LoginRule:
 
     def refused(self, request_id: object, code: str, text: str) -> str | None:
         """The reason to end with when this `disconnect` is the device refusing the login."""
-        from_device = code not in _FINAL_DISCONNECTS or request_id == SDK_CHANNEL_CLOSED_ID
+        from_device = not disconnect_is_final(code) or request_id == SDK_CHANNEL_CLOSED_ID
         if self.unconfirmed and from_device and code not in ("499", "404", "200"):
             self.unconfirmed = False
             return f"login failed ({code or 'no status'}): {text or 'the device gave no reason'}"
@@ -243,7 +219,7 @@ class SourceSession:
         if request_id == SDK_CHANNEL_CLOSED_ID:   # Huawei's SDK: the shell ended (its status unknown)
             return self._end(f"the device closed the SSH session ({code or 'no status'}): {text or 'no reason given'}",
                              error=False)
-        where = "the relay" if code in _FINAL_DISCONNECTS else "the device"
+        where = "the relay" if disconnect_is_final(code) else "the device"
         return self._end(f"{where} ended the session ({code or 'no status'}): {text or 'no reason given'}")
 
     def connection_closed(self, code: int | None) -> list[Event]:

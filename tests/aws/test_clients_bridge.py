@@ -1,4 +1,4 @@
-"""relay/aws_streams.py's Bridge on loopback sockets, without a relay: a source bridge and a
+"""relay/ends/pipes.py's StreamPipes on loopback sockets, without a relay: a source bridge and a
 destination bridge joined by a bounded queue each way (a WebSocket that pushes back), real
 TCP clients and servers at both ends."""
 
@@ -9,8 +9,9 @@ import contextlib
 import hashlib
 import os
 
-from relay import aws_streams as s
-from relay.aws_messages import MessageType, ProxyMessage, frame
+from relay.aws_messages import MAX_PAYLOAD, MessageType, ProxyMessage, frame
+from relay.ends.aws_streams import Destination, Source
+from relay.ends.pipes import HIGH, StreamPipe, StreamPipes
 from tests.device.conftest import eventually
 
 
@@ -20,15 +21,15 @@ class Pair:
     def __init__(self, services: dict[str, tuple[str, int]], version: int = 3, depth: int = 4) -> None:
         self.to_dst: asyncio.Queue[bytes] = asyncio.Queue(depth)
         self.to_src: asyncio.Queue[bytes] = asyncio.Queue(depth)
-        self.src = s.Bridge(s.Source(version), self.to_dst.put)
-        self.dst = s.Bridge(s.Destination(services, version), self.to_src.put)
+        self.src = StreamPipes(Source(version), self.to_dst.put)
+        self.dst = StreamPipes(Destination(services, version), self.to_src.put)
         self.tasks = [asyncio.create_task(self._pump(self.to_dst, self.dst)),
                       asyncio.create_task(self._pump(self.to_src, self.src))]
         self.server: asyncio.Server | None = None
-        self.links: list[s.Link] = []
+        self.links: list[StreamPipe] = []
 
     @staticmethod
-    async def _pump(queue: asyncio.Queue[bytes], bridge: s.Bridge) -> None:
+    async def _pump(queue: asyncio.Queue[bytes], bridge: StreamPipes) -> None:
         while True:
             await bridge.feed(await queue.get())
 
@@ -144,7 +145,7 @@ async def test_a_reader_that_does_not_read_holds_the_writer_back_at_a_bounded_bu
         stalled = produced[0]
         assert stalled < total // 2   # socket buffers and at most HIGH per end, not the whole stream
         (link,) = pair.src.links.values()
-        assert link.queued <= s.HIGH + s.MAX_PAYLOAD
+        assert link.queued <= HIGH + MAX_PAYLOAD
         h, n = hashlib.sha256(), 0
         while data := await asyncio.wait_for(reader.read(1 << 20), 20):
             h.update(data)

@@ -149,12 +149,12 @@ async def test_two_ssh_sessions_at_once_share_one_v3_stream(aws_fleet, tmp_path)
             # the first waits for a file the second creates: both run at the same time
             first = asyncio.create_task(ssh(source.port, f"while [ ! -e {flag} ]; do sleep 0.05; done; echo first",
                                             env))
-            await eventually(lambda: len(agent.aws.session.bridge.links) == 1)
+            await eventually(lambda: len(agent.aws.session.pipes.links) == 1)
             second = await ssh(source.port, f"touch {flag}; echo second", env)
             assert second[:2] == (0, "second\n"), second[2]
             code, out, err = await asyncio.wait_for(first, 30)
             assert (code, out) == (0, "first\n"), err
-            assert agent.aws.session.bridge.opened == 2
+            assert agent.aws.session.pipes.opened == 2
             assert any("/1/1 " in line for line in source.lines) and any("/1/2 " in line for line in source.lines)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -302,7 +302,7 @@ async def test_a_v2_source_has_one_connection_at_a_time_and_a_new_one_replaces_t
         assert (await ssh(source.port, "echo one", env))[:2] == (0, "one\n")
         first = asyncio.create_task(ssh(source.port, "sleep 30; echo never", env))
         # "one" was stream 1; the sleeping one is stream 2, open at the device
-        await eventually(lambda: any(k.stream_id == 2 for k in agent.aws.session.bridge.links))
+        await eventually(lambda: any(k.stream_id == 2 for k in agent.aws.session.pipes.links))
         code, out, err = await ssh(source.port, "echo two", env)   # resets the sleeping one
         assert (code, out) == (0, "two\n"), err
         code, out, _ = await asyncio.wait_for(first, 20)

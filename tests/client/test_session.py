@@ -7,8 +7,8 @@ import itertools
 import orjson
 import pytest
 
-from relay.client.session import (Ended, ExecFraming, LoggedIn, Notice, Output, Phase, Send, SourceSession,
-                                  describe_close, message)
+from relay.client.session import Ended, ExecFraming, LoggedIn, Notice, Output, Phase, Send, SourceSession, message
+from relay.closes import describe_close
 
 
 def ids():  # type: ignore[no-untyped-def]

@@ -8,8 +8,8 @@ import random
 import orjson
 import pytest
 
-from relay.agent.session import (Backoff, CloseShell, DeviceSession, Next, OpenShell, ReconnectPolicy, Send,
-                                 WriteShell, split_output)
+from relay.agent.session import CloseShell, DeviceSession, OpenShell, Send, WriteShell, split_output
+from relay.closes import Backoff, Next, after_close, after_refusal
 
 
 def msg(op: str, request_id: str = "r1", data=None) -> bytes:  # type: ignore[no-untyped-def]
@@ -142,7 +142,7 @@ def test_a_limit_too_small_is_refused():
     (4001, Next.WAIT_FOR_TOKEN),
 ])
 def test_after_close(code, expected):
-    assert ReconnectPolicy.after_close(code) is expected
+    assert after_close(code).next is expected
 
 
 @pytest.mark.parametrize("status, expected", [
@@ -150,7 +150,7 @@ def test_after_close(code, expected):
     (503, Next.RECONNECT), (502, Next.RECONNECT),
 ])
 def test_after_refusal(status, expected):
-    assert ReconnectPolicy.after_refusal(status) is expected
+    assert after_refusal(status).next is expected
 
 
 def test_backoff_grows_to_a_ceiling_and_resets():

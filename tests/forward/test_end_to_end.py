@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import forward
+from relay.ends import huawei_tcp as forward
 from relay.cli import build_parser
 from relay.client.forward import Forwarder, forward_async
 from relay.client.terminal import Terminal

@@ -1,5 +1,5 @@
-"""relay/forward.py: the messages and `Connection` without sockets, then `Pipe` on real
-loopback TCP connections joined back to back (each pipe's messages fed to the other)."""
+"""relay/ends/huawei_tcp.py: the messages and `Connection` without sockets, then `TcpPipe`
+(relay/ends/pipes.py) on real loopback TCP connections joined back to back (each pipe's messages fed to the other)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import struct
 import orjson
 import pytest
 
-from relay import forward
-from relay.forward import CHUNK, WINDOW, Connection, ForwardError
+from relay.ends import huawei_tcp as forward
+from relay.ends.huawei_tcp import CHUNK, WINDOW, Connection, ForwardError
+from relay.ends.pipes import TcpPipe
 
 LONGEST_ID = "x" * forward.MAX_ID_BYTES
 
@@ -128,7 +129,7 @@ class Pair:
     other, as the relay would carry them (every one checked against the 10 KB limit)."""
 
     def __init__(self) -> None:
-        self.pipes: list[forward.Pipe] = []
+        self.pipes: list[TcpPipe] = []
         self.apps: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []   # the two TCP peers
         self.sent: list[str] = []
         self.servers: list[asyncio.Server] = []
@@ -142,7 +143,7 @@ class Pair:
             reader, writer = await asyncio.wait_for(accepted, 5)
             self.apps.append(app)
             index = len(self.pipes)
-            self.pipes.append(forward.Pipe(Connection("f-pair", window=window, ack_threshold=min(window, 32768)),
+            self.pipes.append(TcpPipe(Connection("f-pair", window=window, ack_threshold=min(window, 32768)),
                                            reader, writer, self._sender(index)))
         for pipe in self.pipes:
             pipe.start()

@@ -1,0 +1,499 @@
+"""The asyncio side of both protocols' ends: TCP connections joined to a tunnel's
+WebSocket, for the agent and the application side. The rules are sans-I/O, elsewhere:
+Huawei's `tcp` service in relay/ends/huawei_tcp.py, AWS's streams in relay/ends/aws_streams.py.
+
+- the socket plumbing both share: `reset` (end a TCP connection with RST), `describe` (an
+  error in one line), `wait_closed` (a pipe's tasks, once it is done), `limit_write_buffer`;
+- Huawei: `TcpPipe` joins one asyncio TCP stream to a `huawei_tcp.Connection` and a `send`
+  coroutine (the tunnel's WebSocket). It reads its socket only while it has credit, and
+  acknowledges bytes only once they are written to its socket (drained), so a slow reader on
+  either side holds at most `WINDOW` bytes per connection in the tunnel and in each end.
+  `TcpPipes`: the forwarded connections of one WebSocket connection.
+- AWS: `StreamPipes` joins TCP streams to a stream table (`Destination`/`Source`) and a
+  `send` coroutine; `StreamPipe` is one of its connections. Flow control: a connection's
+  socket is read only once the previous chunk was sent (the WebSocket's writer waits for its
+  transport to drain), and the relay's data for a socket whose peer does not read stops the
+  WebSocket's reader at `HIGH` bytes queued, until it drains below `LOW`. The protocol has no
+  per-connection credit, so a stalled connection holds back the others of the same tunnel
+  (as AWS's localproxy does).
+
+Standard library and the rules modules only (the WebSocket is a `send` coroutine handed in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Iterable
+
+from relay.aws_messages import MAX_PAYLOAD, MessageReader, MessageType
+from relay.ends import huawei_tcp
+from relay.ends.aws_streams import (EndStreams, Key, Source, StreamClose, StreamConnect, StreamDeliver, StreamEffect,
+                                    StreamNotice, StreamSend, stream_name)
+
+log = logging.getLogger(__name__)
+
+SendText = Callable[[str], Awaitable[None]]      # a Huawei tunnel's WebSocket: one text message
+SendBytes = Callable[[bytes], Awaitable[None]]   # an AWS tunnel's WebSocket: one binary message
+
+HIGH = 256 * 1024                # AWS: relay data queued for one socket: stop reading the WebSocket
+LOW = 64 * 1024                  # ... and read it again below this
+CONNECT_TIMEOUT = 10.0
+
+
+# -- the socket plumbing both protocols share ------------------------------------------------------
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Abort the TCP connection so that its peer sees a reset (RST), not an orderly end:
+    a forwarded connection that broke must not look complete."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def describe(exc: BaseException) -> str:
+    """An error in one short line, for logs and messages."""
+    return (str(exc) or type(exc).__name__).split("\n", 1)[0][:200]
+
+
+def limit_write_buffer(writer: asyncio.StreamWriter, high: int) -> None:
+    """`drain()` waits until the transport holds at most `high` bytes (0: until the kernel took
+    everything, so what is acknowledged was really written)."""
+    with contextlib.suppress(AttributeError, NotImplementedError):
+        writer.transport.set_write_buffer_limits(high=high)
+
+
+async def wait_closed(done: asyncio.Event, tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Once `done` is set, wait for a pipe's tasks to end (but the caller's own, if it is one)."""
+    await done.wait()
+    current = asyncio.current_task()
+    for task in tasks:
+        if task is not current:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+# -- Huawei: the `tcp` service's connections ---------------------------------------------------------
+
+
+class TcpPipe:
+    """One TCP stream joined to the tunnel. `feed` takes the peer's messages for this
+    connection in order (it never waits for the socket); `start` begins moving data;
+    `done` is set when both directions are closed or the connection was aborted."""
+
+    def __init__(self, conn: huawei_tcp.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 send: SendText, extra: dict[str, str] | None = None) -> None:
+        self.conn = conn
+        self.reader = reader
+        self.writer = writer
+        self._send = send
+        self.extra = {**(extra or {}), "connection_id": conn.conn_id}
+        self.done = asyncio.Event()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()   # None: the peer's eof
+        self._credit = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._out_done = self._in_done = False
+        limit_write_buffer(writer, 0)   # acknowledge only what the kernel took
+
+    def start(self) -> None:
+        if not self._tasks and not self.done.is_set():
+            self._tasks = [asyncio.create_task(self._socket_to_tunnel(), name=f"fwd-out-{self.conn.conn_id}"),
+                           asyncio.create_task(self._tunnel_to_socket(), name=f"fwd-in-{self.conn.conn_id}")]
+
+    async def feed(self, msg: huawei_tcp.Message) -> None:
+        if self.done.is_set():
+            return
+        try:
+            if msg.op == huawei_tcp.DATA:
+                raw = self.conn.on_data(msg.data)
+                if raw:
+                    self._queue.put_nowait(raw)
+            elif msg.op == huawei_tcp.ACK:
+                self.conn.on_ack(msg.data)
+                self._credit.set()
+            elif msg.op == huawei_tcp.CLOSE:
+                reason = self.conn.on_close(msg.data)
+                if reason is None:
+                    self._queue.put_nowait(None)   # after every byte queued before it
+                else:
+                    log.info("forwarded connection aborted by the other end: %s", reason, extra=self.extra)
+                    await self.abort(None)
+        except huawei_tcp.ForwardError as exc:
+            log.warning("forwarded connection broken by the other end: %s", exc, extra=self.extra)
+            await self.abort(f"protocol error: {exc}")
+
+    async def abort(self, reason: str | None, *, tell_peer: bool = True) -> None:
+        """Abort the TCP connection. With a `reason` (our decision), the peer is told,
+        unless `tell_peer` is False (the tunnel is gone)."""
+        if self.done.is_set():
+            return
+        if reason is not None:
+            payload = self.conn.abort(reason)
+        else:
+            payload = None
+            self.conn.aborted = self.conn.aborted or "aborted"
+        self.done.set()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        reset(self.writer)
+        if payload is not None and tell_peer:
+            with contextlib.suppress(Exception):
+                await self._send(payload)
+
+    def close(self, reason: str) -> None:
+        """End a connection that never started (its forward_open was refused): a plain close."""
+        if self.done.is_set():
+            return
+        self.conn.aborted = self.conn.aborted or reason
+        self.done.set()
+        self.writer.close()
+
+    async def wait_closed(self) -> None:
+        await wait_closed(self.done, self._tasks)
+
+    # -- the two directions --------------------------------------------------------------
+
+    async def _socket_to_tunnel(self) -> None:
+        try:
+            while True:
+                while self.conn.credit == 0:
+                    self._credit.clear()
+                    await self._credit.wait()
+                data = await self.reader.read(min(huawei_tcp.CHUNK, self.conn.credit))
+                if not data:
+                    await self._send(self.conn.eof())
+                    break
+                for payload in self.conn.outgoing(data):
+                    await self._send(payload)
+        except (ConnectionError, OSError) as exc:
+            await self.abort(f"the TCP connection failed: {describe(exc)}")
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:   # the tunnel's WebSocket failed under us
+            await self.abort(f"cannot send: {describe(exc)}", tell_peer=False)
+            return
+        self._out_done = True
+        self._maybe_finished()
+
+    async def _tunnel_to_socket(self) -> None:
+        try:
+            while True:
+                raw = await self._queue.get()
+                if raw is None:
+                    if self.writer.can_write_eof():
+                        self.writer.write_eof()
+                    break
+                self.writer.write(raw)
+                await self.writer.drain()
+                ack = self.conn.on_written(len(raw))
+                if ack is not None:
+                    await self._send(ack)
+        except (ConnectionError, OSError) as exc:
+            await self.abort(f"the TCP connection failed: {describe(exc)}")
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self.abort(f"cannot send: {describe(exc)}", tell_peer=False)
+            return
+        self._in_done = True
+        self._maybe_finished()
+
+    def _maybe_finished(self) -> None:
+        if self._out_done and self._in_done and not self.done.is_set():
+            self.done.set()
+            self.writer.close()
+
+
+class TcpPipes:
+    """The forwarded connections of one tunnel connection, by id, with the peaks of the
+    flow-control counters of every connection seen (for tests and logs)."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, TcpPipe] = {}
+        self.peak_unacked = 0
+        self.peak_inbound = 0
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    def add(self, pipe: TcpPipe) -> None:
+        self.by_id[pipe.conn.conn_id] = pipe
+        watcher = asyncio.create_task(self._forget_when_done(pipe))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _forget_when_done(self, pipe: TcpPipe) -> None:
+        await pipe.wait_closed()
+        self._record(pipe)
+        if self.by_id.get(pipe.conn.conn_id) is pipe:
+            del self.by_id[pipe.conn.conn_id]
+
+    def _record(self, pipe: TcpPipe) -> None:
+        self.peak_unacked = max(self.peak_unacked, pipe.conn.peak_unacked)
+        self.peak_inbound = max(self.peak_inbound, pipe.conn.peak_inbound)
+
+    def peaks(self) -> tuple[int, int]:
+        """The most bytes ever unacknowledged (sent, received) by one connection."""
+        for pipe in self.by_id.values():
+            self._record(pipe)
+        return self.peak_unacked, self.peak_inbound
+
+    async def route(self, msg: huawei_tcp.Message) -> bool:
+        """Hand a data/ack/close message to its connection; False when it has none."""
+        pipe = self.by_id.get(msg.conn_id)
+        if pipe is None:
+            return False
+        await pipe.feed(msg)
+        return True
+
+    async def abort_all(self, reason: str) -> int:
+        """The tunnel's WebSocket is gone: abort every connection (no one to tell)."""
+        pipes = list(self.by_id.values())
+        for pipe in pipes:
+            await pipe.abort(reason, tell_peer=False)
+        for pipe in pipes:
+            await pipe.wait_closed()
+        self.by_id.clear()
+        return len(pipes)
+
+
+# -- AWS: the streams of a tunnel --------------------------------------------------------------------
+
+
+class StreamPipe:
+    """One TCP connection of a stream: a writer task empties the relay's data into the
+    socket; a reader task turns what the socket gives into DATA messages."""
+
+    def __init__(self, pipes: StreamPipes, key: Key) -> None:
+        self.pipes = pipes
+        self.key = key
+        self.writer: asyncio.StreamWriter | None = None
+        self.connected = asyncio.Event()
+        self.done = asyncio.Event()
+        self.closing = False               # the table is done with it: no more events from it
+        self.queued = 0                    # bytes of the relay's data not yet written to the socket
+        self.space = asyncio.Event()
+        self.space.set()
+        self.bytes_in = self.bytes_out = 0
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()   # None: close after the data
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        limit_write_buffer(writer, LOW)
+        self.connected.set()
+        if self.done.is_set():   # reset while it was connecting
+            reset(writer)
+            return
+        self._tasks.append(asyncio.create_task(self._to_socket(), name=f"aws-in-{self.key}"))
+        if not self.closing:
+            self._tasks.append(asyncio.create_task(self._from_socket(reader), name=f"aws-out-{self.key}"))
+
+    def deliver(self, data: bytes) -> None:
+        self.queued += len(data)
+        if self.queued > HIGH:
+            self.space.clear()
+        self._queue.put_nowait(data)
+
+    def close(self, abort: bool) -> None:
+        """The table closed it: flush what is queued then close, or reset now."""
+        self.closing = True
+        for task in self._tasks[1:]:
+            task.cancel()   # the socket's reader: nothing more goes to the table
+        if abort:
+            self._finish(abort=True)
+        else:
+            self._queue.put_nowait(None)   # still connecting: attach() starts the writer, which flushes
+
+    async def _to_socket(self) -> None:
+        assert self.writer is not None
+        try:
+            while True:
+                data = await self._queue.get()
+                if data is None:
+                    break
+                self.writer.write(data)
+                await self.writer.drain()
+                self.bytes_in += len(data)
+                self.queued -= len(data)
+                if self.queued <= LOW:
+                    self.space.set()
+        except (ConnectionError, OSError) as exc:
+            await self.pipes.local_closed(self, f"the TCP connection failed: {describe(exc)}", abort=True)
+            return
+        self._finish(abort=False)
+
+    async def _from_socket(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                data = await reader.read(MAX_PAYLOAD)
+                if not data:
+                    break
+                self.bytes_out += len(data)
+                if not await self.pipes.local_data(self, data):
+                    return
+        except (ConnectionError, OSError) as exc:
+            await self.pipes.local_closed(self, f"the TCP connection failed: {describe(exc)}", abort=True)
+            return
+        # the local peer closed (the protocol has no half-close): end the stream at the other
+        # end, and close this socket once the relay's data queued before now is written
+        await self.pipes.local_closed(self, "closed by the local peer", abort=False)
+
+    def _finish(self, abort: bool) -> None:
+        if self.done.is_set():
+            return
+        self.closing = True
+        self.done.set()
+        self.space.set()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        if self.writer is not None:
+            if abort:
+                reset(self.writer)
+            else:
+                self.writer.close()
+
+    async def wait_closed(self) -> None:
+        await wait_closed(self.done, self._tasks)
+
+
+class StreamPipes:
+    """The TCP connections of one WebSocket connection of either end. `feed` takes the bytes
+    of each binary WebSocket message (it waits while a socket's queue is over HIGH);
+    `accept` adds a local connection (source); `lost` ends everything."""
+
+    def __init__(self, table: EndStreams, send: SendBytes, *, extra: dict[str, str] | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.table = table
+        self._send = send
+        self.extra = dict(extra or {})
+        self.connect_timeout = connect_timeout
+        self.reader = MessageReader()
+        self.links: dict[Key, StreamPipe] = {}
+        self.services_known = asyncio.Event()
+        self.opened = 0           # connections these pipes carried (for logs and tests)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()   # effects of one event are applied in order
+
+    # -- in from the relay ---------------------------------------------------------------
+
+    async def feed(self, data: bytes) -> None:
+        """Raises ValueError (from the decoder) on bytes that are not the protocol."""
+        for msg in self.reader.feed(data):
+            effects = self.table.received(msg)
+            if msg.type == MessageType.SERVICE_IDS:
+                self.services_known.set()
+            await self.apply(effects)
+
+    async def apply(self, effects: list[StreamEffect]) -> None:
+        for effect in effects:
+            if isinstance(effect, StreamSend):
+                await self._send(effect.data)
+            elif isinstance(effect, StreamDeliver):
+                link = self.links.get(effect.key)
+                if link is not None and not link.closing:
+                    link.deliver(effect.data)
+                    if not link.space.is_set():
+                        await link.space.wait()   # the socket's peer is slow: hold the WebSocket
+            elif isinstance(effect, StreamClose):
+                link = self.links.get(effect.key)
+                if link is not None:
+                    log.info("stream %s: %s", stream_name(effect.key), effect.reason, extra=self.extra)
+                    link.close(effect.abort)
+            elif isinstance(effect, StreamConnect):
+                self._connect(effect)
+            elif isinstance(effect, StreamNotice):
+                log.log(logging.WARNING if effect.warning else logging.INFO, "%s", effect.text, extra=self.extra)
+
+    # -- TCP connections -----------------------------------------------------------------
+
+    def _add(self, key: Key) -> StreamPipe:
+        old = self.links.get(key)
+        if old is not None:
+            old.close(abort=True)
+        link = StreamPipe(self, key)
+        self.links[key] = link
+        self.opened += 1
+        task = asyncio.create_task(self._forget(link), name=f"aws-forget-{key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return link
+
+    async def _forget(self, link: StreamPipe) -> None:
+        await link.wait_closed()
+        if self.links.get(link.key) is link:
+            del self.links[link.key]
+
+    def _connect(self, effect: StreamConnect) -> None:
+        link = self._add(effect.key)
+        task = asyncio.create_task(self._open(link, effect.address), name=f"aws-connect-{effect.key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self, link: StreamPipe, address: tuple[str, int]) -> None:
+        target = f"{address[0]}:{address[1]}"
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), self.connect_timeout)
+        except (TimeoutError, OSError) as exc:
+            why = "no answer" if isinstance(exc, asyncio.TimeoutError) else describe(exc)
+            log.warning("stream %s: cannot connect to %s: %s", stream_name(link.key), target, why, extra=self.extra)
+            await self.local_closed(link, f"cannot connect to {target}: {why}", abort=True)
+            return
+        log.info("stream %s: connected to %s", stream_name(link.key), target, extra=self.extra)
+        link.attach(reader, writer)
+
+    async def accept(self, service: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> StreamPipe:
+        """Source: a local connection for `service`; STREAM_START or CONNECTION_START goes out."""
+        assert isinstance(self.table, Source)
+        async with self._lock:
+            key, effects = self.table.accepted(service)
+            link = self._add(key)
+            await self.apply(effects)
+        link.attach(reader, writer)
+        return link
+
+    async def local_data(self, link: StreamPipe, data: bytes) -> bool:
+        if link.closing or self.links.get(link.key) is not link:
+            return False
+        await self.apply(self.table.local_data(link.key, data))
+        return True
+
+    async def local_closed(self, link: StreamPipe, reason: str, *, abort: bool) -> None:
+        """`link`'s socket ended (or never opened): the other end is told, unless the table
+        had closed it already."""
+        if not link.closing and self.links.get(link.key) is link:
+            link.closing = True
+            log.info("stream %s: %s (%d bytes in, %d out)", stream_name(link.key), reason, link.bytes_in,
+                     link.bytes_out, extra=self.extra)
+            with contextlib.suppress(Exception):   # the WebSocket may be gone: lost() follows
+                await self.apply(self.table.local_closed(link.key, reason))
+        if abort:
+            link._finish(abort=True)
+        else:
+            link._queue.put_nowait(None)
+
+    async def lost(self) -> int:
+        """The WebSocket ended: reset every connection; how many there were."""
+        self.table.connection_lost()
+        links = list(self.links.values())
+        for link in links:
+            link.close(abort=True)
+        for link in links:
+            await link.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.links.clear()
+        return len(links)
