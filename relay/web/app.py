@@ -22,7 +22,7 @@ from relay.service import TunnelService
 from relay.store import TunnelStore, open_store
 from relay.store.redis import RedisStore
 from relay.tokens import hash_token
-from relay.web import audit_rest, aws_sockets, console, metrics, openapi, rest, sockets
+from relay.web import audit_rest, aws_sockets, console, huawei_sockets, metrics, openapi, rest, sockets
 from relay.web.bridge import BRIDGE_PATH, Bridges
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, store: TunnelS
     if cluster.distributed:
         hub.bridges = Bridges(hub, cluster)
     service.listeners.append(hub)
-    sockets.add_routes(app, hub)
+    huawei_sockets.add_routes(app, hub)   # the Huawei IoTDA v5 endpoints, /v5/iot/tunnels/{id}/...-connect
     aws_sockets.add_routes(app)  # the AWS IoT Secure Tunneling endpoint, /tunnel (docs/aws.md)
 
     async def end_sockets(app: web.Application) -> None:
