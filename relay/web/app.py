@@ -200,7 +200,7 @@ def create_internal_app(app: web.Application) -> web.Application:
     async def bridge(request: web.Request) -> web.StreamResponse:
         if hub.bridges is None or not hub.accepting:
             raise errors.ShuttingDown("this replica takes no bridges")
-        return await hub.bridges.accept(request)
+        return await hub.bridges.accept_bridge(request)
 
     async def metrics_page(request: web.Request) -> web.Response:
         text = await metrics.render(hub, app[rest.SERVICE].store)

@@ -91,7 +91,7 @@ def _large_buffers(transport: asyncio.Transport) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, option, BRIDGE_SOCKET_BUFFER)
 
 
-def _hold(device: TunnelConnection) -> None:
+def _hold_device(device: TunnelConnection) -> None:
     """Stop reading the device while its bridge is being built. `peer_full` is the flow
     control's "the peer cannot take data now", which is what the half-built bridge is; the
     `link` that attaching the bridge makes recomputes it from the new peer.
@@ -104,7 +104,7 @@ def _hold(device: TunnelConnection) -> None:
     device.update_reading()
 
 
-def _release(device: TunnelConnection) -> None:
+def _end_hold(device: TunnelConnection) -> None:
     """End the hold unless the device is gone: read it as its current link (if any) allows."""
     if not device.closing:
         device.link(device.peer)
@@ -133,6 +133,10 @@ class _UpgradeAnswer(asyncio.Protocol):
 
 
 class Bridges:
+    """This replica's bridges to the others: it opens one when it holds a tunnel's device end and
+    another replica its source end, and accepts those the other replicas open (`accept_bridge`,
+    on the internal port). Meets the hub's `ReplicaBridges`."""
+
     def __init__(self, hub: Hub, cluster: Cluster) -> None:
         self.hub = hub
         self.cluster = cluster
@@ -227,7 +231,7 @@ class Bridges:
         # what the device sent in between would be answered "peer absent" (AWS: STREAM_RESET)
         # instead of relayed. So the device is not read while the bridge is built; its bytes
         # wait in the kernel until it is linked, or the attempt is over (10 s at most).
-        _hold(device)
+        _hold_device(device)
         try:
             transport, handshake = await asyncio.wait_for(
                 loop.create_connection(lambda: _UpgradeAnswer(request), host.strip("[]"), int(port)), 5)
@@ -249,11 +253,11 @@ class Bridges:
             if rest:
                 bridge.data_received(rest)
         finally:
-            _release(device)  # whatever happened (failure, timeout, cancellation, the device left)
+            _end_hold(device)  # whatever happened (failure, timeout, cancellation, the device left)
 
     # -- the source's replica accepts it --------------------------------------------------------
 
-    async def accept(self, request: web.Request) -> web.StreamResponse:
+    async def accept_bridge(self, request: web.Request) -> web.StreamResponse:
         """A bridge from the replica that holds the device end. What comes through it is
         relayed to the source unchecked (the other replica checked it), so the request must
         prove it comes from a replica: a credential made for this bridge with the replicas'

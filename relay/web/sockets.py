@@ -16,7 +16,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from relay.recording import Recording
 
 log = logging.getLogger(__name__)
+
+Result = TypeVar("Result")
 
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
@@ -210,7 +212,7 @@ class ReplicaBridges(Protocol):
 
     async def reconcile(self) -> None: ...
 
-    async def accept(self, request: web.Request) -> web.StreamResponse: ...
+    async def accept_bridge(self, request: web.Request) -> web.StreamResponse: ...
 
 
 class ConnectionAudit:
@@ -300,7 +302,7 @@ class Hub:
         self.audit = ConnectionAudit(service)
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Result]) -> asyncio.Task[Result]:
         """Run background work tied to an end; kept referenced until it finishes."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
