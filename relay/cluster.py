@@ -13,10 +13,16 @@ credential made for that one bridge (`bridge_credential`), an HMAC keyed with th
 shared secret (--bridge-secret-file; never in Redis) over the tunnel, the replica and its
 lease, and an expiry. It is accepted once, before its expiry, from the replica that holds
 the device end's lease with that epoch.
+
+What the replicas decide from their leases is here too, without I/O: the epoch an end holds
+(`held_epoch`, the one lease-epoch check of the hub and the bridges) and what the periodic
+reconciliation does with an end (`reconcile_verdict`). Tested without sockets
+(tests/test_cluster.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -24,7 +30,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from relay.clock import Clock
-from relay.model import Side
+from relay.model import CloseReason, Side, Status, Tunnel
+from relay.protocol import Reason, Reasons
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,6 +55,30 @@ class Hint:
 
 
 HintHandler = Callable[[Hint], None]
+
+
+def held_epoch(claim: asyncio.Future[int] | None) -> int | None:
+    """The epoch of the lease an end holds: its claim's result once the claim has succeeded;
+    None while it runs, after it failed (the store was away), or without one."""
+    if claim is None or not claim.done() or claim.cancelled() or claim.exception() is not None:
+        return None
+    return claim.result()
+
+
+def reconcile_verdict(tunnel: Tunnel | None, side: Side, token_hash: str, now: float, *,
+                      lease_lost: bool) -> Reason | None:
+    """What the periodic reconciliation does with an end held here: None keeps it, otherwise
+    it ends with the reason returned. `lease_lost`: another replica holds the side now (a
+    newer connection, there); `tunnel`: the tunnel as the store has it (None: gone);
+    `token_hash`: the hash of the token the end connected with."""
+    if lease_lost:
+        return Reasons.EVICTED
+    if tunnel is None or tunnel.status is not Status.OPEN or tunnel.expires_at <= now:
+        expired = tunnel is not None and tunnel.close_reason is CloseReason.EXPIRED
+        return Reasons.TUNNEL_EXPIRED if expired else Reasons.TUNNEL_CLOSED
+    if tunnel.token_hash(side) != token_hash:
+        return Reasons.TOKEN_ROTATED   # rotated on another replica, whose hint was lost
+    return None
 
 BRIDGE_CREDENTIAL_LIFETIME = 30.0   # seconds; replicas' clocks must agree within it
 MIN_BRIDGE_SECRET = 32              # characters of --bridge-secret-file

@@ -12,14 +12,15 @@ read to the decoder and writes what it returns straight to the peer.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import uuid
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, assert_never
 
 from relay import codec
 from relay.closes import CloseCode as CloseCode
 from relay.envelope import build as build_envelope
-from relay.model import Side, TunnelProtocol
+from relay.model import CloseReason, Side, TunnelProtocol
 
 SERVICE_SSH = "ssh"
 SERVICES = ("ssh", "tcp")  # Huawei's SSH service, and TCP forwarding (docs/forwarding.md)
@@ -53,6 +54,44 @@ class Reasons:
     HEARTBEAT = Reason("504", "no answer to heartbeats", CloseCode.HEARTBEAT_TIMEOUT)
 
 
+class EndCause(str, enum.Enum):
+    """Why the control plane ends a tunnel's connections. Its value is what a cluster hint
+    carries to the other replicas (relay.cluster.Hint.reason)."""
+
+    CLOSED = "closed"     # closed by the API
+    EXPIRED = "expired"   # its lifetime ran out
+    ROTATED = "rotated"   # the side's token was rotated
+
+    @classmethod
+    def of_close(cls, reason: CloseReason) -> EndCause:
+        """The cause of a tunnel's close, as the store records it."""
+        match reason:
+            case CloseReason.CLOSED:
+                return cls.CLOSED
+            case CloseReason.EXPIRED:
+                return cls.EXPIRED
+            case _:
+                assert_never(reason)
+
+    @classmethod
+    def parse(cls, text: str) -> EndCause:
+        """The cause a hint names; ValueError for any other text (never a guess)."""
+        return cls(text)
+
+    @property
+    def reason(self) -> Reason:
+        """What the ends are told, and the close that follows."""
+        match self:
+            case EndCause.CLOSED:
+                return Reasons.TUNNEL_CLOSED
+            case EndCause.EXPIRED:
+                return Reasons.TUNNEL_EXPIRED
+            case EndCause.ROTATED:
+                return Reasons.TOKEN_ROTATED
+            case _:
+                assert_never(self)
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -70,9 +109,32 @@ def disconnect_message(reason: Reason) -> bytes:
 
 
 class End(Protocol):
-    """One WebSocket connection, as the rules see it."""
+    """One connection of a tunnel, as the rules see it, and what the actions ask of it (the
+    adapter's ends meet it: relay/web/sockets.py, relay/web/bridge.py)."""
 
     side: Side
+
+    @property
+    def version(self) -> int:
+        """The version of the subprotocol it speaks: AWS's 1-3; 0 for an end that has none (a
+        Huawei connection) or that the relay tells nothing (a bridge to another replica)."""
+        ...
+
+    def send_message(self, payload: bytes) -> None:
+        """Send one message of the relay's own (Send)."""
+        ...
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with this WebSocket close (Close)."""
+        ...
+
+    def link(self, peer: Self | None) -> None:
+        """Relay what it reads to `peer` from now on; None: to no one (Link)."""
+        ...
+
+
+# The decoders of a tunnel: the codec's, of the tunnel's protocol (Huawei's or AWS's).
+TunnelDecoder = TypeVar("TunnelDecoder", codec.Decoder, codec.AwsDecoder)
 
 
 class Watcher(Protocol):
@@ -101,7 +163,7 @@ class Close:
 class Link:
     end: End
     peer: End | None      # where `end`'s relayed messages go from now on
-    decoder: Any          # the decoder `end` must feed its reads to
+    decoder: codec.Decoder | codec.AwsDecoder   # the decoder `end` must feed its reads to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +181,7 @@ def other(side: Side) -> Side:
     return Side.DEVICE if side is Side.SOURCE else Side.SOURCE
 
 
-class PairingRules:
+class PairingRules(Generic[TunnelDecoder]):
     """What every kind of tunnel does with its two connections, whatever its protocol: at most
     one live end per side, linking the two, and ending them. The protocol's kind says what an
     end is told when it goes (`_farewell`), what its peer hears (`_peer_left`), and what else
@@ -128,8 +190,9 @@ class PairingRules:
     __slots__ = ("tunnel_id", "ends", "decoders")   # one per tunnel with a connection here: kept small
 
     protocol: ClassVar[str]   # a TunnelProtocol value: the label of its metrics
-    ends: dict[Side, Any]
-    decoders: dict[Side, Any]
+    tunnel_id: str
+    ends: dict[Side, End | None]
+    decoders: dict[Side, TunnelDecoder]
 
     @property
     def empty(self) -> bool:
@@ -203,7 +266,7 @@ class PairingRules:
         """Anything the protocol keeps about `side`'s connection is over."""
 
 
-class Pairing(PairingRules):
+class Pairing(PairingRules[codec.Decoder]):
     """The two ends of one Huawei-protocol tunnel."""
 
     __slots__ = ("watcher",)
@@ -211,13 +274,13 @@ class Pairing(PairingRules):
 
     def __init__(self, tunnel_id: str, max_message_size: int = 10240, watcher: Watcher | None = None) -> None:
         self.tunnel_id = tunnel_id
-        self.ends: dict[Side, End | None] = {Side.SOURCE: None, Side.DEVICE: None}
+        self.ends = {Side.SOURCE: None, Side.DEVICE: None}
         self.watcher = watcher
         # One decoder per side for the tunnel's whole life: the source's request ids must be
         # unique in the tunnel, across reconnections.
         self.decoders = {side: self._decoder(side, max_message_size) for side in Side}
 
-    def _decoder(self, side: Side, max_message_size: int) -> Any:
+    def _decoder(self, side: Side, max_message_size: int) -> codec.Decoder:
         if self.watcher is None:
             return codec.Decoder(_CODEC_SIDE[side], max_message_size, SERVICES)
         return codec.Decoder(_CODEC_SIDE[side], max_message_size, SERVICES, noted=self.watcher.noted(side),

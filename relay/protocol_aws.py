@@ -29,20 +29,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Any, Protocol
 
 from relay import codec
-from relay.aws_messages import MessageType, ProxyMessage, frame
+from relay.aws_messages import MAX_PAYLOAD, VERSION_OF, MessageType, ProxyMessage, frame
 from relay.model import Side, TunnelProtocol
-from relay.protocol import Action, PairingRules, Reasons, Send
+from relay.protocol import Action, End, PairingRules, Reasons, Send
 
-# The subprotocols of AWS's guides, by version; the relay answers with the highest offered.
-SUBPROTOCOLS = {
-    "aws.iot.securetunneling-1.0": 1,
-    "aws.iot.securetunneling-2.0": 2,
-    "aws.iot.securetunneling-3.0": 3,
-}
-MAX_PAYLOAD = 64512   # 63 KiB: the most a tunnel message may carry (AWS's guides)
+# The subprotocols of AWS's guides, by version (the relay answers with the highest offered),
+# and the most a tunnel message may carry: one home, relay/aws_messages.py.
+SUBPROTOCOLS = VERSION_OF
 MODES = {"source": Side.SOURCE, "destination": Side.DEVICE}   # local-proxy-mode -> side
 
 _CODEC_SIDE = {Side.SOURCE: codec.SOURCE, Side.DEVICE: codec.DEVICE}
@@ -122,14 +117,7 @@ def describe(msg: ProxyMessage) -> str:
     return f"{MessageType(msg.type).name} {where}".strip()
 
 
-class AwsEnd(Protocol):
-    """One WebSocket connection of an AWS tunnel, as the rules see it. `version` is its
-    subprotocol's (1-3); an end without one (a bridge to another replica) is told nothing."""
-
-    side: Side
-
-
-class AwsPairing(PairingRules):
+class AwsPairing(PairingRules[codec.AwsDecoder]):
     """The two ends of one AWS-protocol tunnel."""
 
     __slots__ = ("services", "streams", "_source_seen", "_answers_logged")
@@ -138,7 +126,7 @@ class AwsPairing(PairingRules):
     def __init__(self, tunnel_id: str, services: tuple[str, ...], max_payload: int = MAX_PAYLOAD) -> None:
         self.tunnel_id = tunnel_id
         self.services = tuple(services)
-        self.ends: dict[Side, Any] = {Side.SOURCE: None, Side.DEVICE: None}
+        self.ends = {Side.SOURCE: None, Side.DEVICE: None}
         self.streams = StreamTable(self.services)
         # whether the source's messages pass through a decoder here (not through a bridge
         # from another replica): only then does `streams` know every stream it started
@@ -148,14 +136,15 @@ class AwsPairing(PairingRules):
                                                 on_stream=functools.partial(self._stream_message, side))
                          for side in Side}
 
-    def attach(self, end: AwsEnd) -> list[Action]:
+    def attach(self, end: End) -> list[Action]:
         """A new connection authenticated on `end.side`. An older one on that side is evicted
-        and the other end's streams, which belonged to it, are reset."""
+        and the other end's streams, which belonged to it, are reset. An end of `version` 0 (a
+        bridge to another replica) is told nothing: its own replica tells its client."""
         actions: list[Action] = []
         old = self.ends[end.side]
         if old is not None:
             actions += self._end_one(old, Reasons.EVICTED, tell_peer=True)
-        version = getattr(end, "version", 0)
+        version = end.version
         self._answers_logged[end.side] = 0
         if end.side is Side.SOURCE:
             self._source_seen = version > 0

@@ -18,7 +18,7 @@ from relay import errors
 from relay.audit import ACTOR_RELAY, EventType, token_actor
 from relay.clock import Clock
 from relay.config import Settings
-from relay.model import CloseReason, ListQuery, Page, Side, Status, Tunnel, TunnelProtocol
+from relay.model import Claim, CloseReason, ListQuery, Page, Side, Status, Tunnel, TunnelProtocol
 from relay.presence import Presence
 from relay.store.base import TunnelStore
 from relay.tokens import hash_token, new_token, token_matches
@@ -106,6 +106,40 @@ class TunnelService:
         if tunnel.status is not Status.OPEN:
             why = tunnel.close_reason.value if tunnel.close_reason else "closed"
             raise errors.TunnelGone(f"tunnel {tunnel_id!r} is {why}")
+        return tunnel
+
+    async def authenticate_aws_socket(self, token: str, side: Side, client_token: str | None) -> Tunnel:
+        """The open AWS-protocol tunnel that `token` opens on `side`, once this connection has
+        claimed the token; raises otherwise. AWS's URL names no tunnel: the token's hash finds
+        it. An access token opens one connection, or, when its first connection sent a client
+        token, the connections that send the same client token (docs/aws.md); the claim is a
+        store step, atomic across replicas."""
+        token_hash = hash_token(token)
+        tunnel = await self.store.find_by_token_hash(token_hash)
+        if tunnel is None:
+            raise errors.Unauthenticated("the access token is unknown (or was rotated)")
+        if tunnel.protocol is not TunnelProtocol.AWS:
+            raise errors.WrongProtocol(
+                "this is a token of a Huawei-protocol tunnel: connect to /v5/iot/tunnels/{tunnel_id}/source-connect"
+                " or device-connect (docs/protocol.md)")
+        # Settle an expiry that is due (and tell the listeners) before answering.
+        tunnel = await self.get(tunnel.project_id, tunnel.tunnel_id)
+        if not token_matches(token, tunnel.token_hash(side)):
+            mode = "destination" if side is Side.SOURCE else "source"
+            raise errors.Unauthenticated(f"this access token is for local-proxy-mode={mode}")
+        if tunnel.status is not Status.OPEN:
+            why = tunnel.close_reason.value if tunnel.close_reason else "closed"
+            raise errors.TunnelGone(f"the tunnel is {why}")
+        claim = await self.store.claim_access(tunnel.tunnel_id, side, token_hash,
+                                              hash_token(client_token) if client_token else "")
+        if claim is Claim.USED:
+            raise errors.TokenUsed(
+                "the access token was used already; an access token opens one connection, or, when its first"
+                " connection sent a client-token header, the connections that send the same client token")
+        if claim is Claim.ROTATED:
+            raise errors.Unauthenticated("the access token was rotated")
+        if claim is Claim.GONE:
+            raise errors.TunnelGone("the tunnel is closed")
         return tunnel
 
     # -- changes -------------------------------------------------------------------------

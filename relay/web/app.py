@@ -22,7 +22,7 @@ from relay.service import TunnelService
 from relay.store import TunnelStore, open_store
 from relay.store.redis import RedisStore
 from relay.tokens import hash_token
-from relay.web import audit_rest, aws_sockets, console, metrics, openapi, rest, sockets
+from relay.web import audit_rest, aws_sockets, console, huawei_sockets, metrics, openapi, rest, sockets
 from relay.web.bridge import BRIDGE_PATH, Bridges
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, store: TunnelS
     if cluster.distributed:
         hub.bridges = Bridges(hub, cluster)
     service.listeners.append(hub)
-    sockets.add_routes(app, hub)
+    huawei_sockets.add_routes(app, hub)   # the Huawei IoTDA v5 endpoints, /v5/iot/tunnels/{id}/...-connect
     aws_sockets.add_routes(app)  # the AWS IoT Secure Tunneling endpoint, /tunnel (docs/aws.md)
 
     async def end_sockets(app: web.Application) -> None:
@@ -200,7 +200,7 @@ def create_internal_app(app: web.Application) -> web.Application:
     async def bridge(request: web.Request) -> web.StreamResponse:
         if hub.bridges is None or not hub.accepting:
             raise errors.ShuttingDown("this replica takes no bridges")
-        return await hub.bridges.accept(request)
+        return await hub.bridges.accept_bridge(request)
 
     async def metrics_page(request: web.Request) -> web.Response:
         text = await metrics.render(hub, app[rest.SERVICE].store)

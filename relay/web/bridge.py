@@ -28,28 +28,29 @@ from relay.cluster import (BRIDGE_CREDENTIAL_LIFETIME, BridgeClaim, Cluster, Hin
 from relay.model import Side
 from relay.protocol import Pairing, Reasons
 from relay.protocol_aws import AwsPairing
-from relay.web.sockets import End, Hub, TunnelConnection
-from relay.web.takeover import UpgradeResponse, take_over
+from relay.web.sockets import FlowControlledEnd, Hub, TunnelConnection
+from relay.web.takeover import UpgradeResponse, hand_over_transport
 
 log = logging.getLogger(__name__)
 
 BRIDGE_PATH = "/internal/bridge"
 
 
-class BridgeEnd(End):
+class BridgeEnd(FlowControlledEnd):
     """The end of `side` that another replica holds, reached through the bridge."""
 
-    __slots__ = ("side", "pairing", "hub", "transport", "peer", "closing", "own_full", "peer_full",
+    __slots__ = ("side", "version", "pairing", "hub", "transport", "peer", "closing", "own_full", "peer_full",
                  "remote", "done")
 
     def __init__(self, side: Side, pairing: Pairing | AwsPairing, hub: Hub, transport: asyncio.Transport,
                  remote: Lease) -> None:
         self.side = side
+        self.version = 0   # the relay tells it nothing: the replica holding its client does
         self.pairing = pairing
         self.hub = hub
         self.transport = transport
         self.remote = remote
-        self.peer: End | None = None
+        self.peer: FlowControlledEnd | None = None
         self.closing = False
         self.own_full = False
         self.peer_full = False
@@ -90,7 +91,7 @@ def _large_buffers(transport: asyncio.Transport) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, option, BRIDGE_SOCKET_BUFFER)
 
 
-def _hold(device: TunnelConnection) -> None:
+def _hold_device(device: TunnelConnection) -> None:
     """Stop reading the device while its bridge is being built. `peer_full` is the flow
     control's "the peer cannot take data now", which is what the half-built bridge is; the
     `link` that attaching the bridge makes recomputes it from the new peer.
@@ -100,10 +101,10 @@ def _hold(device: TunnelConnection) -> None:
     10 s cannot make up unless --heartbeat-interval is under 5 s."""
     device.heard = True
     device.peer_full = True
-    device._update_reading()
+    device.update_reading()
 
 
-def _release(device: TunnelConnection) -> None:
+def _end_hold(device: TunnelConnection) -> None:
     """End the hold unless the device is gone: read it as its current link (if any) allows."""
     if not device.closing:
         device.link(device.peer)
@@ -132,6 +133,10 @@ class _UpgradeAnswer(asyncio.Protocol):
 
 
 class Bridges:
+    """This replica's bridges to the others: it opens one when it holds a tunnel's device end and
+    another replica its source end, and accepts those the other replicas open (`accept_bridge`,
+    on the internal port). Meets the hub's `ReplicaBridges`."""
+
     def __init__(self, hub: Hub, cluster: Cluster) -> None:
         self.hub = hub
         self.cluster = cluster
@@ -159,8 +164,7 @@ class Bridges:
             return
         side = Side(hint.sides[0])
         local = pairing.ends[side]
-        if isinstance(local, TunnelConnection) and local.claim is not None and local.claim.done() \
-                and not local.claim.exception() and local.claim.result() < hint.epoch:
+        if isinstance(local, TunnelConnection) and (held := local.epoch) is not None and held < hint.epoch:
             self.hub.end_connection(local, Reasons.EVICTED)  # the newer connection on another replica wins
         if side is Side.SOURCE and isinstance(pairing.ends[Side.DEVICE], TunnelConnection):
             self.hub.spawn(self.bridge_device(pairing))
@@ -194,9 +198,9 @@ class Bridges:
         if isinstance(current, BridgeEnd) and current.remote == lease and not current.closing:
             return
         if device_epoch is None:
-            if device.claim is None or not device.claim.done() or device.claim.exception():
+            device_epoch = device.epoch
+            if device_epoch is None:
                 return
-            device_epoch = device.claim.result()
         if tunnel_id in self.connecting:
             return  # another attempt began while this one asked the store (it holds the device)
         self.connecting.add(tunnel_id)
@@ -227,7 +231,7 @@ class Bridges:
         # what the device sent in between would be answered "peer absent" (AWS: STREAM_RESET)
         # instead of relayed. So the device is not read while the bridge is built; its bytes
         # wait in the kernel until it is linked, or the attempt is over (10 s at most).
-        _hold(device)
+        _hold_device(device)
         try:
             transport, handshake = await asyncio.wait_for(
                 loop.create_connection(lambda: _UpgradeAnswer(request), host.strip("[]"), int(port)), 5)
@@ -249,11 +253,11 @@ class Bridges:
             if rest:
                 bridge.data_received(rest)
         finally:
-            _release(device)  # whatever happened (failure, timeout, cancellation, the device left)
+            _end_hold(device)  # whatever happened (failure, timeout, cancellation, the device left)
 
     # -- the source's replica accepts it --------------------------------------------------------
 
-    async def accept(self, request: web.Request) -> web.StreamResponse:
+    async def accept_bridge(self, request: web.Request) -> web.StreamResponse:
         """A bridge from the replica that holds the device end. What comes through it is
         relayed to the source unchecked (the other replica checked it), so the request must
         prove it comes from a replica: a credential made for this bridge with the replicas'
@@ -283,19 +287,17 @@ class Bridges:
             raise errors.TunnelNotFound("the device end is not held by the replica that asks for the bridge")
         pairing = self.hub.pairings.get(tunnel_id)
         source = pairing.ends[Side.SOURCE] if pairing is not None else None
-        if pairing is None or not isinstance(source, TunnelConnection) or source.closing or source.claim is None \
-                or not source.claim.done() or source.claim.exception() or source.claim.result() != expected:
+        if pairing is None or not isinstance(source, TunnelConnection) or source.closing or source.epoch != expected:
             raise errors.TunnelNotFound("the source end is no longer here")
         device = pairing.ends[Side.DEVICE]
-        if isinstance(device, TunnelConnection) and device.claim is not None and device.claim.done() \
-                and not device.claim.exception() and device.claim.result() > epoch:
+        device_held = device.epoch if isinstance(device, TunnelConnection) else None
+        if device_held is not None and device_held > epoch:
             raise errors.DeviceBusy("a newer device connection is here")
         response = UpgradeResponse(status=101, headers={"Upgrade": "relay-bridge", "Connection": "Upgrade"})
         await response.prepare(request)
         if request.transport is None or request.transport.is_closing():
             return response
-        bridge, early = take_over(request, lambda t: BridgeEnd(Side.DEVICE, pairing, self.hub, t, remote))
-        assert isinstance(bridge, BridgeEnd)
+        bridge, early = hand_over_transport(request, lambda t: BridgeEnd(Side.DEVICE, pairing, self.hub, t, remote))
         self.hub.apply(pairing, pairing.attach(bridge))
         if early:
             bridge.data_received(early)

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from aiohttp.http_websocket import WebSocketReader
+
+RelayProtocol = TypeVar("RelayProtocol", bound=asyncio.Protocol)
 
 
 class _TailCatcher:
@@ -26,7 +32,8 @@ class _TailCatcher:
         pass
 
 
-def take_over(request: web.Request, make: Callable[[asyncio.Transport], asyncio.Protocol]) -> tuple[asyncio.Protocol, bytes]:
+def hand_over_transport(request: web.Request,
+                        make: Callable[[asyncio.Transport], RelayProtocol]) -> tuple[RelayProtocol, bytes]:
     """Hand an upgraded connection to the relay's own protocol, and make aiohttp forget it.
 
     aiohttp keeps a request handler, a parser, a task and buffers for every connection,
@@ -39,7 +46,7 @@ def take_over(request: web.Request, make: Callable[[asyncio.Transport], asyncio.
     old = request.protocol
     assert transport is not None
     tail = _TailCatcher()
-    old.set_parser(tail)  # type: ignore[arg-type]
+    old.set_parser(cast("WebSocketReader", tail))   # aiohttp only feeds it (feed_data, feed_eof)
     protocol = make(transport)
     transport.set_protocol(protocol)
     old.transport = None

@@ -86,7 +86,7 @@ def test_aws_cycles_leave_memory_and_descriptors_flat(tmp_path):
 
 
 async def test_an_upgraded_connection_is_not_held_by_the_handshake_deadline(settings_factory):
-    """take_over (relay/web/takeover.py) makes aiohttp forget an upgraded connection, "about
+    """hand_over_transport (relay/web/takeover.py) makes aiohttp forget an upgraded connection, "about
     15 kB" of handler, parser and buffers that a relay holding many tunnels cannot afford. The
     server's ConnectionGuard (relay/web/server.py) must not keep them either: once a
     connection is upgraded or gone, its aiohttp RequestHandler is garbage, not held until the
