@@ -481,6 +481,36 @@ async def measure_per_read(relay: Relay, size: int, tunnels: int, rate: float, s
     }
 
 
+RUST_BASELINE = ROOT / "benchmarks" / "baselines" / "rust_relay"
+RUST_TARGET = Path(os.environ.get("RELAY_BENCH_CACHE", Path.home() / ".cache/relay-bench")) / "rust_relay"
+
+
+def rust_baseline() -> str | None:
+    """The native baseline (benchmarks/baselines/rust_relay), built with cargo into the cache
+    when missing; None (and a line saying why) when it cannot be built."""
+    binary = RUST_TARGET / "release" / "rust-relay-baseline"
+    if os.access(binary, os.X_OK):
+        return str(binary)
+    import shutil
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo/bin/cargo")
+    if not os.access(cargo, os.X_OK):
+        print("rust tokio-tungstenite: skipped (cargo is not installed)", file=sys.stderr)
+        return None
+    print("building the native baseline (benchmarks/baselines/rust_relay, once)...", file=sys.stderr, flush=True)
+    try:
+        done = subprocess.run([cargo, "build", "--release", "--manifest-path", str(RUST_BASELINE / "Cargo.toml")],
+                              env={**os.environ, "CARGO_TARGET_DIR": str(RUST_TARGET)}, capture_output=True,
+                              text=True, timeout=1200, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        print("rust tokio-tungstenite: skipped (the build took over 20 min)", file=sys.stderr)
+        return None
+    if done.returncode != 0 or not os.access(binary, os.X_OK):
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        print(f"rust tokio-tungstenite: skipped (cargo build failed: {tail})", file=sys.stderr)
+        return None
+    return str(binary)
+
+
 def relays(selected: set[str]) -> list[tuple[str, list[str], dict[str, str], bool]]:
     py = sys.executable
     ours_env = {"RELAY_API_TOKENS": f"bench:bench:{API_TOKEN}", "RELAY_MAX_TUNNELS_PER_PROJECT": "100000",
@@ -493,8 +523,14 @@ def relays(selected: set[str]) -> list[tuple[str, list[str], dict[str, str], boo
         ("relay (rust, recording)", serve, {**ours_env, "RELAY_CODEC": "rust", "RELAY_RECORD_PROJECTS": "bench"}, True),
         ("naive aiohttp", [py, "-m", "benchmarks.baselines.naive_aiohttp", "{port}"], {}, False),
         ("picows", [py, "-m", "benchmarks.baselines.picows_relay", "{port}"], {}, False),
+        ("rust tokio-tungstenite", ["{rust}", "{port}"], {}, False),
     ]
-    return [r for r in all_relays if not selected or any(s in r[0] for s in selected)]
+    chosen = [r for r in all_relays if not selected or any(s in r[0] for s in selected)]
+    if any(r[1][0] == "{rust}" for r in chosen):
+        binary = rust_baseline()
+        chosen = [(n, [binary if a == "{rust}" else a for a in argv], e, o) for n, argv, e, o in chosen
+                  if argv[0] != "{rust}" or binary]
+    return chosen
 
 
 async def run_per_read(args: argparse.Namespace, chosen: list) -> list[dict]:
