@@ -344,7 +344,7 @@ def rathole_binary(cache: Path, build: bool, say: Callable[[str], None]) -> Path
     for features in ([], ["--no-default-features", "--features", "server,client,websocket-native-tls"]):
         with open(log, "ab") as out:
             try:
-                done = subprocess.run([cargo, "install", "rathole", "--version", RATHOLE_VERSION, "--locked",
+                done = subprocess.run([cargo, "install", "rathole", "--version", RATHOLE_VERSION,
                                        "--root", str(cache), *features], stdout=out, stderr=out,
                                       stdin=subprocess.DEVNULL, timeout=1800)
             except subprocess.TimeoutExpired:
