@@ -11,7 +11,13 @@ Huawei envelopes): after SERVICE_IDS and the source's STREAM_START, destinations
 tunnel messages of the same total size (2-byte length + protobuf, the payload shell output),
 one per binary WebSocket frame, to their sources.
 
+`--shape per-read`: one message per read instead of pipelined messages: 200 tunnels (--tunnels),
+each device sending one 256 B envelope 50 times a second (--rate), spread evenly, so that every
+read of the relay carries one message; our relay beside the naive aiohttp and picows relays,
+rounds interleaved (--rounds), the relay process's CPU per message.
+
     python benchmarks/relay_bench.py [--quick] [--json results.json] [--protocol aws]
+    python benchmarks/relay_bench.py --shape per-read [--quick] [--only picows --only "rust codec"]
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import asyncio
 import base64
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -370,16 +377,12 @@ async def open_aws_pairs(relay: Relay, ids: list, per_tunnel_bytes: int) -> list
     return pairs
 
 
-async def measure(relay: Relay, size: int, tunnels: int, messages: int, protocol: str = "huawei") -> dict:
+async def open_pairs(relay: Relay, ids: list, aws: bool, per_tunnel_bytes: int, payload_len: int,
+                     per_tunnel: int) -> list:
+    """(source, device) of each tunnel, upgraded; each source then waits for `per_tunnel`
+    messages (`per_tunnel_bytes` of AWS data frames)."""
     loop = asyncio.get_running_loop()
-    ids = relay.new_tunnels(tunnels, protocol)
-    aws = protocol == "aws"
-    payload = aws_data_message(size) if aws else envelope(size)
-    per_write = max(1, 16384 // len(payload))
-    chunk = b"".join(masked_frame(payload, opcode=0x2 if aws else 0x1) for _ in range(per_write))
-    per_tunnel = max(per_write, messages // tunnels // per_write * per_write)
-    total = per_tunnel * tunnels
-    pairs: list = await open_aws_pairs(relay, ids, per_tunnel * len(payload)) if aws else []
+    pairs: list = await open_aws_pairs(relay, ids, per_tunnel_bytes) if aws else []
     for tunnel_id, source_token, device_token in [] if aws else ids:
         base = f"/v5/iot/tunnels/{tunnel_id}"
         _, source = await loop.create_connection(
@@ -392,7 +395,7 @@ async def measure(relay: Relay, size: int, tunnels: int, messages: int, protocol
                 upgrade_request(relay.device_port, base + "/device-connect", device_token), False),
             "127.0.0.1", relay.device_port)
         await device.upgraded
-        source.expected = per_tunnel * server_frame_len(len(payload))
+        source.expected = per_tunnel * server_frame_len(payload_len)
         source.finished = loop.create_future()
         pairs.append((source, device))
     if relay.ours and not aws:  # wait for connect_tunnel (sent once the bridge, if any, is up)
@@ -401,6 +404,26 @@ async def measure(relay: Relay, size: int, tunnels: int, messages: int, protocol
                 break
             await asyncio.sleep(0.01)
     await asyncio.sleep(0.2)
+    return pairs
+
+
+async def close_pairs(relay: Relay, ids: list, pairs: list) -> None:
+    for s, d in pairs:
+        s.transport.close()
+        d.transport.close()
+    relay.close_tunnels(ids)
+    await asyncio.sleep(0.2)
+
+
+async def measure(relay: Relay, size: int, tunnels: int, messages: int, protocol: str = "huawei") -> dict:
+    ids = relay.new_tunnels(tunnels, protocol)
+    aws = protocol == "aws"
+    payload = aws_data_message(size) if aws else envelope(size)
+    per_write = max(1, 16384 // len(payload))
+    chunk = b"".join(masked_frame(payload, opcode=0x2 if aws else 0x1) for _ in range(per_write))
+    per_tunnel = max(per_write, messages // tunnels // per_write * per_write)
+    total = per_tunnel * tunnels
+    pairs = await open_pairs(relay, ids, aws, per_tunnel * len(payload), len(payload), per_tunnel)
 
     async def pump(device: Client | AwsClient) -> None:
         for _ in range(per_tunnel // per_write):
@@ -412,17 +435,80 @@ async def measure(relay: Relay, size: int, tunnels: int, messages: int, protocol
     await asyncio.wait_for(asyncio.gather(*(pump(d) for _, d in pairs), *(s.finished for s, _ in pairs)), RUN_LIMIT)
     wall = time.perf_counter() - t0
     cpu = relay.cpu() - cpu0
-    for s, d in pairs:
-        s.transport.close()
-        d.transport.close()
-    relay.close_tunnels(ids)
-    await asyncio.sleep(0.2)
+    await close_pairs(relay, ids, pairs)
     return {
         "relay": relay.name, "protocol": protocol, "size": size, "tunnels": tunnels, "messages": total,
         "cpu_us_per_msg": cpu / total * 1e6, "msgs_per_s": total / wall,
         "mb_per_s": total * len(payload) / wall / 1e6,
         "mb_per_cpu_s": total * len(payload) / cpu / 1e6 if cpu else float("inf"),
     }
+
+
+async def measure_per_read(relay: Relay, size: int, tunnels: int, rate: float, seconds: float,
+                           protocol: str = "huawei") -> dict:
+    """The one-message-per-read shape: every device sends one `size`-byte message every 1/rate
+    s, the tunnels' sends spread evenly over that period, so each read of the relay carries
+    one message (a terminal's keystrokes and short outputs, not a bulk transfer). Reported:
+    the relay's CPU per message, which here is dominated by the system calls per message."""
+    ids = relay.new_tunnels(tunnels, protocol)
+    aws = protocol == "aws"
+    payload = aws_data_message(size) if aws else envelope(size)
+    frame = masked_frame(payload, opcode=0x2 if aws else 0x1)
+    per_tunnel = max(1, round(rate * seconds))
+    total = per_tunnel * tunnels
+    pairs = await open_pairs(relay, ids, aws, per_tunnel * len(payload), len(payload), per_tunnel)
+    devices = [d for _, d in pairs]
+    interval = 1 / (rate * tunnels)     # between two sends, over all tunnels
+
+    async def pace() -> None:
+        sent, started = 0, time.perf_counter()
+        while sent < total:
+            due = min(total, int((time.perf_counter() - started) / interval) + 1)
+            while sent < due:
+                devices[sent % tunnels].transport.write(frame)
+                sent += 1
+            await asyncio.sleep(0.001)
+
+    cpu0, t0 = relay.cpu(), time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(pace(), *(s.finished for s, _ in pairs)), RUN_LIMIT)
+    wall = time.perf_counter() - t0
+    cpu = relay.cpu() - cpu0
+    await close_pairs(relay, ids, pairs)
+    return {
+        "relay": relay.name, "protocol": protocol, "shape": "per-read", "size": size, "tunnels": tunnels,
+        "messages": total, "rate_per_tunnel": rate, "cpu_us_per_msg": cpu / total * 1e6, "msgs_per_s": total / wall,
+        "cpu_share": cpu / wall,
+    }
+
+
+RUST_BASELINE = ROOT / "benchmarks" / "baselines" / "rust_relay"
+RUST_TARGET = Path(os.environ.get("RELAY_BENCH_CACHE", Path.home() / ".cache/relay-bench")) / "rust_relay"
+
+
+def rust_baseline() -> str | None:
+    """The native baseline (benchmarks/baselines/rust_relay), built with cargo into the cache
+    when missing; None (and a line saying why) when it cannot be built."""
+    binary = RUST_TARGET / "release" / "rust-relay-baseline"
+    if os.access(binary, os.X_OK):
+        return str(binary)
+    import shutil
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo/bin/cargo")
+    if not os.access(cargo, os.X_OK):
+        print("rust tokio-tungstenite: skipped (cargo is not installed)", file=sys.stderr)
+        return None
+    print("building the native baseline (benchmarks/baselines/rust_relay, once)...", file=sys.stderr, flush=True)
+    try:
+        done = subprocess.run([cargo, "build", "--release", "--manifest-path", str(RUST_BASELINE / "Cargo.toml")],
+                              env={**os.environ, "CARGO_TARGET_DIR": str(RUST_TARGET)}, capture_output=True,
+                              text=True, timeout=1200, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        print("rust tokio-tungstenite: skipped (the build took over 20 min)", file=sys.stderr)
+        return None
+    if done.returncode != 0 or not os.access(binary, os.X_OK):
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        print(f"rust tokio-tungstenite: skipped (cargo build failed: {tail})", file=sys.stderr)
+        return None
+    return str(binary)
 
 
 def relays(selected: set[str]) -> list[tuple[str, list[str], dict[str, str], bool]]:
@@ -437,8 +523,45 @@ def relays(selected: set[str]) -> list[tuple[str, list[str], dict[str, str], boo
         ("relay (rust, recording)", serve, {**ours_env, "RELAY_CODEC": "rust", "RELAY_RECORD_PROJECTS": "bench"}, True),
         ("naive aiohttp", [py, "-m", "benchmarks.baselines.naive_aiohttp", "{port}"], {}, False),
         ("picows", [py, "-m", "benchmarks.baselines.picows_relay", "{port}"], {}, False),
+        ("rust tokio-tungstenite", ["{rust}", "{port}"], {}, False),
     ]
-    return [r for r in all_relays if not selected or any(s in r[0] for s in selected)]
+    chosen = [r for r in all_relays if not selected or any(s in r[0] for s in selected)]
+    if any(r[1][0] == "{rust}" for r in chosen):
+        binary = rust_baseline()
+        chosen = [(n, [binary if a == "{rust}" else a for a in argv], e, o) for n, argv, e, o in chosen
+                  if argv[0] != "{rust}" or binary]
+    return chosen
+
+
+async def run_per_read(args: argparse.Namespace, chosen: list) -> list[dict]:
+    """The one-message-per-read shape, every chosen relay in the same run, interleaved rounds."""
+    seconds = 3.0 if args.quick else args.seconds
+    started = []
+    try:
+        for name, argv, env, ours in chosen:
+            started.append(Relay(name, argv, env, ours))
+        results: list[dict] = []
+        for round_no in range(args.rounds):
+            for relay in started[round_no % len(started):] + started[:round_no % len(started)]:
+                result = await measure_per_read(relay, 256, args.tunnels, args.rate, seconds, args.protocol)
+                result["round"] = round_no + 1
+                results.append(result)
+                print(f"round {round_no + 1} {relay.name:22} 256 B x{args.tunnels} at {args.rate:g}/s each "
+                      f"{result['cpu_us_per_msg']:8.2f} us/msg {result['msgs_per_s']:>9,.0f} msg/s "
+                      f"CPU {result['cpu_share']:.0%}", flush=True)
+    finally:
+        for relay in started:
+            relay.stop()
+    print(f"\none message per read: {args.tunnels} tunnels x {args.rate:g} msg/s of 256 B, device to source, "
+          f"{seconds:g} s per round, {args.rounds} round(s) interleaved; the relay process's CPU per message\n")
+    print("| relay | CPU per message, median | min | messages per round |")
+    print("| --- | --- | --- | --- |")
+    for name, *_ in chosen:
+        values = [r["cpu_us_per_msg"] for r in results if r["relay"] == name]
+        if values:
+            count = next(r["messages"] for r in results if r["relay"] == name)
+            print(f"| {name} | {statistics.median(values):.1f} µs | {min(values):.1f} µs | {count:,} |")
+    return results
 
 
 async def run(args: argparse.Namespace) -> list[dict]:
@@ -448,6 +571,10 @@ async def run(args: argparse.Namespace) -> list[dict]:
     chosen = relays(set(args.only or []))
     if args.protocol == "aws":   # the baselines relay Huawei envelopes only
         chosen = [r for r in chosen if r[3]]
+    if args.shape == "per-read":
+        if not args.only:   # our relay and the baselines; recording is a bulk-shape question
+            chosen = [r for r in chosen if "recording" not in r[0]]
+        return await run_per_read(args, chosen)
     if args.replicas:
         chosen = [("replicas: local pair", [], {}, True), ("replicas: split pair", [], {}, True)]
     for name, argv, env, ours in chosen:
@@ -475,7 +602,18 @@ def main() -> None:
                         help="compare a pair split across two replicas (Redis + bridge) with a local pair")
     parser.add_argument("--protocol", choices=("huawei", "aws"), default="huawei",
                         help="the tunnels' protocol; aws: our relay only, not with --replicas")
+    parser.add_argument("--shape", choices=("bulk", "per-read"), default="bulk",
+                        help="bulk (default): pipelined messages, many per read; per-read: one message per "
+                             "read (--tunnels devices, each sending --rate messages/s)")
+    parser.add_argument("--tunnels", type=int, default=200, help="per-read: tunnels (default 200)")
+    parser.add_argument("--rate", type=float, default=50, help="per-read: messages/s per device (default 50)")
+    parser.add_argument("--seconds", type=float, default=10, help="per-read: seconds per round (default 10; --quick 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="per-read: interleaved rounds (default 3)")
     args = parser.parse_args()
+    if args.shape == "per-read" and args.replicas:
+        parser.error("--shape per-read does not go with --replicas")
+    if min(args.tunnels, args.rate, args.seconds, args.rounds) <= 0:
+        parser.error("--tunnels, --rate, --seconds and --rounds must be positive")
     if args.protocol == "aws" and args.replicas:
         # no AWS message says the peer is reachable across the bridge (Huawei's connect_tunnel)
         parser.error("--protocol aws does not go with --replicas")
