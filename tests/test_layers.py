@@ -34,6 +34,7 @@ HOMES = {
     "gmqtt": ("relay.notifier", "relay.agent"),
     "uvloop": ("relay.cli",),
     "asyncssh": ("relay.agent",),
+    "prometheus_client": ("relay.web.metrics",),
 }
 
 
