@@ -35,6 +35,8 @@ HOMES = {
     "uvloop": ("relay.cli",),
     "asyncssh": ("relay.agent",),
     "prometheus_client": ("relay.web.metrics",),
+    "pydantic": ("relay.web.models",),
+    "pydantic_core": ("relay.web.models",),
 }
 
 
