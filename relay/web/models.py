@@ -1,5 +1,5 @@
-"""The REST API's shapes, declared once: the request bodies the relay checks and the answers it
-gives. Request validation (relay/web/validation.py) and the OpenAPI document
+"""The REST API's shapes, declared once: the request bodies (and the tunnel list's query) the
+relay checks and the answers it gives. Request validation (relay/web/validation.py) and the OpenAPI document
 (relay/web/openapi.py) are both made from these models. The only module that imports pydantic
 (tests/test_layers.py).
 
@@ -8,7 +8,7 @@ location, its context, all of them at once), so each refusal maps to the exact m
 has always answered, in the order the fields were always checked; msgspec reports one error as
 a sentence. msgspec is faster (a create body in 0.65 us against 1.4 us; the hand-written
 checks took 1.8 us) and lighter to import, which does not matter on the control plane. The
-figures and the commands are in docs/api.md ("How the API's shapes are declared").
+figures are in docs/api.md ("How the API's shapes are declared").
 
 Field names and shapes are Huawei IoTDA v5's (and AWS's names on aws tunnels): never rename
 a field here. The answers are still built as dicts by the handlers (no validation of what the
@@ -21,9 +21,10 @@ with `{where}` (the field, or `services[1]` for an item) and the error's context
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -162,6 +163,22 @@ class Request(BaseModel):
     """A request body: exact JSON types (no "60" for 60), no unknown field."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+    unknown: ClassVar[str] = "unknown field(s) {unknown}; allowed: {allowed}"
+
+
+class Query(Request):
+    """A request's query parameters (strings; a number is checked as digits, then converted)."""
+
+    unknown: ClassVar[str] = "unknown query parameter(s) {unknown}"
+
+
+def _whole_number(value: Any) -> Any:
+    """A number of a query: 1 to 9 digits, and nothing else (no sign, no space)."""
+    if isinstance(value, str):
+        if not re.fullmatch(r"\d{1,9}", value):
+            raise PydanticCustomError("whole_number", "not a whole number")
+        return int(value)
+    return value
 
 
 class Answer(BaseModel):
@@ -255,6 +272,25 @@ class RotateRequest(Request):
     """Which tokens to replace (POST .../tunnels/{tunnel_id}/rotate-token; no body: both)."""
 
     side: Annotated[Literal["source", "device", "all"], Refusal("side must be one of 'source', 'device', 'all'")] = "all"
+
+
+MAX_LIST_LIMIT = 50
+MAX_OFFSET = 100_000
+
+
+class ListTunnelsQuery(Query):
+    """GET /v5/iot/{project_id}/tunnels?device_id=&status=&tunnel_id=&limit=&marker=&offset="""
+
+    # In the order they are checked.
+    status: Annotated[Literal["OPEN", "CLOSED"] | None, Refusal("status must be OPEN or CLOSED")] = None
+    marker: Annotated[Annotated[str, Field(pattern=r"^\d{1,18}$")] | None, Refusal(
+        "marker must be the page.marker of a previous answer")] = None
+    device_id: Annotated[DeviceId | None, Refusal(DEVICE_ID_MESSAGE)] = None
+    tunnel_id: Annotated[TunnelId | None, Refusal("{where} must be a string", **TUNNEL_ID_MESSAGES)] = None
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT), BeforeValidator(_whole_number), Refusal(
+        f"limit must be between 1 and {MAX_LIST_LIMIT}", whole_number="limit must be a whole number")] = 10
+    offset: Annotated[int, Field(ge=0, le=MAX_OFFSET), BeforeValidator(_whole_number), Refusal(
+        f"offset must be between 0 and {MAX_OFFSET}", whole_number="offset must be a whole number")] = 0
 
 
 # -- answers -----------------------------------------------------------------------------------
@@ -407,8 +443,8 @@ def refusal(model: type[BaseModel], found: Iterable[ErrorDetails]) -> str:
         return "the request body must be a JSON object"
     unknown = sorted(str(e["loc"][0]) for e in found if e["type"] == "extra_forbidden")
     if unknown:
-        allowed = ", ".join(sorted(model.model_fields))
-        return f"unknown field(s) {', '.join(unknown)}; allowed: {allowed}"
+        template = model.unknown if issubclass(model, Request) else Request.unknown
+        return template.format(unknown=", ".join(unknown), allowed=", ".join(sorted(model.model_fields)))
     first = next((e for e in found if e["type"] == "missing"), found[0])
     field = model.model_fields[str(first["loc"][0])]
     said = next(m for m in field.metadata if isinstance(m, Refusal))
@@ -456,6 +492,18 @@ def component_schemas(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
 def schema_of(kind: Any) -> dict[str, Any]:
     """The JSON Schema of one type of this module (a path's or a query's parameter)."""
     found: dict[str, Any] = TypeAdapter(kind).json_schema(schema_generator=_Schema)
+    return found
+
+
+def query_parameters(model: type[Query]) -> list[dict[str, Any]]:
+    """The OpenAPI parameters of a query model: one per field, none required, without the
+    null that stands for "not given"."""
+    properties = component_schemas([model])[model.__name__]["properties"]
+    found = []
+    for name, schema in properties.items():
+        if schema.get("default", ...) is None:
+            _left_out(schema)
+        found.append({"name": name, "in": "query", "schema": schema})
     return found
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from relay.audit import DEFAULT_LIMIT, EVENT_TYPES, MAX_LIMIT, RECORD_ID_RE
 from relay.audit import TIME_PATTERN as QUERY_TIME_PATTERN
 from relay.config import Settings
-from relay.web import models, validation
+from relay.web import models
 from relay.web.audit_rest import MAX_RECORDING_LIMIT
 
 TUNNEL_ID = models.schema_of(models.TunnelId)
@@ -84,14 +84,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 },
                 "get": {
                     "operationId": "listTunnels", "summary": "List tunnels",
-                    "parameters": [
-                        {"name": "device_id", "in": "query", "schema": DEVICE_ID},
-                        {"name": "status", "in": "query", "schema": {"enum": ["OPEN", "CLOSED"]}},
-                        {"name": "tunnel_id", "in": "query", "schema": TUNNEL_ID},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": validation.MAX_LIST_LIMIT, "default": 10}},
-                        {"name": "marker", "in": "query", "schema": {"type": "string", "pattern": r"^\d{1,18}$"}},
-                        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": validation.MAX_OFFSET}},
-                    ],
+                    "parameters": models.query_parameters(models.ListTunnelsQuery),
                     "responses": {"200": _ok("A page of tunnels.", models.TunnelList), **COMMON_ERRORS},
                 },
             },

@@ -12,7 +12,7 @@ import pytest
 
 from relay import config, errors
 from relay.config import Settings
-from relay.model import Side, TunnelProtocol
+from relay.model import ListQuery, Side, Status, TunnelProtocol
 from relay.web import models, openapi, validation
 
 U = str(uuid.UUID(int=5))
@@ -126,6 +126,34 @@ def test_rotate_accepts():
     assert validation.rotate_request({"side": "device"}) == {Side.DEVICE}
 
 
+@pytest.mark.parametrize("params, message", [
+    ({"colour": "red", "Limit": "5", "status": "x"}, "unknown query parameter(s) Limit, colour"),
+    ({"status": "open", "marker": "x"}, "status must be OPEN or CLOSED"),
+    ({"marker": "abc", "device_id": "a b"}, "marker must be the page.marker of a previous answer"),
+    ({"marker": "1234567890123456789"}, "marker must be the page.marker of a previous answer"),
+    ({"device_id": "a b", "tunnel_id": "x"}, "device_id must be 1-128 characters of letters, digits, '_' and '-'"),
+    ({"device_id": "dev-1\n"}, "device_id must be 1-128 characters of letters, digits, '_' and '-'"),
+    ({"tunnel_id": "nope", "limit": "x"}, "tunnel_id 'nope' is not a tunnel id (a UUID)"),
+    ({"limit": "x"}, "limit must be a whole number"),
+    ({"limit": "+5"}, "limit must be a whole number"),
+    ({"limit": " 5"}, "limit must be a whole number"),
+    ({"limit": "1234567890"}, "limit must be a whole number"),
+    ({"limit": "0"}, "limit must be between 1 and 50"),
+    ({"limit": "51", "offset": "-1"}, "limit must be between 1 and 50"),
+    ({"offset": "-1"}, "offset must be a whole number"),
+    ({"offset": "100001"}, "offset must be between 0 and 100000"),
+])
+def test_list_query_refusals(params, message):
+    assert refused(validation.list_query, params) == message
+
+
+def test_list_query_accepts():
+    assert validation.list_query({}) == ListQuery()
+    assert validation.list_query({"device_id": "dev-1", "status": "CLOSED", "tunnel_id": U, "limit": "50",
+                                  "marker": "123456789012345678", "offset": "100000"}) == ListQuery(
+        device_id="dev-1", status=Status.CLOSED, tunnel_id=U, limit=50, marker=123456789012345678, offset=100000)
+
+
 @pytest.mark.parametrize("value, message", [
     (5, "tunnel_id must be a string"),
     ("x" * 100, f"tunnel_id {'x' * 64!r} is not a tunnel id (a UUID)"),
@@ -167,6 +195,11 @@ def test_the_documents_schemas_are_the_models():
     # the lifetimes are the relay's settings
     assert create["properties"]["expires_in"]["anyOf"][0] == {"type": "integer", "minimum": Settings().min_lifetime,
                                                              "maximum": Settings().default_lifetime}
+    # the tunnel list's query parameters are the query model's fields
+    listing = doc["paths"]["/v5/iot/{project_id}/tunnels"]["get"]["parameters"]
+    assert [p["name"] for p in listing] == list(models.ListTunnelsQuery.model_fields)
+    assert {p["name"]: p["schema"] for p in listing}["limit"] == {"type": "integer", "minimum": 1,
+                                                                 "maximum": models.MAX_LIST_LIMIT, "default": 10}
     # every $ref names a schema of the document
     refs = set(re.findall(r"#/components/schemas/(\w+)", str(doc)))
     assert refs and refs <= set(schemas)
