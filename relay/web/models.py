@@ -164,6 +164,8 @@ class Request(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
     unknown: ClassVar[str] = "unknown field(s) {unknown}; allowed: {allowed}"
+    # Fields whose refusal goes before the others' (which go in the order they are declared).
+    checked_first: ClassVar[tuple[str, ...]] = ()
 
 
 class Query(Request):
@@ -194,6 +196,9 @@ class CreateTunnelRequest(Request):
     # expires_in's bounds are the relay's settings: the validation context names them
     # ({"lifetimes": (minimum, maximum)}), and openapi.py writes them into the document.
 
+    # A missing device_id is refused first, then protocol, as the other fields' rules depend on it.
+    checked_first: ClassVar[tuple[str, ...]] = ("protocol",)
+
     model_config = ConfigDict(json_schema_extra={
         # services: required (a list) for aws, absent or null for huawei.
         "if": {"required": ["protocol"], "properties": {"protocol": {"const": "aws"}}},
@@ -202,9 +207,6 @@ class CreateTunnelRequest(Request):
         "else": {"properties": {"services": {"type": "null"}}},
     })
 
-    # protocol first: it is checked first, as the other fields' rules depend on it.
-    protocol: Annotated[Protocol | None, Refusal("protocol must be 'huawei' (the default) or 'aws'")] = Field(
-        None, description="huawei (the default) or aws. " + PROTOCOL_DESCRIPTION)
     device_id: Annotated[DeviceId, Refusal(DEVICE_ID_MESSAGE, missing="device_id is required")]
     description: Annotated[Annotated[str, Field(max_length=MAX_DESCRIPTION)] | None, Refusal(
         "description must be a string", string_too_long="description must be at most {max_length} characters")] = None
@@ -215,6 +217,9 @@ class CreateTunnelRequest(Request):
         "expires_in must be an integer number of seconds",
         lifetime="expires_in must be between {minimum} and {maximum} seconds")] = Field(
         None, description="Lifetime in seconds (default and maximum: the relay's default lifetime).")
+    # before services and record_session, whose rules read it (info.data)
+    protocol: Annotated[Protocol | None, Refusal("protocol must be 'huawei' (the default) or 'aws'")] = Field(
+        None, description="huawei (the default) or aws. " + PROTOCOL_DESCRIPTION)
     services: Annotated[Services | None, Refusal(
         f"services must be a list of 1 to {MAX_SERVICES} service ids",
         item="{where} must be 1-128 characters of letters, digits, ':', '_' and '-'",
@@ -281,14 +286,15 @@ MAX_OFFSET = 100_000
 class ListTunnelsQuery(Query):
     """GET /v5/iot/{project_id}/tunnels?device_id=&status=&tunnel_id=&limit=&marker=&offset="""
 
-    # In the order they are checked.
-    status: Annotated[Literal["OPEN", "CLOSED"] | None, Refusal("status must be OPEN or CLOSED")] = None
-    marker: Annotated[Annotated[str, Field(pattern=r"^\d{1,18}$")] | None, Refusal(
-        "marker must be the page.marker of a previous answer")] = None
+    checked_first: ClassVar[tuple[str, ...]] = ("status", "marker")
+
     device_id: Annotated[DeviceId | None, Refusal(DEVICE_ID_MESSAGE)] = None
+    status: Annotated[Literal["OPEN", "CLOSED"] | None, Refusal("status must be OPEN or CLOSED")] = None
     tunnel_id: Annotated[TunnelId | None, Refusal("{where} must be a string", **TUNNEL_ID_MESSAGES)] = None
     limit: Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT), BeforeValidator(_whole_number), Refusal(
         f"limit must be between 1 and {MAX_LIST_LIMIT}", whole_number="limit must be a whole number")] = 10
+    marker: Annotated[Annotated[str, Field(pattern=r"^\d{1,18}$")] | None, Refusal(
+        "marker must be the page.marker of a previous answer")] = None
     offset: Annotated[int, Field(ge=0, le=MAX_OFFSET), BeforeValidator(_whole_number), Refusal(
         f"offset must be between 0 and {MAX_OFFSET}", whole_number="offset must be a whole number")] = 0
 
@@ -445,7 +451,12 @@ def refusal(model: type[BaseModel], found: Iterable[ErrorDetails]) -> str:
     if unknown:
         template = model.unknown if issubclass(model, Request) else Request.unknown
         return template.format(unknown=", ".join(unknown), allowed=", ".join(sorted(model.model_fields)))
-    first = next((e for e in found if e["type"] == "missing"), found[0])
+    first_fields = model.checked_first if issubclass(model, Request) else ()
+
+    def rank(error: ErrorDetails) -> tuple[bool, bool]:
+        field = error["loc"][0]
+        return error["type"] != "missing", field not in first_fields
+    first = min(found, key=rank)   # min keeps pydantic's order (the fields') among equals
     field = model.model_fields[str(first["loc"][0])]
     said = next(m for m in field.metadata if isinstance(m, Refusal))
     return said.message(first, _where(first["loc"]))
