@@ -1,7 +1,7 @@
 """The REST API's shapes, declared once: the request bodies (and the tunnel list's query) the
-relay checks and the answers it gives. Request validation (relay/web/validation.py) and the OpenAPI document
-(relay/web/openapi.py) are both made from these models. The only module that imports pydantic
-(tests/test_layers.py).
+relay checks and the answers it gives. Request validation (relay/web/validation.py) and the
+OpenAPI document (relay/web/openapi.py) are both made from these models. The only module that
+imports pydantic (tests/test_layers.py).
 
 Why pydantic (v2) and not msgspec: its validation errors are structured (the error's type, its
 location, its context, all of them at once), so each refusal maps to the exact message the API
@@ -154,7 +154,7 @@ def _left_out(schema: dict[str, Any]) -> None:
         schema.update(next(c for c in choices if c != {"type": "null"}))
 
 
-def Sometimes(description: str | None = None) -> Any:   # noqa: N802 (reads as a field kind)
+def Sometimes(description: str | None = None) -> Any:   # capitalised: it reads as a field's kind
     """A field some answers carry and others leave out (never null)."""
     return Field(None, description=description, json_schema_extra=_left_out)
 
