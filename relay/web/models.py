@@ -1,5 +1,5 @@
-"""The REST API's shapes, declared once: the request bodies (and the tunnel list's query) the
-relay checks and the answers it gives. Request validation (relay/web/validation.py) and the
+"""The REST API's shapes, declared once: the request bodies and queries the relay checks and
+the answers it gives. Request validation (relay/web/validation.py) and the
 OpenAPI document (relay/web/openapi.py) are both made from these models. The only module that
 imports pydantic (tests/test_layers.py).
 
@@ -44,7 +44,8 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_jso
 from pydantic_core import CoreSchema, ErrorDetails, PydanticCustomError, core_schema
 
 from relay import errors
-from relay.audit import EVENT_TYPES
+from relay.audit import DEFAULT_LIMIT, EVENT_TYPES, MAX_LIMIT, Marker, parse_time
+from relay.audit import TIME_PATTERN as AUDIT_TIME_PATTERN
 
 MAX_DESCRIPTION = 1024
 MAX_CUSTOM_INFO = 4096
@@ -169,15 +170,30 @@ class Request(BaseModel):
 
 
 class Query(Request):
-    """A request's query parameters (strings; a number is checked as digits, then converted)."""
+    """A request's query parameters (strings; a number is checked as digits, then converted).
+    A parameter given more than once comes as a list, and is refused as such where a query
+    takes repeats apart (the audit API's); the tunnel list takes the last one."""
 
     unknown: ClassVar[str] = "unknown query parameter(s) {unknown}"
+    repeated: ClassVar[str] = "{where} is given more than once"
+    unknown_cut: ClassVar[int | None] = None   # unknown names are cut to this many characters
+    # Fields whose repeats are refused before any value is checked.
+    repeats_first: ClassVar[tuple[str, ...]] = ()
 
 
 def _whole_number(value: Any) -> Any:
     """A number of a query: 1 to 9 digits, and nothing else (no sign, no space)."""
     if isinstance(value, str):
         if not re.fullmatch(r"\d{1,9}", value):
+            raise PydanticCustomError("whole_number", "not a whole number")
+        return int(value)
+    return value
+
+
+def _ascii_whole_number(value: Any) -> Any:
+    """As _whole_number, of the ASCII digits only (the audit API's queries)."""
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9]{1,9}", value):
             raise PydanticCustomError("whole_number", "not a whole number")
         return int(value)
     return value
@@ -297,6 +313,87 @@ class ListTunnelsQuery(Query):
         "marker must be the page.marker of a previous answer")] = None
     offset: Annotated[int, Field(ge=0, le=MAX_OFFSET), BeforeValidator(_whole_number), Refusal(
         f"offset must be between 0 and {MAX_OFFSET}", whole_number="offset must be a whole number")] = 0
+
+
+# The audit trail's and the recordings' queries (relay/web/audit_rest.py, docs/audit.md).
+MAX_RECORDING_LIMIT = 100
+MARKER_MAX = 120   # characters; a real marker is about 60
+_EVENT_NAMES = "|".join(sorted(EVENT_TYPES))
+
+
+def _event_types(value: str) -> str:
+    for name in value.split(","):
+        if name not in EVENT_TYPES:
+            raise PydanticCustomError("event_type", "not an audit event type", {"name": name[:40]})
+    return value
+
+
+def _utc_time(value: str) -> str:
+    try:
+        parse_time(value)
+    except (ValueError, OverflowError):
+        raise PydanticCustomError("time", "not a UTC time") from None
+    return value
+
+
+def _marker(value: str) -> str:
+    try:
+        if len(value) > MARKER_MAX:
+            raise ValueError
+        Marker.decode(value)
+    except ValueError:
+        raise PydanticCustomError("marker", "not a marker") from None
+    return value
+
+
+QueryTime = Annotated[str, AfterValidator(_utc_time), Field(json_schema_extra={"pattern": AUDIT_TIME_PATTERN})]
+PageMarker = Annotated[str, AfterValidator(_marker), Field(
+    json_schema_extra={"pattern": r"^\d{1,20}(\.\d{1,20})?(e[+-]?\d{1,2})?_[0-9A-Za-z-]{1,64}$"},
+    description="The marker of the previous answer: the next page starts after it.")]
+MARKER_REFUSAL = Refusal("marker must be the marker of a previous answer")
+TIME_REFUSAL = Refusal("{where} must be a UTC time like 20261124T161807Z or 2026-11-24T16:18:07Z")
+
+
+class AuditQueryBase(Query):
+    """The audit API's queries: a parameter at most once (event_type may repeat: its values add
+    up), unknown names cut in the refusal."""
+
+    unknown: ClassVar[str] = "unknown query parameter(s) {unknown}; allowed: {allowed}"
+    unknown_cut: ClassVar[int | None] = 40
+    repeats_first: ClassVar[tuple[str, ...]] = ("device_id", "tunnel_id")   # the filters are read together
+
+
+class NoQuery(AuditQueryBase):
+    """A path that takes no query parameter (GET .../recordings/{session_id})."""
+
+
+class FilteredQuery(AuditQueryBase):
+    device_id: Annotated[DeviceId | None, Refusal(DEVICE_ID_MESSAGE)] = None
+    tunnel_id: Annotated[TunnelId | None, Refusal("{where} must be a string", **TUNNEL_ID_MESSAGES)] = None
+
+
+class AuditEventsQuery(FilteredQuery):
+    """GET /v5/iot/{project_id}/audit (event_type's repeats are joined with ',' before)."""
+
+    event_type: Annotated[Annotated[str, AfterValidator(_event_types), Field(
+        json_schema_extra={"pattern": f"^({_EVENT_NAMES})(,({_EVENT_NAMES}))*$"})] | None, Refusal(
+        "event_type {name!r} is not an audit event type; known: " + ", ".join(sorted(EVENT_TYPES))), Field(
+        description="Event types, separated by commas.")] = None
+    since: Annotated[QueryTime | None, TIME_REFUSAL, Field(
+        description="Events at or after this time (UTC: 20261124T161807Z, or 2026-11-24T16:18:07[.123]Z).")] = None
+    until: Annotated[QueryTime | None, TIME_REFUSAL, Field(
+        description="Events before this time (UTC, as since).")] = None
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT), BeforeValidator(_ascii_whole_number), Refusal(
+        f"limit must be between 1 and {MAX_LIMIT}", whole_number="limit must be a whole number")] = DEFAULT_LIMIT
+    marker: Annotated[PageMarker | None, MARKER_REFUSAL] = None
+
+
+class RecordingsQuery(FilteredQuery):
+    """GET /v5/iot/{project_id}/recordings"""
+
+    limit: Annotated[int, Field(ge=1, le=MAX_RECORDING_LIMIT), BeforeValidator(_ascii_whole_number), Refusal(
+        f"limit must be between 1 and {MAX_RECORDING_LIMIT}", whole_number="limit must be a whole number")] = DEFAULT_LIMIT
+    marker: Annotated[PageMarker | None, MARKER_REFUSAL] = None
 
 
 # -- answers -----------------------------------------------------------------------------------
@@ -450,14 +547,22 @@ def refusal(model: type[BaseModel], found: Iterable[ErrorDetails]) -> str:
     unknown = sorted(str(e["loc"][0]) for e in found if e["type"] == "extra_forbidden")
     if unknown:
         template = model.unknown if issubclass(model, Request) else Request.unknown
-        return template.format(unknown=", ".join(unknown), allowed=", ".join(sorted(model.model_fields)))
+        cut = model.unknown_cut if issubclass(model, Query) else None
+        return template.format(unknown=", ".join(u[:cut] for u in unknown), allowed=", ".join(sorted(model.model_fields)))
     first_fields = model.checked_first if issubclass(model, Request) else ()
+    repeats_first = model.repeats_first if issubclass(model, Query) else ()
 
-    def rank(error: ErrorDetails) -> tuple[bool, bool]:
+    def repeated(error: ErrorDetails) -> bool:
+        return issubclass(model, Query) and len(error["loc"]) == 1 and isinstance(error.get("input"), list)
+
+    def rank(error: ErrorDetails) -> tuple[bool, bool, bool]:
         field = error["loc"][0]
-        return error["type"] != "missing", field not in first_fields
+        return (error["type"] != "missing", not (repeated(error) and field in repeats_first),
+                field not in first_fields)
     first = min(found, key=rank)   # min keeps pydantic's order (the fields') among equals
     field = model.model_fields[str(first["loc"][0])]
+    if repeated(first) and issubclass(model, Query):
+        return model.repeated.format(where=_where(first["loc"]))
     said = next(m for m in field.metadata if isinstance(m, Refusal))
     return said.message(first, _where(first["loc"]))
 

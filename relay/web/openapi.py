@@ -11,11 +11,9 @@ import copy
 from functools import cache
 from typing import Any
 
-from relay.audit import DEFAULT_LIMIT, EVENT_TYPES, MAX_LIMIT, RECORD_ID_RE
-from relay.audit import TIME_PATTERN as QUERY_TIME_PATTERN
+from relay.audit import RECORD_ID_RE
 from relay.config import Settings
 from relay.web import models
-from relay.web.audit_rest import MAX_RECORDING_LIMIT
 
 TUNNEL_ID = models.schema_of(models.TunnelId)
 DEVICE_ID = models.schema_of(models.DeviceId)
@@ -124,33 +122,14 @@ def document(settings: Settings) -> dict[str, Any]:
 
 # -- the audit trail and session recordings (docs/audit.md, relay/web/audit_rest.py) -----------
 
-MARKER = {"type": "string", "pattern": r"^\d{1,20}(\.\d{1,20})?(e[+-]?\d{1,2})?_[0-9A-Za-z-]{1,64}$",
-          "description": "The marker of the previous answer: the next page starts after it."}
 SESSION_ID = {"type": "string", "pattern": RECORD_ID_RE.pattern}
-_EVENT_NAMES = "|".join(sorted(EVENT_TYPES))
-QUERY_TIME = {"type": "string", "pattern": QUERY_TIME_PATTERN,
-              "description": "UTC: 20261124T161807Z, or 2026-11-24T16:18:07[.123]Z"}
-
-_FILTERS = [
-    {"name": "device_id", "in": "query", "schema": DEVICE_ID},
-    {"name": "tunnel_id", "in": "query", "schema": TUNNEL_ID},
-]
 
 AUDIT_PATHS: dict[str, Any] = {
     "/v5/iot/{project_id}/audit": {
         "parameters": PATH_PARAMS,
         "get": {
             "operationId": "listAuditEvents", "summary": "The project's audit trail, newest first",
-            "parameters": [
-                *_FILTERS,
-                {"name": "event_type", "in": "query", "description": "Event types, separated by commas.",
-                 "schema": {"type": "string", "pattern": f"^({_EVENT_NAMES})(,({_EVENT_NAMES}))*$"}},
-                {"name": "since", "in": "query", "schema": QUERY_TIME, "description": "Events at or after this time."},
-                {"name": "until", "in": "query", "schema": QUERY_TIME, "description": "Events before this time."},
-                {"name": "limit", "in": "query",
-                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
-                {"name": "marker", "in": "query", "schema": MARKER},
-            ],
+            "parameters": models.query_parameters(models.AuditEventsQuery),
             "responses": {"200": _ok("A page of events.", models.AuditPage), **COMMON_ERRORS},
         },
     },
@@ -158,12 +137,7 @@ AUDIT_PATHS: dict[str, Any] = {
         "parameters": PATH_PARAMS,
         "get": {
             "operationId": "listRecordings", "summary": "The project's session recordings, newest first",
-            "parameters": [
-                *_FILTERS,
-                {"name": "limit", "in": "query",
-                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_RECORDING_LIMIT, "default": DEFAULT_LIMIT}},
-                {"name": "marker", "in": "query", "schema": MARKER},
-            ],
+            "parameters": models.query_parameters(models.RecordingsQuery),
             "responses": {"200": _ok("A page of recordings (without their data).", models.RecordingList), **COMMON_ERRORS},
         },
     },

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import re
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from multidict import MultiDict, MultiDictProxy
 
 from relay import config, errors
+from relay.audit import EVENT_TYPES, AuditQuery, EventType, Marker, parse_time
 from relay.config import Settings
 from relay.model import ListQuery, Side, Status, TunnelProtocol
-from relay.web import models, openapi, validation
+from relay.web import audit_rest, models, openapi, validation
 
 U = str(uuid.UUID(int=5))
 V = str(uuid.UUID(int=6))
@@ -154,6 +157,52 @@ def test_list_query_accepts():
         device_id="dev-1", status=Status.CLOSED, tunnel_id=U, limit=50, marker=123456789012345678, offset=100000)
 
 
+def audit_request(pairs: list[tuple[str, str]]) -> SimpleNamespace:
+    return SimpleNamespace(query=MultiDictProxy(MultiDict(pairs)))
+
+
+AUDIT_ALLOWED = "device_id, event_type, limit, marker, since, tunnel_id, until"
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ([("colour", "red"), ("x" * 60, "1")], f"unknown query parameter(s) colour, {'x' * 40}; allowed: {AUDIT_ALLOWED}"),
+    ([("device_id", "a b"), ("tunnel_id", U), ("tunnel_id", V)], "tunnel_id is given more than once"),
+    ([("device_id", "a b"), ("since", "x")], "device_id must be 1-128 characters of letters, digits, '_' and '-'"),
+    ([("tunnel_id", "nope")], "tunnel_id 'nope' is not a tunnel id (a UUID)"),
+    ([("event_type", "tunnel_created"), ("event_type", "batch_close,nope"), ("since", "x")],
+     "event_type 'nope' is not an audit event type; known: " + ", ".join(sorted(EVENT_TYPES))),
+    ([("since", "20261124T161807")], "since must be a UTC time like 20261124T161807Z or 2026-11-24T16:18:07Z"),
+    ([("until", "x"), ("limit", "0")], "until must be a UTC time like 20261124T161807Z or 2026-11-24T16:18:07Z"),
+    ([("since", "20261124T161807Z"), ("since", "20261124T161807Z")], "since is given more than once"),
+    ([("limit", "\u0663")], "limit must be a whole number"),
+    ([("limit", "1001")], "limit must be between 1 and 1000"),
+    ([("limit", "5"), ("limit", "6")], "limit is given more than once"),
+    ([("marker", "1e5_x" * 30)], "marker must be the marker of a previous answer"),
+    ([("marker", "inf_x")], "marker must be the marker of a previous answer"),
+])
+def test_audit_query_refusals(pairs, message):
+    assert refused(audit_rest.audit_query, audit_request(pairs)) == message
+
+
+def test_audit_query_accepts():
+    query = audit_rest.audit_query(audit_request([
+        ("device_id", "dev-1"), ("tunnel_id", U), ("event_type", "tunnel_created,batch_close"), ("event_type", "tunnel_closed"),
+        ("since", "20261124T161807Z"), ("until", "2026-11-24T16:18:08Z"), ("limit", "1000"), ("marker", "1.5_ev-1")]))
+    assert query == AuditQuery(device_id="dev-1", tunnel_id=U, since=parse_time("20261124T161807Z"),
+                               until=parse_time("20261124T161808Z"), limit=1000, marker=Marker(1.5, "ev-1"),
+                               events=frozenset({EventType.TUNNEL_CREATED, EventType.BATCH_CLOSE, EventType.TUNNEL_CLOSED}))
+
+
+def test_recording_queries():
+    assert refused(audit_rest._query, audit_request([("limit", "101")]), models.RecordingsQuery) == \
+        "limit must be between 1 and 100"
+    assert refused(audit_rest._query, audit_request([("event_type", "x")]), models.RecordingsQuery) == \
+        "unknown query parameter(s) event_type; allowed: device_id, limit, marker, tunnel_id"
+    assert refused(audit_rest._query, audit_request([("a", "1")]), models.NoQuery) == \
+        "unknown query parameter(s) a; allowed: "
+    assert audit_rest._query(audit_request([("limit", "100")]), models.RecordingsQuery).limit == 100
+
+
 @pytest.mark.parametrize("value, message", [
     (5, "tunnel_id must be a string"),
     ("x" * 100, f"tunnel_id {'x' * 64!r} is not a tunnel id (a UUID)"),
@@ -195,6 +244,10 @@ def test_the_documents_schemas_are_the_models():
     # the lifetimes are the relay's settings
     assert create["properties"]["expires_in"]["anyOf"][0] == {"type": "integer", "minimum": Settings().min_lifetime,
                                                              "maximum": Settings().default_lifetime}
+    # the queries' parameters are the query models' fields
+    for path, model in (("/v5/iot/{project_id}/audit", models.AuditEventsQuery),
+                        ("/v5/iot/{project_id}/recordings", models.RecordingsQuery)):
+        assert [p["name"] for p in doc["paths"][path]["get"]["parameters"]] == list(model.model_fields)
     # the tunnel list's query parameters are the query model's fields
     listing = doc["paths"]["/v5/iot/{project_id}/tunnels"]["get"]["parameters"]
     assert [p["name"] for p in listing] == list(models.ListTunnelsQuery.model_fields)
