@@ -39,6 +39,9 @@ HOMES = {
     "gmqtt": ("relay.notifier", "relay.agent"),
     "uvloop": ("relay.cli",),
     "asyncssh": ("relay.agent",),
+    "prometheus_client": ("relay.web.metrics",),
+    "pydantic": ("relay.web.models",),
+    "pydantic_core": ("relay.web.models",),
 }
 
 

@@ -6,29 +6,29 @@ place in the app (`setup`, one call from relay/web/app.py).
     GET /v5/iot/{project_id}/recordings/{session_id}        the .cast file (application/x-asciicast)
 
 Authentication, error bodies and the rules for query parameters are the tunnel API's
-(relay/web/rest.py): an API token of the project, 400 with the parameter named.
+(relay/web/rest.py): an API token of the project, 400 with the parameter named. The queries'
+shapes and messages are declared in relay/web/models.py (AuditEventsQuery, RecordingsQuery).
 """
 
 from __future__ import annotations
 
-import re
+from typing import Any
 
 from aiohttp import web
 
 from relay import errors
-from relay.audit import DEFAULT_LIMIT, EVENT_TYPES, MAX_LIMIT, RECORD_ID_RE, AuditQuery, EventType, Marker, parse_time
+from relay.audit import RECORD_ID_RE, AuditQuery, EventType, Marker, parse_time
 from relay.auditlog import AuditLog
 from relay.clock import Clock, format_time
 from relay.config import Settings
 from relay.recording import Recording, RecordingQuery
 from relay.service import TunnelService
-from relay.web import rest, validation
+from relay.web import models, rest
+from relay.web.models import RequestT
 
 AUDIT: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
 
 CAST_TYPE = "application/x-asciicast"
-MAX_RECORDING_LIMIT = 100
-_MARKER_MAX = 120   # characters; a real marker is about 60
 
 
 def setup(app: web.Application, service: TunnelService, settings: Settings, clock: Clock) -> AuditLog:
@@ -50,78 +50,30 @@ def setup(app: web.Application, service: TunnelService, settings: Settings, cloc
     return audit
 
 
-# -- query parameters -------------------------------------------------------------------------
+# -- query parameters (declared in relay/web/models.py) -----------------------------------------
 
 
-def _reject_unknown(request: web.Request, known: set[str]) -> None:
-    unknown = sorted(set(request.query) - known)
-    if unknown:
-        raise errors.InvalidParameter(f"unknown query parameter(s) {', '.join(u[:40] for u in unknown)}; "
-                                      f"allowed: {', '.join(sorted(known))}")
+def _query(request: web.Request, model: type[RequestT]) -> RequestT:
+    """The query, checked by its model: a parameter given more than once comes as a list (and
+    is refused), event_type's values are joined (each may list several, separated by commas)."""
+    values: dict[str, Any] = {}
+    for name in request.query:
+        given = request.query.getall(name)
+        values[name] = ",".join(given) if name == "event_type" else given[0] if len(given) == 1 else given
+    return models.parse(model, values)
 
 
-def _one(request: web.Request, name: str) -> str | None:
-    values = request.query.getall(name, [])
-    if len(values) > 1:
-        raise errors.InvalidParameter(f"{name} is given more than once")
-    return values[0] if values else None
-
-
-def _limit(request: web.Request, default: int, maximum: int) -> int:
-    raw = _one(request, "limit")
-    if raw is None:
-        return default
-    if not re.fullmatch(r"[0-9]{1,9}", raw):
-        raise errors.InvalidParameter("limit must be a whole number")
-    value = int(raw)
-    if not 1 <= value <= maximum:
-        raise errors.InvalidParameter(f"limit must be between 1 and {maximum}")
-    return value
-
-
-def _time(request: web.Request, name: str) -> float | None:
-    raw = _one(request, name)
-    if raw is None:
-        return None
-    try:
-        return parse_time(raw)
-    except (ValueError, OverflowError):
-        raise errors.InvalidParameter(
-            f"{name} must be a UTC time like 20261124T161807Z or 2026-11-24T16:18:07Z") from None
-
-
-def _marker(request: web.Request) -> Marker | None:
-    raw = _one(request, "marker")
-    if raw is None:
-        return None
-    try:
-        if len(raw) > _MARKER_MAX:
-            raise ValueError
-        return Marker.decode(raw)
-    except ValueError:
-        raise errors.InvalidParameter("marker must be the marker of a previous answer") from None
-
-
-def _filters(request: web.Request) -> tuple[str | None, str | None]:
-    device = _one(request, "device_id")
-    tunnel = _one(request, "tunnel_id")
-    return (validation.device_id(device) if device is not None else None,
-            validation.tunnel_id(tunnel) if tunnel is not None else None)
+def _marker(raw: str | None) -> Marker | None:
+    return Marker.decode(raw) if raw is not None else None
 
 
 def audit_query(request: web.Request) -> AuditQuery:
-    _reject_unknown(request, {"device_id", "tunnel_id", "event_type", "since", "until", "limit", "marker"})
-    device_id, tunnel_id = _filters(request)
-    kinds: set[EventType] = set()
-    for raw in request.query.getall("event_type", []):
-        for name in raw.split(","):
-            if name not in EVENT_TYPES:
-                raise errors.InvalidParameter(
-                    f"event_type {name[:40]!r} is not an audit event type; known: {', '.join(sorted(EVENT_TYPES))}")
-            kinds.add(EventType(name))
-    since, until = _time(request, "since"), _time(request, "until")   # since after until: nothing matches
-    return AuditQuery(device_id=device_id, tunnel_id=tunnel_id, events=frozenset(kinds), since=since, until=until,
-                      limit=_limit(request, DEFAULT_LIMIT, MAX_LIMIT), marker=_marker(request))
+    query = _query(request, models.AuditEventsQuery)
+    kinds = frozenset(EventType(name) for name in query.event_type.split(",")) if query.event_type is not None else frozenset()
+    return AuditQuery(device_id=query.device_id, tunnel_id=query.tunnel_id, events=kinds,
+                      since=parse_time(query.since) if query.since is not None else None,
+                      until=parse_time(query.until) if query.until is not None else None,   # since after until: nothing matches
+                      limit=query.limit, marker=_marker(query.marker))
 
 
 def recording_info(recording: Recording) -> dict:
@@ -144,10 +96,9 @@ async def list_audit(request: web.Request) -> web.Response:
 
 async def list_recordings(request: web.Request) -> web.Response:
     project_id = rest.authorize(request)
-    _reject_unknown(request, {"device_id", "tunnel_id", "limit", "marker"})
-    device_id, tunnel_id = _filters(request)
-    query = RecordingQuery(device_id=device_id, tunnel_id=tunnel_id,
-                           limit=_limit(request, DEFAULT_LIMIT, MAX_RECORDING_LIMIT), marker=_marker(request))
+    checked = _query(request, models.RecordingsQuery)
+    query = RecordingQuery(device_id=checked.device_id, tunnel_id=checked.tunnel_id, limit=checked.limit,
+                           marker=_marker(checked.marker))
     page = await request.app[rest.SERVICE].store.list_recordings(project_id, query)
     return rest.json_response({"recordings": [recording_info(r) for r in page.recordings],
                                "count": len(page.recordings),
@@ -156,7 +107,7 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 async def get_recording(request: web.Request) -> web.Response:
     project_id = rest.authorize(request)
-    _reject_unknown(request, set())
+    _query(request, models.NoQuery)
     session_id = request.match_info["session_id"]
     if not RECORD_ID_RE.fullmatch(session_id):
         raise errors.InvalidParameter("session_id must be 1-64 letters, digits and '-'")

@@ -214,9 +214,10 @@ async def test_metrics(relay):
     app = relay.client.server.app
     text = await metrics.render(app[sockets.HUB], app[rest.SERVICE].store)
     lines = set(text.splitlines())
-    assert {"relay_audit_events_written_total 1", "relay_audit_events_dropped_total 2",
-            "relay_audit_write_failures_total 0", "relay_audit_queue_depth 1",
-            "relay_audit_recordings_saved_total 0", "relay_audit_recordings_dropped_total 0"} <= lines
+    # prometheus_client writes every value as a float (relay/web/metrics.py)
+    assert {"relay_audit_events_written_total 1.0", "relay_audit_events_dropped_total 2.0",
+            "relay_audit_write_failures_total 0.0", "relay_audit_queue_depth 1.0",
+            "relay_audit_recordings_saved_total 0.0", "relay_audit_recordings_dropped_total 0.0"} <= lines
     assert "# TYPE relay_audit_queue_depth gauge" in lines
 
 
@@ -253,4 +254,4 @@ async def test_batch_closes_of_unknown_ids_cannot_flood_the_trail(relay_factory)
     assert status == 200 and other["count"] == 1
     app = relay.client.server.app
     text = await metrics.render(app[sockets.HUB], app[rest.SERVICE].store)
-    assert 'relay_audit_events_limited_total{project_id="proj-a"} 30' in text.splitlines()
+    assert 'relay_audit_events_limited_total{project_id="proj-a"} 30.0' in text.splitlines()
