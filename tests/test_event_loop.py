@@ -69,3 +69,14 @@ def test_every_long_running_command_runs_on_uvloop(tmp_path, command):
 
 def test_relay_no_uvloop_keeps_the_standard_loop(tmp_path):
     assert loop_of(tmp_path, COMMANDS["agent"], RELAY_NO_UVLOOP="1").startswith("asyncio.")
+
+
+def test_main_leaves_the_callers_event_loop_policy_as_it_was():
+    """main() in a process of its caller (the tests do it) does not leave uvloop behind."""
+    import asyncio
+
+    from relay import cli
+
+    before = asyncio.get_event_loop_policy()
+    assert cli.main(["localproxy"]) == 2   # a usage error, after the loop was chosen
+    assert asyncio.get_event_loop_policy() is before
