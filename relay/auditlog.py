@@ -30,13 +30,13 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from relay.audit import ACTOR_RELAY, ACTOR_SOURCE, OK, AuditEvent, EventType
 from relay.clock import Clock
 from relay.config import Settings
 from relay.recording import Recording, TunnelTap
-from relay.store.base import TunnelStore
+from relay.store.base import AuditTrail, SessionRecordings
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ WARN_EVERY = 60.0                  # seconds between two warnings of one kind
 DEFAULT_RATE = 100.0               # events a second one project may add, sustained ...
 DEFAULT_BURST = 2000               # ... and at once
 MAX_BUCKETS = 10_000               # projects whose rate is followed; full buckets are forgotten first
+
+
+class AuditStore(AuditTrail, SessionRecordings, Protocol):
+    """What the audit log writes to: the store's audit events and its session recordings."""
 
 
 class _Bucket:
@@ -63,7 +67,7 @@ class _Bucket:
 
 
 class AuditLog:
-    def __init__(self, store: TunnelStore, clock: Clock, *, queue_size: int = DEFAULT_QUEUE_SIZE,
+    def __init__(self, store: AuditStore, clock: Clock, *, queue_size: int = DEFAULT_QUEUE_SIZE,
                  batch: int = DEFAULT_BATCH, retention: float = DEFAULT_RETENTION,
                  record_projects: Iterable[str] = (), recording_cap: int = 1024 * 1024,
                  recording_queue: int = DEFAULT_RECORDING_QUEUE, retry_initial: float = 0.1,
@@ -102,7 +106,7 @@ class AuditLog:
         self._closed = False
 
     @classmethod
-    def from_settings(cls, store: TunnelStore, clock: Clock, settings: Settings, **overrides: Any) -> AuditLog:
+    def from_settings(cls, store: AuditStore, clock: Clock, settings: Settings, **overrides: Any) -> AuditLog:
         options: dict[str, Any] = dict(queue_size=settings.audit_queue_size, retention=settings.audit_retention,
                                        record_projects=settings.record_projects,
                                        recording_cap=settings.recording_cap, rate=settings.audit_rate,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from relay import config, logs
@@ -14,52 +16,7 @@ from relay.config import Settings
 from relay.errors import ConfigError
 from relay.tokens import new_token
 
-DEV_PROJECT = "default"
-MANAGED_BROKER_PORT = 1883
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
-    return value
-
-
-MAX_MESSAGE_SIZE_CAP = 16 * 1024 * 1024   # far above any protocol's limit (Huawei: 10 KB)
-
-
-def _message_size(text: str) -> int:
-    value = _positive_int(text)
-    if value > MAX_MESSAGE_SIZE_CAP:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is above the most a message may be, {MAX_MESSAGE_SIZE_CAP} bytes (16 MiB)")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port {value} is outside 0-65535")
-    return value
-
-
-def _port_list(text: str) -> tuple[int, ...]:
-    """`22,8080` (or `none`/empty: no ports)."""
-    if text.strip().lower() in ("", "none"):
-        return ()
-    ports = []
-    for part in text.split(","):
-        port = _port(part.strip())
-        if port == 0:
-            raise argparse.ArgumentTypeError("port 0 cannot be forwarded")
-        ports.append(port)
-    return tuple(dict.fromkeys(ports))
+SERVE_PREFIX = "RELAY_"          # RELAY_<OPTION> gives `relay serve --<option>`
 
 
 def _check_device_id(device_id: str | None) -> None:
@@ -67,18 +24,7 @@ def _check_device_id(device_id: str | None) -> None:
         raise ConfigError(f"device id {device_id!r} must be 1-128 of A-Z a-z 0-9 _ -")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
-    return value
-
-
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    d = Settings()
     p = sub.add_parser(
         "serve",
         help="run the relay (REST API and WebSocket endpoints)",
@@ -86,138 +32,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                     "RELAY_<OPTION> (for example RELAY_PUBLIC_URL); the command line wins.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    e = config.env
-    p.add_argument("--host", default=e("host", d.host), help="address to listen on")
-    p.add_argument("--port", type=_port, default=int(e("port", str(d.port))), help="TCP port to listen on (0: any free port)")
-    p.add_argument("--public-url", default=e("public_url", d.public_url),
-                   help="the URL clients use to reach the relay, e.g. https://relay.example.com; "
-                        "tunnel_uri is built from it (wss:// for https). Default: http://HOST:PORT")
-    p.add_argument("--allowed-origins", default=e("allowed_origins", ""),
-                   help="web origins (scheme://host[:port], comma-separated) whose pages may open tunnel "
-                        "WebSockets: a handshake that carries an Origin header (browsers send one) from any "
-                        "other origin is refused with 403, so a foreign page cannot ride the relay's cookie "
-                        "(docs/security.md). Pages served by the relay itself are always allowed; clients "
-                        "that send no Origin are not affected. Default: the origin of --public-url")
-    p.add_argument("--db", default=e("db", d.db), help="SQLite database file; created if missing")
-    p.add_argument("--api-tokens-file", default=e("api_tokens_file"),
-                   help="file of API tokens, one PROJECT:NAME:TOKEN per line. RELAY_API_TOKENS may hold "
-                        "the same entries separated by commas. With neither, a token for project "
-                        f"'{DEV_PROJECT}' is generated next to the database")
-    p.add_argument("--instance-id", default=e("instance_id"),
-                   help="when set, REST calls must send this value in the Instance-Id header")
-    p.add_argument("--default-lifetime", type=_positive_int, default=int(e("default_lifetime", str(d.default_lifetime))),
-                   help="seconds a tunnel lives when the create request does not ask for less (also the maximum)")
-    p.add_argument("--min-lifetime", type=_positive_int, default=int(e("min_lifetime", str(d.min_lifetime))),
-                   help="the shortest lifetime a create request may ask for, in seconds")
-    p.add_argument("--closed-retention", type=_positive_int, default=int(e("closed_retention", str(d.closed_retention))),
-                   help="seconds a closed tunnel is kept before it is deleted")
-    p.add_argument("--max-tunnels-per-project", type=_positive_int,
-                   default=int(e("max_tunnels_per_project", str(d.max_tunnels_per_project))),
-                   help="tunnels (open or closed, not deleted) a project may hold")
-    p.add_argument("--max-message-size", type=_message_size, default=int(e("max_message_size", str(d.max_message_size))),
-                   help="largest WebSocket message relayed, in bytes (at most 16 MiB)")
-    p.add_argument("--max-connections-per-address", type=int,
-                   default=int(e("max_connections_per_address", str(d.max_connections_per_address))),
-                   help="tunnel WebSocket connections one client IP address may hold at once (0: no limit; "
-                        "behind a load balancer every client shares its address, so leave it off there)")
-    p.add_argument("--socket-buffer", type=int, default=int(e("socket_buffer", str(d.socket_buffer))),
-                   help="kernel send and receive buffer of each tunnel connection, in bytes (0: let the kernel "
-                        "size them, up to several MB each under load; set e.g. 262144 to bound the kernel memory "
-                        "a slow reader can hold)")
-    p.add_argument("--sqlite-cache-kib", type=_positive_int, default=int(e("sqlite_cache_kib", str(d.sqlite_cache_kib))),
-                   help="memory of the SQLite store's page cache, in KiB")
-    p.add_argument("--aws-region", default=e("aws_region", d.aws_region),
-                   help="the region named in AWS-format tunnel notifies (docs/aws.md)")
-    p.add_argument("--sweep-interval", type=_positive_float, default=float(e("sweep_interval", str(d.sweep_interval))),
-                   help="seconds between expiry and retention sweeps")
-    p.add_argument("--heartbeat-interval", type=_positive_float,
-                   default=float(e("heartbeat_interval", str(d.heartbeat_interval))),
-                   help="seconds between WebSocket pings; a peer silent for two intervals is dropped")
-    p.add_argument("--handshake-timeout", type=_positive_float,
-                   default=float(e("handshake_timeout", str(d.handshake_timeout))),
-                   help="seconds a new connection may take to send its request (slow clients are cut off)")
-    p.add_argument("--keepalive-timeout", type=_positive_float,
-                   default=float(e("keepalive_timeout", str(d.keepalive_timeout))),
-                   help="seconds an idle keep-alive connection is kept; the next request head must be whole by then")
-    p.add_argument("--body-timeout", type=_positive_float, default=float(e("body_timeout", str(d.body_timeout))),
-                   help="seconds a request body may take to arrive (then 408 and the connection is closed)")
-    p.add_argument("--max-http-connections-per-address", type=int,
-                   default=int(e("max_http_connections_per_address", str(d.max_http_connections_per_address))),
-                   help="connections one client IP address may hold on each port before they become tunnels "
-                        "(0: no limit; behind a load balancer or reverse proxy every client shares its address: "
-                        "raise it there, and bound clients in the proxy)")
-    p.add_argument("--hide-device-token", action="store_true",
-                   default=e("hide_device_token", "") in ("1", "true", "yes"),
-                   help="do not return the device token from create and rotate (devices then get it only over MQTT)")
-    p.add_argument("--store-url", default=e("store_url", ""),
-                   help="redis://HOST:PORT/DB to share tunnels between replicas (docs/scaling.md); "
-                        "default: the SQLite file of --db")
-    p.add_argument("--replica-id", default=e("replica_id", ""), help="this replica's name (default: host name and pid)")
-    p.add_argument("--internal-port", type=_port, default=int(port) if (port := e("internal_port")) else None,
-                   help="port for /livez, /readyz and replica-to-replica forwarding; needed with --store-url redis://")
-    p.add_argument("--internal-host", default=e("internal_host", d.internal_host), help="address of the internal port")
-    p.add_argument("--internal-address", default=e("internal_address", ""),
-                   help="HOST:PORT at which the other replicas reach this one's internal port "
-                        "(default: INTERNAL_HOST:INTERNAL_PORT; in Kubernetes the pod IP)")
-    p.add_argument("--bridge-secret-file", default=e("bridge_secret_file"),
-                   help="file holding the secret (32 characters or more) that replicas share to authenticate "
-                        "the bridges between them; the same on every replica, needed with --store-url redis:// "
-                        "and --internal-port. RELAY_BRIDGE_SECRET may hold it instead. It is never stored in "
-                        "Redis (docs/scaling.md)")
-    p.add_argument("--drain-seconds", type=float, default=float(e("drain_seconds", str(d.drain_seconds))),
-                   help="on SIGTERM, spread the closing of open connections over this many seconds")
-    p.add_argument("--reconcile-interval", type=_positive_float,
-                   default=float(e("reconcile_interval", str(d.reconcile_interval))),
-                   help="seconds between checks of leases and tunnel states when running as replicas")
-    p.add_argument("--tls-cert", default=e("tls_cert"),
-                   help="PEM certificate (chain) file: serve https:// and wss:// directly, for deployments "
-                        "without a TLS-terminating proxy (Huawei's device SDK only speaks wss://)")
-    p.add_argument("--tls-key", default=e("tls_key"), help="PEM private key file of --tls-cert")
-    p.add_argument("--mqtt-url", default=e("mqtt_url", "auto"),
-                   help="the MQTT broker that carries tunnel notifies to devices and their presence "
-                        "(docs/device.md): mqtt://HOST[:PORT] or mqtts://HOST[:PORT]. 'auto': run mosquitto "
-                        f"on 127.0.0.1:{MANAGED_BROKER_PORT} as a child of the relay when it is installed, "
-                        "no broker otherwise; it admits no anonymous client: the relay has its own account "
-                        "(password generated next to the database), devices get theirs from `relay device "
-                        "add`, each limited to its own topics; the relay refuses to start if something else "
-                        "listens on that port. 'none': no broker (no notifies, no presence check)")
-    p.add_argument("--mqtt-username", default=e("mqtt_username"), help="user name for the broker")
-    p.add_argument("--mqtt-password", default=None,  # not shown by --help: it may come from the environment
-                   help="password for the broker (prefer RELAY_MQTT_PASSWORD: a command line is visible to others)")
-    p.add_argument("--mqtt-client-id", default=e("mqtt_client_id", ""),
-                   help="MQTT client id of the relay; default: iot-tunnel-relay-<random>, unique per replica")
-    p.add_argument("--mqtt-ca-file", default=e("mqtt_ca_file"), help="CA bundle to verify an mqtts:// broker")
-    p.add_argument("--presence-check", default=e("presence_check", d.presence_check), choices=list(config.PRESENCE_MODES),
-                   help="refuse tunnels to offline devices (409 TUNNEL.409003), as devices announce it over MQTT: "
-                        "strict = only devices that announced 'online'; known = all but those that announced "
-                        "'offline' (devices that never announce, like Huawei's C SDK, still work); off = never. "
-                        "Off whenever there is no broker")
-    # the audit trail and session recordings (docs/audit.md)
-    p.add_argument("--audit-retention", type=_positive_int, default=int(e("audit_retention", str(d.audit_retention))),
-                   help="seconds audit events and session recordings are kept")
-    p.add_argument("--record-projects", default=e("record_projects", ""),
-                   help="projects whose SSH sessions are always recorded (asciicast), comma-separated")
-    p.add_argument("--recording-cap", type=_positive_int, default=int(e("recording_cap", str(d.recording_cap))),
-                   help="largest session recording, in bytes; what follows is cut and the recording marked truncated")
-    p.add_argument("--audit-queue-size", type=_positive_int,
-                   default=int(e("audit_queue_size", str(d.audit_queue_size))),
-                   help="audit events held in memory while the store is slow or away; beyond it they are "
-                        "dropped and counted (relay_audit_events_dropped_total)")
-    p.add_argument("--audit-rate", type=_positive_float, default=float(e("audit_rate", str(d.audit_rate))),
-                   help="audit events a second one project may add, sustained (with --audit-burst at once); "
-                        "beyond, they are counted (relay_audit_events_limited_total) and summed up in one "
-                        "audit_events_limited event")
-    p.add_argument("--audit-burst", type=_positive_int, default=int(e("audit_burst", str(d.audit_burst))),
-                   help="audit events one project may add at once")
-    p.add_argument("--log-level", default=e("log_level", d.log_level), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p.add_argument("--log-format", default=e("log_format", "text"), choices=["text", "json"])
+    config.add_options(p, config.SERVE_OPTIONS, Settings(), SERVE_PREFIX)
     p.set_defaults(func=_serve)
 
 
 def _add_agent(sub: argparse._SubParsersAction) -> None:
-    from relay.agent.settings import AgentSettings
+    from relay.agent.settings import AGENT_OPTIONS, AgentSettings
+    from relay.agent.settings import PREFIX as AGENT_PREFIX
 
-    d = AgentSettings(device_id="")
     p = sub.add_parser(
         "agent",
         help="run the device agent: serve this device's tunnels with its own SSH server",
@@ -235,50 +57,7 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
 
-    def e(name: str, default: str | None = None) -> str | None:
-        return config.env(f"agent_{name}", default)
-
-    p.add_argument("--device-id", default=e("device_id"), required=not e("device_id"),
-                   help="this device's id, as the tunnels name it (1-128 of A-Z a-z 0-9 _ -)")
-    p.add_argument("--mqtt-url", default=e("mqtt_url", d.mqtt_url), help="the broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-    p.add_argument("--mqtt-username", default=e("mqtt_username"),
-                   help="user name for the broker; default with a password: the device id (the relay's managed "
-                        "broker names device accounts so: `relay device add`)")
-    p.add_argument("--mqtt-password", default=None,
-                   help="password for the broker (prefer RELAY_AGENT_MQTT_PASSWORD or --mqtt-password-file: a "
-                        "command line is visible to others)")
-    p.add_argument("--mqtt-password-file", default=e("mqtt_password_file"),
-                   help="a file whose first line is the broker password (as `relay device add --password-file` writes it)")
-    p.add_argument("--mqtt-client-id", default=e("mqtt_client_id", ""),
-                   help="MQTT client id, stable: the broker keeps this agent's session (and the notifies "
-                        "published while it is away) under it; default: the device id")
-    p.add_argument("--mqtt-ca-file", default=e("mqtt_ca_file"), help="CA bundle to verify an mqtts:// broker")
-    p.add_argument("--ssh-host", default=e("ssh_host", d.ssh_host), help="the device's SSH server")
-    p.add_argument("--ssh-port", type=_port, default=int(e("ssh_port", str(d.ssh_port)) or d.ssh_port), help="its port")
-    p.add_argument("--ssh-known-hosts", default=e("ssh_known_hosts"),
-                   help="known_hosts file to check the SSH server's host key against; by default it is not "
-                        "checked (the server is the device's own, on loopback)")
-    p.add_argument("--forward-ports", type=_port_list, default=e("forward_ports", "22"),
-                   help="TCP forwarding (docs/forwarding.md): the device ports a tunnel's source may connect "
-                        "to, comma-separated ('none': no forwarding)")
-    p.add_argument("--forward-host", default=e("forward_host", ""),
-                   help="the host the forwarded ports are on (default: --ssh-host)")
-    p.add_argument("--aws-endpoint", default=e("aws_endpoint", ""),
-                   help="AWS IoT Secure Tunneling (docs/aws-clients.md): the relay that serves the tunnels "
-                        "announced on $aws/things/DEVICE/tunnels/notify, http(s):// or ws(s)://HOST[:PORT] "
-                        "(default: AWS's endpoint of the notify's region)")
-    p.add_argument("--aws-services", default=e("aws_services", ""),
-                   help="where the streams of each AWS service id go: SERVICE=PORT or SERVICE=HOST:PORT, "
-                        "comma-separated (default: SSH to --ssh-host:--ssh-port)")
-    p.add_argument("--tls-ca-file", default=e("tls_ca_file"), help="CA bundle to verify a wss:// relay")
-    p.add_argument("--tls-insecure", action="store_true", default=e("tls_insecure", "") in ("1", "true", "yes"),
-                   help="do not verify the relay's TLS certificate (Huawei's device SDK does not either)")
-    p.add_argument("--max-message-size", type=_positive_int, default=int(e("max_message_size", str(d.max_message_size)) or 0),
-                   help="largest message sent to the relay, in bytes of JSON (the relay's limit)")
-    p.add_argument("--heartbeat", type=_positive_float, default=float(e("heartbeat", str(d.heartbeat)) or 0),
-                   help="seconds between WebSocket pings to the relay")
-    p.add_argument("--log-level", default=e("log_level", "INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p.add_argument("--log-format", default=e("log_format", "text"), choices=["text", "json"])
+    config.add_options(p, AGENT_OPTIONS, AgentSettings(device_id=""), AGENT_PREFIX)
     p.set_defaults(func=_agent)
 
 
@@ -322,7 +101,7 @@ def _device(args: argparse.Namespace) -> int:
     if args.password_file and os.path.exists(args.password_file):
         raise ConfigError(f"{args.password_file} exists already: name a new file")
     password = accounts.add_device(args.device_id, replace=args.replace)
-    broker = f"mqtt://127.0.0.1:{MANAGED_BROKER_PORT}"
+    broker = f"mqtt://127.0.0.1:{config.MANAGED_BROKER_PORT}"
     if args.password_file:
         fd = os.open(args.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -347,21 +126,15 @@ def _agent(args: argparse.Namespace) -> int:
 
 def agent_settings(args: argparse.Namespace):
     """The agent's settings from its options (AgentSettings)."""
-    from relay.agent.settings import AgentSettings
+    from relay.agent.settings import AGENT_OPTIONS, AgentSettings
+    from relay.agent.settings import PREFIX as AGENT_PREFIX
 
     _check_device_id(args.device_id)
     config.parse_mqtt_url(args.mqtt_url)
-    password = args.mqtt_password or config.env("agent_mqtt_password") or _secret_file(args.mqtt_password_file)
-    settings = AgentSettings(
-        device_id=args.device_id, mqtt_url=args.mqtt_url,
-        mqtt_username=args.mqtt_username or (args.device_id if password else None), mqtt_password=password,
-        mqtt_client_id=args.mqtt_client_id or "", mqtt_ca_file=args.mqtt_ca_file or None,
-        ssh_host=args.ssh_host, ssh_port=args.ssh_port, ssh_known_hosts=args.ssh_known_hosts or None,
-        forward_ports=args.forward_ports, forward_host=args.forward_host or "",
-        tls_ca_file=args.tls_ca_file or None, tls_insecure=args.tls_insecure,
-        max_message_size=args.max_message_size, heartbeat=args.heartbeat,
-        aws_endpoint=args.aws_endpoint or "", aws_services=_aws_services(args.aws_services),
-    )
+    values = config.settings_values(args, AGENT_OPTIONS, AGENT_PREFIX)
+    values["mqtt_password"] = password = values["mqtt_password"] or _secret_file(args.mqtt_password_file)
+    values["mqtt_username"] = values["mqtt_username"] or (args.device_id if password else None)
+    settings = AgentSettings(**values, aws_services=_aws_services(args.aws_services))
     return settings
 
 
@@ -393,8 +166,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("device_id", metavar="DEVICE_ID", help="the device id to announce (1-128 of A-Z a-z 0-9 _ -)")
-    p.add_argument("--mqtt-url", default=config.env("agent_mqtt_url", "mqtt://127.0.0.1:1883"),
-                   help="the broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    from relay.agent.settings import AGENT_OPTIONS, AgentSettings
+    from relay.agent.settings import PREFIX as AGENT_PREFIX
+
+    broker = [option for option in AGENT_OPTIONS if option.flag == "--mqtt-url"]   # the agent's, as it is
+    config.add_options(p, broker, AgentSettings(device_id=""), AGENT_PREFIX)
     p.add_argument("--mqtt-username", default=config.env("agent_mqtt_username"),
                    help="user name for the broker (with RELAY_AGENT_MQTT_PASSWORD); without one, on the relay's "
                         "managed broker, the demo device gives itself an account there (`relay device add`)")
@@ -406,12 +182,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> int:
         from relay.agent.demo import run_demo
-        from relay.agent.settings import AgentSettings
 
         _check_device_id(args.device_id)
         config.parse_mqtt_url(args.mqtt_url)
         username, password = args.mqtt_username or None, config.env("agent_mqtt_password") or None
-        if password is None and args.mqtt_url == f"mqtt://127.0.0.1:{MANAGED_BROKER_PORT}":
+        if password is None and args.mqtt_url == f"mqtt://127.0.0.1:{config.MANAGED_BROKER_PORT}":
             # the broker `relay serve` runs lets no one in without an account: make (or renew) ours,
             # as `relay device add --replace` would; the running relay reloads the broker's accounts
             from relay.broker import BrokerAccounts, accounts_folder
@@ -420,7 +195,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         settings = AgentSettings(device_id=args.device_id, mqtt_url=args.mqtt_url,
                                  mqtt_username=username, mqtt_password=password)
         logs.setup(args.log_level, "text")
-        _install_uvloop()
         return asyncio.run(run_demo(settings, Path(args.password_file), lambda text: print(text, file=sys.stderr, flush=True)))
 
     p.set_defaults(func=run)
@@ -449,7 +223,7 @@ def _dev_token_file(db: str) -> Path:
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(f"# generated by `relay serve`; one PROJECT:NAME:TOKEN per line\n{DEV_PROJECT}:dev:{new_token()}\n")
+            fh.write(f"# generated by `relay serve`; one PROJECT:NAME:TOKEN per line\n{config.DEV_PROJECT}:dev:{new_token()}\n")
     return path
 
 
@@ -459,48 +233,15 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str | None]:
     generated = None
     if not tokens_file and not inline:
         tokens_file = generated = str(_dev_token_file(args.db))
-    settings = Settings(
-        host=args.host, port=args.port, public_url=args.public_url, db=args.db,
-        api_keys=config.load_api_keys(tokens_file, inline), instance_id=args.instance_id or None,
-        default_lifetime=args.default_lifetime, min_lifetime=min(args.min_lifetime, args.default_lifetime),
-        closed_retention=args.closed_retention, max_tunnels_per_project=args.max_tunnels_per_project,
-        max_message_size=args.max_message_size, sweep_interval=args.sweep_interval,
-        max_connections_per_address=max(0, args.max_connections_per_address),
-        socket_buffer=max(0, args.socket_buffer), aws_region=args.aws_region, sqlite_cache_kib=args.sqlite_cache_kib,
-        heartbeat_interval=args.heartbeat_interval, handshake_timeout=args.handshake_timeout,
-        expose_device_token=not args.hide_device_token,
-        keepalive_timeout=args.keepalive_timeout, body_timeout=args.body_timeout,
-        max_http_connections_per_address=max(0, args.max_http_connections_per_address),
-        log_level=args.log_level, tls_cert=args.tls_cert or None, tls_key=args.tls_key or None,
-        store_url=args.store_url, replica_id=args.replica_id, internal_port=args.internal_port,
-        internal_host=args.internal_host, internal_address=args.internal_address,
-        drain_seconds=max(0.0, args.drain_seconds), reconcile_interval=args.reconcile_interval,
-        allowed_origins=config.parse_origins(args.allowed_origins or ""),
-        bridge_secret=_secret_file(args.bridge_secret_file, "bridge secret file") or config.env("bridge_secret") or "",
-    )
+    api_keys = config.load_api_keys(tokens_file, inline)
+    values = config.settings_values(args, config.SERVE_OPTIONS, SERVE_PREFIX)
+    values["min_lifetime"] = min(values["min_lifetime"], values["default_lifetime"])
+    bridge_secret = _secret_file(args.bridge_secret_file, "bridge secret file") or config.env("bridge_secret") or ""
+    settings = Settings(api_keys=api_keys, bridge_secret=bridge_secret, **values)
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
     mqtt_url, managed = _resolve_mqtt_url(args.mqtt_url)
-    settings = dataclasses.replace(
-        settings, mqtt_url=mqtt_url, managed_broker=managed, mqtt_username=args.mqtt_username or None,
-        mqtt_password=args.mqtt_password or config.env("mqtt_password") or None, mqtt_client_id=args.mqtt_client_id or "",
-        mqtt_ca_file=args.mqtt_ca_file or None, presence_check=args.presence_check,
-    )
-    settings = dataclasses.replace(
-        settings, audit_retention=args.audit_retention, recording_cap=args.recording_cap,
-        record_projects=_project_list(args.record_projects), audit_queue_size=args.audit_queue_size,
-        audit_rate=args.audit_rate, audit_burst=args.audit_burst,
-    )
-    return settings, generated
-
-
-def _project_list(text: str | None) -> tuple[str, ...]:
-    """--record-projects: project ids, comma-separated."""
-    projects = [part.strip() for part in (text or "").split(",") if part.strip()]
-    for project in projects:
-        if not config.PROJECT_ID_RE.match(project):
-            raise ConfigError(f"--record-projects: {project[:64]!r} is not a project id (1-64 of A-Z a-z 0-9 _ -)")
-    return tuple(dict.fromkeys(projects))
+    return dataclasses.replace(settings, mqtt_url=mqtt_url, managed_broker=managed), generated
 
 
 def _resolve_mqtt_url(value: str | None) -> tuple[str, bool]:
@@ -511,7 +252,7 @@ def _resolve_mqtt_url(value: str | None) -> tuple[str, bool]:
     if text.lower() == "auto":
         from relay.broker import find_mosquitto  # standard library only
         if find_mosquitto():
-            return f"mqtt://127.0.0.1:{MANAGED_BROKER_PORT}", True
+            return f"mqtt://127.0.0.1:{config.MANAGED_BROKER_PORT}", True
         return "", False
     config.parse_mqtt_url(text)  # raises ConfigError with an explanation
     return text, False
@@ -522,18 +263,33 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings, generated = settings_from_args(args)
     logs.setup(settings.log_level, args.log_format)
-    _install_uvloop()
     return asyncio.run(run(settings, generated_token_file=generated))
 
 
-def _install_uvloop() -> None:
+# The commands that run until stopped and carry a tunnel's data (or serve it) run on uvloop:
+# its loop costs the ends a fraction of the standard one's per message (issue 17). The short
+# REST commands (tunnel, audit, playback) keep the standard loop, which they do not wait on.
+LONG_RUNNING = frozenset({"serve", "agent", "demo-device", "forward", "ssh", "exec", "localproxy"})
+
+
+@contextlib.contextmanager
+def _on_uvloop() -> Iterator[None]:
+    """Every asyncio.run inside runs on uvloop; RELAY_NO_UVLOOP=1 opts out. The policy in force
+    before comes back after, so that a caller of main() in the same process keeps its own."""
     if os.environ.get("RELAY_NO_UVLOOP"):
+        yield
         return
     try:
         import uvloop
     except ImportError:  # optional: the relay works on the standard loop, only slower
+        yield
         return
+    before = asyncio.get_event_loop_policy()
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(before)
 
 
 # -- the application side: relay tunnel, relay ssh, relay exec (docs/cli.md) -----------------
@@ -558,7 +314,7 @@ def _connection_options() -> argparse.ArgumentParser:
                    help="sent as the Instance-Id header, for relays run with --instance-id (RELAY_INSTANCE_ID)")
     g.add_argument("--ca-file", default=config.env("ca_file"), help="CA bundle to verify an https:// relay (RELAY_CA_FILE)")
     g.add_argument("--insecure", action="store_true", help="do not verify the relay's TLS certificate")
-    g.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds to wait for each REST call (default 30)")
+    g.add_argument("--timeout", type=config.positive_float, default=30.0, help="seconds to wait for each REST call (default 30)")
     return p
 
 
@@ -578,7 +334,7 @@ def _add_tunnel(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     c.add_argument("device_id", metavar="DEVICE_ID")
     c.add_argument("--description", help="for people (at most 1024 characters)")
     c.add_argument("--custom-info", help="for the device: sent along with the MQTT notify")
-    c.add_argument("--expires-in", type=_positive_int, help="lifetime in seconds (default: the relay's)")
+    c.add_argument("--expires-in", type=config.positive_int, help="lifetime in seconds (default: the relay's)")
     c.add_argument("--record", action="store_true",
                    help="record the tunnel's SSH sessions (asciicast), to play back with `relay playback` "
                         "(record_session, docs/audit.md)")
@@ -586,7 +342,7 @@ def _add_tunnel(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     ls = actions.add_parser("list", parents=[common, out], help="list tunnels (a table, or --json)")
     ls.add_argument("--device-id", help="only this device's tunnels")
     ls.add_argument("--status", type=str.upper, choices=["OPEN", "CLOSED"], help="only tunnels in this state")
-    ls.add_argument("--limit", type=_positive_int, help="tunnels per page, 1-50 (the relay's default: 10)")
+    ls.add_argument("--limit", type=config.positive_int, help="tunnels per page, 1-50 (the relay's default: 10)")
     ls.add_argument("--marker", help="start after this marker (page.marker of the previous page)")
     ls.add_argument("--offset", type=int, help="skip this many tunnels")
     ls.add_argument("--all", action="store_true", help="every matching tunnel, page after page")
@@ -632,9 +388,9 @@ def _add_remote(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                              "one that was open before is always left open)")
     shared.add_argument("--close", action="store_true",
                         help="close the tunnel on exit even when it was open before this command")
-    shared.add_argument("--wait", type=_positive_float, default=60.0,
+    shared.add_argument("--wait", type=config.positive_float, default=60.0,
                         help="seconds to wait for the device to connect and log in (default 60)")
-    shared.add_argument("--expires-in", type=_positive_int, help="lifetime of a new tunnel, in seconds")
+    shared.add_argument("--expires-in", type=config.positive_int, help="lifetime of a new tunnel, in seconds")
     shared.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr (errors still)")
     shared.add_argument("--raw-terminal", action="store_true", help=RAW)
 
@@ -657,7 +413,7 @@ def _add_remote(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                     "command's, read from a marker the shell prints after it (docs/cli.md); 255 when the relay, "
                     "the tunnel or the login failed. Needs a POSIX shell on the device.")
     e.add_argument("command", metavar="COMMAND", nargs="+", help="the command and its arguments, after --")
-    e.add_argument("--command-timeout", dest="timeout_command", type=_positive_float,
+    e.add_argument("--command-timeout", dest="timeout_command", type=config.positive_float,
                    help="give up (status 255) if the command has not finished after this many seconds")
     e.add_argument("--crlf", action="store_true", help="keep the terminal's CRLF line ends (default: plain LF)")
     e.set_defaults(func=commands.remote, mode="exec", set_size=False)
@@ -677,7 +433,7 @@ def _add_forward(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     f.add_argument("device_id", metavar="DEVICE_ID", nargs="?", help="the device (not needed with --tunnel)")
     f.add_argument("--listen", default="127.0.0.1:2222",
                    help="local HOST:PORT to listen on (default 127.0.0.1:2222; port 0: any free port, printed)")
-    f.add_argument("--port", type=_port, default=22, help="the port on the device (default 22)")
+    f.add_argument("--port", type=config.port_number, default=22, help="the port on the device (default 22)")
     f.add_argument("--tunnel", metavar="TUNNEL_ID",
                    help="use this tunnel (its source token is rotated, unless --source-token-stdin gives it)")
     f.add_argument("--source-token-stdin", action="store_true",
@@ -687,9 +443,9 @@ def _add_forward(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                         "one that was open before is always left open)")
     f.add_argument("--close", action="store_true",
                    help="close the tunnel on exit even when it was open before this command")
-    f.add_argument("--wait", type=_positive_float, default=60.0,
+    f.add_argument("--wait", type=config.positive_float, default=60.0,
                    help="seconds to wait for the device to connect, and for it to answer each connection (default 60)")
-    f.add_argument("--expires-in", type=_positive_int, help="lifetime of a new tunnel, in seconds")
+    f.add_argument("--expires-in", type=config.positive_int, help="lifetime of a new tunnel, in seconds")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr (errors still)")
     f.add_argument("--protocol", choices=["huawei", "aws"], default="huawei",
                    help="huawei (default): the tcp service of Huawei's protocol (docs/forwarding.md); aws: an AWS "
@@ -769,7 +525,7 @@ def _add_audit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                         "ssh_login_succeeded,ssh_login_failed")
     a.add_argument("--since", help="events at or after this time")
     a.add_argument("--until", help="events before this time")
-    a.add_argument("--limit", type=_positive_int, default=50, help="events to show (default 50; pages are fetched as needed)")
+    a.add_argument("--limit", type=config.positive_int, default=50, help="events to show (default 50; pages are fetched as needed)")
     a.add_argument("--marker", help="start after this marker (printed when there are older events)")
     a.add_argument("--json", action="store_true", help="print {events, count, marker} as JSON")
     a.set_defaults(func=audit.audit)
@@ -779,7 +535,7 @@ def _add_audit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         description="Fetch a session recording (asciicast v2, docs/audit.md) and write its output to the terminal "
                     "with its original timing, or faster. --out saves the .cast file instead (asciinema can play it).")
     p.add_argument("session_id", metavar="SESSION_ID", help="the session_id of a session_recorded event")
-    p.add_argument("--speed", type=_positive_float, default=1.0, help="play this many times faster (default 1)")
+    p.add_argument("--speed", type=config.positive_float, default=1.0, help="play this many times faster (default 1)")
     p.add_argument("--max-idle", type=float, default=None, metavar="SECONDS",
                    help="shorten pauses longer than this (before --speed); default: keep them")
     p.add_argument("--out", metavar="FILE", help="save the .cast file to FILE ('-': standard output) instead of playing")
@@ -796,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "`relay tunnel`, `relay ssh`, `relay exec` and `relay forward` to use it (`relay localproxy` for tunnels of "
                     "the AWS IoT Secure Tunneling protocol); `relay COMMAND --help` for details.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")   # `exec` has a positional named command
     _add_serve(sub)
     _add_agent(sub)
     _add_demo(sub)
@@ -816,8 +572,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    loop = _on_uvloop() if args.subcommand in LONG_RUNNING else contextlib.nullcontext()
     try:
-        return args.func(args)
+        with loop:
+            return args.func(args)
     except ConfigError as exc:
         from relay.client.output import say   # a setting may quote what the relay answered
         say(f"relay: {exc}", file=sys.stderr)

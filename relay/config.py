@@ -2,14 +2,22 @@
 
 Bottom layer: standard library only. Every option `--some-name` can also be given as the
 environment variable `RELAY_SOME_NAME`; the command line wins.
+
+Each setting is declared once: its type and default as a field of `Settings`, and its flag,
+reader (which also checks it), environment variable and help as an `Option` of `SERVE_OPTIONS`.
+`relay serve`'s parser, the reading of the environment and the table of docs/operations.md
+are made from them (`add_options`, `settings_values`, `options_table`); the agent's settings
+are declared the same way (relay/agent/settings.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
-from typing import overload
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 from relay.errors import ConfigError
@@ -117,6 +125,8 @@ class Settings:
 
 
 PRESENCE_MODES = ("strict", "known", "off")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -214,3 +224,348 @@ def env(name: str, default: None = None) -> str | None: ...
 
 def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"RELAY_{name.upper().replace('-', '_')}", default)
+
+
+# -- readers of option values: each reads and checks one kind of text (argparse's `type`) -----
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
+    return value
+
+
+MAX_MESSAGE_SIZE_CAP = 16 * 1024 * 1024   # far above any protocol's limit (Huawei: 10 KB)
+
+
+def message_size(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_MESSAGE_SIZE_CAP:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is above the most a message may be, {MAX_MESSAGE_SIZE_CAP} bytes (16 MiB)")
+    return value
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is outside 0-65535")
+    return value
+
+
+def port_list(text: str) -> tuple[int, ...]:
+    """`22,8080` (or `none`/empty: no ports)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    ports = []
+    for part in text.split(","):
+        port = port_number(part.strip())
+        if port == 0:
+            raise argparse.ArgumentTypeError("port 0 cannot be forwarded")
+        ports.append(port)
+    return tuple(dict.fromkeys(ports))
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
+    return value
+
+
+def parse_projects(text: str | None) -> tuple[str, ...]:
+    """--record-projects: project ids, comma-separated."""
+    projects = [part.strip() for part in (text or "").split(",") if part.strip()]
+    for project in projects:
+        if not PROJECT_ID_RE.match(project):
+            raise ConfigError(f"--record-projects: {project[:64]!r} is not a project id (1-64 of A-Z a-z 0-9 _ -)")
+    return tuple(dict.fromkeys(projects))
+
+
+def or_none(value: str | None) -> str | None:
+    """An empty text means not set."""
+    return value or None
+
+
+# -- one declaration per setting ---------------------------------------------------------------
+
+FIELD: Any = object()   # an Option's default: the default of its settings field
+SWITCH_ON = ("1", "true", "yes")   # what an environment variable says to turn a switch on
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Option:
+    """One command-line option and the environment variable that may give it instead.
+
+    `parse` reads and checks the text (from the command line or the environment alike);
+    `field` names the settings field it fills ("": the option's own name, None: none; the
+    command then uses the value itself), `to_setting` turns the value into the field's
+    (it may raise ConfigError). A `secret` is read from its variable only when the settings
+    are made, so that --help never shows it."""
+
+    flag: str
+    help: str | None = None
+    parse: Callable[[str], Any] | None = None
+    default: Any = FIELD
+    field: str | None = ""
+    to_setting: Callable[[Any], Any] | None = None
+    choices: Sequence[str] | None = None
+    switch: bool = False          # a flag without a value
+    required: bool = False        # unless its variable gives it
+    secret: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def target(self) -> str | None:
+        return self.dest if self.field == "" else self.field
+
+    def variable(self, prefix: str) -> str:
+        """`RELAY_` (or `RELAY_AGENT_`) and the option's name."""
+        return f"{prefix}{self.dest.upper()}"
+
+    def default_value(self, defaults: object) -> Any:
+        if self.default is not FIELD:
+            return self.default
+        if self.switch:
+            return False
+        assert self.target is not None, f"{self.flag} has neither a default nor a field"
+        return getattr(defaults, self.target)
+
+
+class _FromEnvironment(str):
+    """An option's text that came from its environment variable, so that an error names it."""
+
+    variable: str
+
+
+def _reader(option: Option) -> Callable[[str], Any] | None:
+    parse = option.parse
+    if parse is None:
+        return None
+
+    def read(text: str) -> Any:
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as exc:
+            if isinstance(text, _FromEnvironment):
+                raise argparse.ArgumentTypeError(f"{exc} (from {text.variable})") from None
+            raise
+
+    read.__name__ = getattr(parse, "__name__", "value")   # argparse names it in some errors
+    return read
+
+
+def _environment_default(option: Option, defaults: object, prefix: str) -> Any:
+    default = option.default_value(defaults)
+    if option.secret:
+        return None
+    text = os.environ.get(option.variable(prefix))
+    if option.switch:
+        return text in SWITCH_ON if text is not None else default
+    if text is None or (text == "" and option.parse is not None):   # an empty number is no number
+        return default
+    value = _FromEnvironment(text)
+    value.variable = option.variable(prefix)
+    return value
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, options: Iterable[Option],
+                defaults: object, prefix: str) -> None:
+    """The command-line options, each defaulting to its environment variable, then its field."""
+    for option in options:
+        default = _environment_default(option, defaults, prefix)
+        kwargs: dict[str, Any] = {"default": default, "help": option.help}
+        if option.switch:
+            kwargs["action"] = "store_true"
+        else:
+            if option.parse is not None:
+                kwargs["type"] = _reader(option)
+            if option.choices is not None:
+                kwargs["choices"] = list(option.choices)
+        if option.required:
+            kwargs["required"] = not default
+        parser.add_argument(option.flag, **kwargs)
+
+
+def settings_values(args: argparse.Namespace, options: Iterable[Option], prefix: str) -> dict[str, Any]:
+    """The settings fields the options fill, from parsed arguments (secrets: or their variable)."""
+    values: dict[str, Any] = {}
+    for option in options:
+        if option.target is None:
+            continue
+        value = getattr(args, option.dest)
+        if option.secret and not value:
+            value = os.environ.get(option.variable(prefix))
+        values[option.target] = option.to_setting(value) if option.to_setting else value
+    return values
+
+
+def options_table(options: Iterable[Option], defaults: object, prefix: str) -> str:
+    """A Markdown table of the options: flag, environment variable, default, help."""
+    rows = ["| option | environment variable | default | what |", "| --- | --- | --- | --- |"]
+    for option in options:
+        default = option.default_value(defaults)
+        shown = "" if default in (None, "", False) or option.secret else f"`{default}`"
+        text = option.help or ""
+        if option.choices:
+            text = f"{text} (" if text else ""
+            text += "one of " + ", ".join(f"`{choice}`" for choice in option.choices) + (")" if option.help else "")
+        if option.switch:
+            text += " (the variable: " + ", ".join(f"`{word}`" for word in SWITCH_ON) + " turn it on)"
+        text = text.replace("|", "\\|")
+        rows.append(f"| `{option.flag}` | `{option.variable(prefix)}` | {shown} | {text} |")
+    return "\n".join(rows) + "\n"
+
+
+# -- `relay serve` ----------------------------------------------------------------------------
+
+DEV_PROJECT = "default"          # the project of the token `relay serve` generates when given none
+MANAGED_BROKER_PORT = 1883       # where `--mqtt-url auto` runs mosquitto
+
+
+def _at_least_zero(value: int) -> int:
+    return max(0, value)
+
+
+def _not_negative(value: float) -> float:
+    return max(0.0, value)
+
+
+def _expose(hide: bool) -> bool:
+    return not hide
+
+
+def _origins(text: str | None) -> tuple[str, ...]:
+    return parse_origins(text or "")
+
+
+# In the order of `relay serve --help`. With no field: the command combines the value itself
+# (the API tokens, the bridge secret, the broker to run, the log format).
+SERVE_OPTIONS: tuple[Option, ...] = (
+    Option("--host", "address to listen on"),
+    Option("--port", "TCP port to listen on (0: any free port)", port_number),
+    Option("--public-url",
+           "the URL clients use to reach the relay, e.g. https://relay.example.com; "
+           "tunnel_uri is built from it (wss:// for https). Default: http://HOST:PORT"),
+    Option("--allowed-origins",
+           "web origins (scheme://host[:port], comma-separated) whose pages may open tunnel "
+           "WebSockets: a handshake that carries an Origin header (browsers send one) from any "
+           "other origin is refused with 403, so a foreign page cannot ride the relay's cookie "
+           "(docs/security.md). Pages served by the relay itself are always allowed; clients "
+           "that send no Origin are not affected. Default: the origin of --public-url",
+           default="", to_setting=_origins),
+    Option("--db", "SQLite database file; created if missing"),
+    Option("--api-tokens-file",
+           "file of API tokens, one PROJECT:NAME:TOKEN per line. RELAY_API_TOKENS may hold "
+           "the same entries separated by commas. With neither, a token for project "
+           f"'{DEV_PROJECT}' is generated next to the database", default=None, field=None),
+    Option("--instance-id", "when set, REST calls must send this value in the Instance-Id header",
+           to_setting=or_none),
+    Option("--default-lifetime",
+           "seconds a tunnel lives when the create request does not ask for less (also the maximum)", positive_int),
+    Option("--min-lifetime", "the shortest lifetime a create request may ask for, in seconds", positive_int),
+    Option("--closed-retention", "seconds a closed tunnel is kept before it is deleted", positive_int),
+    Option("--max-tunnels-per-project", "tunnels (open or closed, not deleted) a project may hold", positive_int),
+    Option("--max-message-size", "largest WebSocket message relayed, in bytes (at most 16 MiB)", message_size),
+    Option("--max-connections-per-address",
+           "tunnel WebSocket connections one client IP address may hold at once (0: no limit; "
+           "behind a load balancer every client shares its address, so leave it off there)",
+           int, to_setting=_at_least_zero),
+    Option("--socket-buffer",
+           "kernel send and receive buffer of each tunnel connection, in bytes (0: let the kernel "
+           "size them, up to several MB each under load; set e.g. 262144 to bound the kernel memory "
+           "a slow reader can hold)", int, to_setting=_at_least_zero),
+    Option("--sqlite-cache-kib", "memory of the SQLite store's page cache, in KiB", positive_int),
+    Option("--aws-region", "the region named in AWS-format tunnel notifies (docs/aws.md)"),
+    Option("--sweep-interval", "seconds between expiry and retention sweeps", positive_float),
+    Option("--heartbeat-interval", "seconds between WebSocket pings; a peer silent for two intervals is dropped",
+           positive_float),
+    Option("--handshake-timeout",
+           "seconds a new connection may take to send its request (slow clients are cut off)", positive_float),
+    Option("--keepalive-timeout",
+           "seconds an idle keep-alive connection is kept; the next request head must be whole by then",
+           positive_float),
+    Option("--body-timeout", "seconds a request body may take to arrive (then 408 and the connection is closed)",
+           positive_float),
+    Option("--max-http-connections-per-address",
+           "connections one client IP address may hold on each port before they become tunnels "
+           "(0: no limit; behind a load balancer or reverse proxy every client shares its address: "
+           "raise it there, and bound clients in the proxy)", int, to_setting=_at_least_zero),
+    Option("--hide-device-token",
+           "do not return the device token from create and rotate (devices then get it only over MQTT)",
+           switch=True, field="expose_device_token", to_setting=_expose),
+    Option("--store-url",
+           "redis://HOST:PORT/DB to share tunnels between replicas (docs/scaling.md); "
+           "default: the SQLite file of --db"),
+    Option("--replica-id", "this replica's name (default: host name and pid)"),
+    Option("--internal-port",
+           "port for /livez, /readyz and replica-to-replica forwarding; needed with --store-url redis://",
+           port_number),
+    Option("--internal-host", "address of the internal port"),
+    Option("--internal-address",
+           "HOST:PORT at which the other replicas reach this one's internal port "
+           "(default: INTERNAL_HOST:INTERNAL_PORT; in Kubernetes the pod IP)"),
+    Option("--bridge-secret-file",
+           "file holding the secret (32 characters or more) that replicas share to authenticate "
+           "the bridges between them; the same on every replica, needed with --store-url redis:// "
+           "and --internal-port. RELAY_BRIDGE_SECRET may hold it instead. It is never stored in "
+           "Redis (docs/scaling.md)", default=None, field=None),
+    Option("--drain-seconds", "on SIGTERM, spread the closing of open connections over this many seconds",
+           float, to_setting=_not_negative),
+    Option("--reconcile-interval", "seconds between checks of leases and tunnel states when running as replicas",
+           positive_float),
+    Option("--tls-cert",
+           "PEM certificate (chain) file: serve https:// and wss:// directly, for deployments "
+           "without a TLS-terminating proxy (Huawei's device SDK only speaks wss://)", to_setting=or_none),
+    Option("--tls-key", "PEM private key file of --tls-cert", to_setting=or_none),
+    Option("--mqtt-url",
+           "the MQTT broker that carries tunnel notifies to devices and their presence "
+           "(docs/device.md): mqtt://HOST[:PORT] or mqtts://HOST[:PORT]. 'auto': run mosquitto "
+           f"on 127.0.0.1:{MANAGED_BROKER_PORT} as a child of the relay when it is installed, "
+           "no broker otherwise; it admits no anonymous client: the relay has its own account "
+           "(password generated next to the database), devices get theirs from `relay device "
+           "add`, each limited to its own topics; the relay refuses to start if something else "
+           "listens on that port. 'none': no broker (no notifies, no presence check)",
+           default="auto", field=None),
+    Option("--mqtt-username", "user name for the broker", to_setting=or_none),
+    Option("--mqtt-password",
+           "password for the broker (prefer RELAY_MQTT_PASSWORD: a command line is visible to others)",
+           secret=True, to_setting=or_none),
+    Option("--mqtt-client-id", "MQTT client id of the relay; default: iot-tunnel-relay-<random>, unique per replica"),
+    Option("--mqtt-ca-file", "CA bundle to verify an mqtts:// broker", to_setting=or_none),
+    Option("--presence-check",
+           "refuse tunnels to offline devices (409 TUNNEL.409003), as devices announce it over MQTT: "
+           "strict = only devices that announced 'online'; known = all but those that announced "
+           "'offline' (devices that never announce, like Huawei's C SDK, still work); off = never. "
+           "Off whenever there is no broker", choices=PRESENCE_MODES),
+    # the audit trail and session recordings (docs/audit.md)
+    Option("--audit-retention", "seconds audit events and session recordings are kept", positive_int),
+    Option("--record-projects", "projects whose SSH sessions are always recorded (asciicast), comma-separated",
+           default="", to_setting=parse_projects),
+    Option("--recording-cap",
+           "largest session recording, in bytes; what follows is cut and the recording marked truncated",
+           positive_int),
+    Option("--audit-queue-size",
+           "audit events held in memory while the store is slow or away; beyond it they are "
+           "dropped and counted (relay_audit_events_dropped_total)", positive_int),
+    Option("--audit-rate",
+           "audit events a second one project may add, sustained (with --audit-burst at once); "
+           "beyond, they are counted (relay_audit_events_limited_total) and summed up in one "
+           "audit_events_limited event", positive_float),
+    Option("--audit-burst", "audit events one project may add at once", positive_int),
+    Option("--log-level", choices=LOG_LEVELS),
+    Option("--log-format", choices=LOG_FORMATS, default="text", field=None),
+)

@@ -14,7 +14,7 @@ A PUBACK only says the broker took the notify: a device that was not subscribed 
 moment (its agent started a moment later, or its session was new) never hears of it. So the
 notifier listens to `$oc/devices/+/sys/presence` (whatever `--presence-check` says) and, each
 time a device says `online`, has the store queue again the notify of every open tunnel of
-that device whose device end is not connected (`TunnelStore.renotify`). Acknowledgements are
+that device whose device end is not connected (`NotifyOutbox.renotify`). Acknowledgements are
 recorded before that: a publish the device missed was acknowledged before its `online` came
 (the broker answers a connection in order), so it is queued again.
 
@@ -34,6 +34,7 @@ import logging
 import ssl
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv311
@@ -46,7 +47,7 @@ from relay.model import CloseReason, PendingNotify, Side, Status, Tunnel, Tunnel
 from relay.notify import (ONLINE, PRESENCE_FILTER, aws_notify_topic, build_aws_notify, build_notify, cancel_and_wait,
                           device_of_presence_topic, down_topic, mqtt_tls_context, quiet_gmqtt_logger)
 from relay.presence import Presence, State
-from relay.store.base import TunnelStore
+from relay.store.base import NotifyOutbox, Tunnels
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,14 @@ class _Client(gmqtt.Client):
         self.lost.set()
 
 
+class NotifierStore(NotifyOutbox, Tunnels, Protocol):
+    """What the notifier works on: the store's outbox, and the tunnel of each entry."""
+
+
 class Notifier:
     """A TunnelListener: told of creations and rotations, it wakes its delivery loop."""
 
-    def __init__(self, settings: Settings, store: TunnelStore, clock: Clock) -> None:
+    def __init__(self, settings: Settings, store: NotifierStore, clock: Clock) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock

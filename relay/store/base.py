@@ -1,26 +1,30 @@
-"""The store interface. Every method is atomic: the rules that span several records (one
-open tunnel per device, the per-project quota) are enforced inside the store so that
-concurrent requests, or several replicas sharing one store, cannot break them.
+"""The store interface, one protocol per concern: `Tunnels` (the tunnel records and their
+access tokens), `NotifyOutbox` (the notifies waiting for the MQTT broker), `AuditTrail` (audit
+events) and `SessionRecordings`. `TunnelStore` is the four in one database: what `open_store`
+returns and what the SQLite and Redis stores implement. A caller that needs less types against
+what it uses (the audit log, the notifier; the cluster states its own `ConnectStates`).
 
-The store also keeps the notify outbox: the device token of each OPEN tunnel the relay
-notified, marked waiting (to be published) or delivered (the broker acknowledged it). It lives
-with the tunnels so that it survives restarts and is shared by replicas. An entry stays after
-delivery, because a broker's acknowledgement does not mean the device got it: when the device
-comes online while its end of the tunnel is not connected, the notify is queued again
-(`renotify`). It goes when its tunnel closes. It holds a secret (the device token): a store
-never logs it."""
+Every method is atomic: the rules that span several records (one open tunnel per device, the
+per-project quota) are enforced inside the store so that concurrent requests, or several
+replicas sharing one store, cannot break them. The methods stay abstract in the protocols, so
+a store that subclasses them and misses one cannot be made."""
 
 from __future__ import annotations
 
 import abc
 import builtins
+from typing import Protocol
 
 from relay.audit import AuditEvent, AuditPage, AuditQuery
 from relay.model import Claim, CloseReason, ListQuery, Page, PendingNotify, Side, Tunnel
 from relay.recording import Recording, RecordingPage, RecordingQuery
 
 
-class TunnelStore(abc.ABC):
+class Tunnels(Protocol):
+    """The tunnel records: their life (insert, close, delete, expiry, retention), their
+    access tokens (rotation, the AWS protocol's lookups and client-token claims) and which of
+    their ends are connected."""
+
     @abc.abstractmethod
     async def insert(self, tunnel: Tunnel, max_per_project: int, notify_token: str | None = None) -> None:
         """Add a tunnel. Raises DeviceBusy when the device has an open tunnel, QuotaExceeded
@@ -50,7 +54,7 @@ class TunnelStore(abc.ABC):
         is unused: the AWS client-token binding of each rotated side is forgotten. A new
         source token is kept with `source_issuer` (the API token name that asked for it)."""
 
-    # -- AWS-protocol tunnels (docs/aws.md) ------------------------------------------------
+    # AWS-protocol tunnels (docs/aws.md): clients present a token, no tunnel id
 
     @abc.abstractmethod
     async def find_by_token_hash(self, token_hash: str) -> Tunnel | None:
@@ -81,7 +85,15 @@ class TunnelStore(abc.ABC):
     async def purge_closed(self, closed_before: float) -> int:
         """Delete tunnels closed before the given time; returns how many."""
 
-    # -- the notify outbox ---------------------------------------------------------------
+
+class NotifyOutbox(Protocol):
+    """The notify outbox: the device token of each OPEN tunnel the relay notified, marked
+    waiting (to be published) or delivered (the broker acknowledged it). It lives with the
+    tunnels so that it survives restarts and is shared by replicas (`Tunnels.insert` adds an
+    entry, `Tunnels.close` drops it). An entry stays after delivery, because a broker's
+    acknowledgement does not mean the device got it: when the device comes online while its
+    end of the tunnel is not connected, the notify is queued again (`renotify`). It holds a
+    secret (the device token): a store never logs it."""
 
     @abc.abstractmethod
     async def queue_notify(self, tunnel_id: str, device_token: str) -> Tunnel | None:
@@ -104,11 +116,10 @@ class TunnelStore(abc.ABC):
         notify was delivered and whose device end is not connected gets its entry waiting again
         (notify PENDING). Returns their ids."""
 
-    @abc.abstractmethod
-    async def aclose(self) -> None: ...
 
-    # -- the audit trail and session recordings (docs/audit.md) ---------------------------
-    # In the same database as the tunnels: relay/store/audit_sqlite.py, audit_redis.py.
+class AuditTrail(Protocol):
+    """The audit events (docs/audit.md); in the same database as the tunnels
+    (relay/store/audit_sqlite.py, audit_redis.py)."""
 
     @abc.abstractmethod
     async def append_audit(self, events: builtins.list[AuditEvent]) -> None:
@@ -123,6 +134,10 @@ class TunnelStore(abc.ABC):
     @abc.abstractmethod
     async def purge_audit(self, before: float) -> int:
         """Delete events older than `before` (every project); returns how many."""
+
+
+class SessionRecordings(Protocol):
+    """The recorded SSH sessions (asciicast, docs/audit.md), next to the audit events."""
 
     @abc.abstractmethod
     async def save_recording(self, recording: Recording) -> None:
@@ -139,3 +154,11 @@ class TunnelStore(abc.ABC):
     @abc.abstractmethod
     async def purge_recordings(self, before: float) -> int:
         """Delete recordings that ended before `before` (every project); returns how many."""
+
+
+class TunnelStore(Tunnels, NotifyOutbox, AuditTrail, SessionRecordings):
+    """The whole store: every concern in one database (SQLite for one relay, Redis for
+    several replicas), opened by `relay.store.open_store` and closed once."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
