@@ -68,7 +68,13 @@ fn size_arg(n: i128, name: &str, min: i128) -> PyResult<usize> {
 struct Client {
     masks: Masks,
     urandom: Py<PyAny>,
+    /// frames are built here, then copied into the returned bytes: kept between calls, so a
+    /// large write does not fault in fresh pages each time
+    scratch: Vec<u8>,
 }
+
+/// Largest scratch buffer kept between calls.
+const SCRATCH_KEPT: usize = 1 << 20;
 
 impl Client {
     /// Run `write` with a refill that calls `urandom`; the bytes it wrote, or the refill's error.
@@ -78,15 +84,20 @@ impl Client {
         write: impl FnOnce(&mut Vec<u8>, &mut dyn FnMut(&mut Vec<u8>) -> bool, &mut Masks),
     ) -> PyResult<Bound<'py, PyBytes>> {
         let mut err = None;
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
         {
             let mut fill = refill(py, &self.urandom, &mut err);
             write(&mut out, &mut fill, &mut self.masks);
         }
-        match err {
+        let result = match err {
             Some(e) => Err(e),
             None => Ok(PyBytes::new(py, &out)),
+        };
+        if out.capacity() <= SCRATCH_KEPT {
+            self.scratch = out;
         }
+        result
     }
 
     fn frame<'py>(&mut self, py: Python<'py>, op: u8, payload: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
@@ -155,7 +166,7 @@ impl EndCodec {
         let chunk = size_arg(chunk, "chunk", 1)?;
         let max = size_arg(max_message_size, "max_message_size", 0)?;
         Ok(EndCodec {
-            client: Client { masks: Masks::default(), urandom: urandom_arg(py, urandom)? },
+            client: Client { masks: Masks::default(), urandom: urandom_arg(py, urandom)?, scratch: Vec::new() },
             decoder: end::EndDecoder::new(max, chunk),
             chunk,
         })
@@ -234,7 +245,7 @@ impl AwsEndCodec {
     fn new(py: Python<'_>, max_payload: i128, urandom: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         let max = size_arg(max_payload, "max_payload", 1)?;
         Ok(AwsEndCodec {
-            client: Client { masks: Masks::default(), urandom: urandom_arg(py, urandom)? },
+            client: Client { masks: Masks::default(), urandom: urandom_arg(py, urandom)?, scratch: Vec::new() },
             decoder: end::AwsEndDecoder::new(max),
             max_payload: max,
         })

@@ -316,11 +316,17 @@ def test_feed_at_every_cut(end: Any) -> None:
     assert c.messages == 7
 
 
-def test_one_feed_groups_a_connection_s_chunks(end: Any) -> None:
+@pytest.mark.parametrize("conn_id", ["f-1", 'odd "id" \\ é \n\x7f', ""])
+def test_one_feed_groups_a_connection_s_chunks(end: Any, conn_id: str) -> None:
     raw = os.urandom(7000 * 9)
-    relayed = relay_huawei(end.EndCodec().data("f-1", raw))
+    relayed = relay_huawei(end.EndCodec().data(conn_id, raw)) if conn_id else b"".join(
+        server_frame(m.encode()) for m in forward.data_messages(conn_id, raw))   # the relay refuses an empty id
     items, _, _ = end.EndCodec().feed(relayed)
-    assert items == [("f-1", raw)]   # one item for nine messages
+    assert items == [(conn_id, raw)]   # one item for nine messages
+    # the same message in another JSON layout (what the relay would pass too) reads the same
+    other = orjson.dumps({"data": base64.b64encode(raw[:10]).decode(), "request_id": conn_id,
+                          "tunnel_service_type": "tcp", "operation_type": "forward_data"}, option=orjson.OPT_INDENT_2)
+    assert end.EndCodec().feed(server_frame(other))[0] == [(conn_id, raw[:10])]
 
 
 def test_fast_path_only_takes_what_forward_py_would_accept_the_same(end: Any) -> None:
