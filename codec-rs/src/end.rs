@@ -546,16 +546,26 @@ impl Frames {
         if self.closed || data.is_empty() {
             return out;
         }
+        // complete the frame held from earlier reads with the front of `data` (only the bytes it
+        // needs), then read the rest of `data` in place: reads rarely end on a frame boundary
         let mut buf = std::mem::take(&mut self.pending);
-        if buf.is_empty() {
+        let mut data = data;
+        while !buf.is_empty() && !data.is_empty() && out.close.is_none() {
+            let want = match frame_size(&buf) {
+                Some(total) => usize::try_from(total).unwrap_or(usize::MAX).saturating_sub(buf.len()),
+                None => 14usize.saturating_sub(buf.len()),
+            };
+            let k = want.clamp(1, data.len());
+            buf.extend_from_slice(&data[..k]);
+            data = &data[k..];
+            let used = self.frames(p, &buf, &mut out, refill, masks);
+            buf.drain(..used);
+        }
+        if buf.is_empty() && !data.is_empty() && out.close.is_none() {
             let used = self.frames(p, data, &mut out, refill, masks);
             if out.close.is_none() {
                 buf.extend_from_slice(&data[used..]);
             }
-        } else {
-            buf.extend_from_slice(data);
-            let used = self.frames(p, &buf, &mut out, refill, masks);
-            buf.drain(..used);
         }
         if out.close.is_some() {
             self.closed = true;
@@ -671,6 +681,24 @@ impl Frames {
             }
         }
     }
+}
+
+/// Header + payload size of the frame `buf` starts with, once its header is there.
+fn frame_size(buf: &[u8]) -> Option<u64> {
+    let b1 = *buf.get(1)?;
+    let ext = match b1 & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let hlen = 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
+    let head = buf.get(..hlen)?;
+    let len = match ext {
+        0 => u64::from(b1 & 0x7f),
+        2 => u64::from(u16::from_be_bytes([head[2], head[3]])),
+        _ => u64::from_be_bytes([head[2], head[3], head[4], head[5], head[6], head[7], head[8], head[9]]),
+    };
+    Some((hlen as u64).saturating_add(len))
 }
 
 /// The close a server close frame asks for: its code and reason when valid (an empty payload is
