@@ -3,6 +3,9 @@
 pub mod aws;
 pub mod close;
 pub mod decoder;
+pub mod end;
+#[cfg(feature = "python")]
+mod end_bindings;
 pub mod envelope;
 pub mod frame;
 pub mod json;
@@ -515,7 +518,11 @@ mod bindings {
                 "encode_ping",
             ],
         )?;
-        m.add("__all__", all.to_list())?;
+        let all = all.to_list();
+        for name in crate::end_bindings::register(m)? {
+            all.append(name)?;
+        }
+        m.add("__all__", all)?;
         Ok(())
     }
 }

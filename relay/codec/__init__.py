@@ -15,6 +15,7 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from relay.codec import _end_py
 from relay.codec import _py as python_impl
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "encode_binary",
     "encode_close",
     "encode_ping",
+    "EndCodec",
+    "AwsEndCodec",
     "python_impl",
     "rust_impl",
 ]
@@ -72,3 +75,10 @@ else:
     encode_binary = _impl.encode_binary
     encode_close = _impl.encode_close
     encode_ping = _impl.encode_ping
+
+# The ends' codec (docs/codec.md, "The ends' codec"): the same choice; its Python twin is _end_py.
+if TYPE_CHECKING:
+    from relay.codec._end_py import AwsEndCodec, EndCodec
+else:
+    EndCodec = _impl.EndCodec if _impl is rust_impl else _end_py.EndCodec
+    AwsEndCodec = _impl.AwsEndCodec if _impl is rust_impl else _end_py.AwsEndCodec

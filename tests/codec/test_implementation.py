@@ -45,7 +45,8 @@ def test_rust_expected() -> None:
 
 def test_facade_exports() -> None:
     assert set(relay.codec.__all__) == {"SOURCE", "DEVICE", "IMPLEMENTATION", "Decoder", "AwsDecoder", "encode_text",
-                                        "encode_binary", "encode_close", "encode_ping", "python_impl", "rust_impl"}
+                                        "encode_binary", "encode_close", "encode_ping", "python_impl", "rust_impl",
+                                        "EndCodec", "AwsEndCodec"}
     for name in relay.codec.__all__:
         assert hasattr(relay.codec, name)
     assert relay.codec.python_impl.IMPLEMENTATION == "python"
