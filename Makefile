@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-SOURCES := pyproject.toml codec-rs/Cargo.toml $(wildcard codec-rs/src/*.rs)
+SOURCES := pyproject.toml codec-rs/Cargo.toml $(wildcard codec-rs/src/*.rs codec-rs/src/*/*.rs)
 
 .PHONY: run test lint test-rust test-python setup system-deps bench image clean
 

@@ -7,7 +7,7 @@
 //! Incoming: the relay's (server, unmasked) frames -> the decoded data of the data messages,
 //! grouped per connection, and every other message raw, in order, for Python to handle.
 //!
-//! Plain Rust (the PyO3 class lives in `end_bindings.rs`); the Python twin is
+//! Plain Rust (the PyO3 classes live in `bindings/ends.rs`); the Python twin is
 //! relay/codec/_end_py.py. Rules reused from their homes: `close.rs` (codes), `frame.rs` (close
 //! frame rules, masking), `json.rs` (what valid JSON is, orjson's string encoding), `aws.rs`
 //! (what a valid tunnel message is).

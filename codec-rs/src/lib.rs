@@ -4,14 +4,13 @@ pub mod aws;
 pub mod close;
 pub mod decoder;
 pub mod end;
-#[cfg(feature = "python")]
-mod end_bindings;
 pub mod envelope;
 pub mod frame;
 pub mod json;
 
 #[cfg(feature = "python")]
 mod bindings {
+    mod ends; // the ends' codec's classes: src/bindings/ends.rs
     use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
     use pyo3::ffi;
     use pyo3::prelude::*;
@@ -519,7 +518,7 @@ mod bindings {
             ],
         )?;
         let all = all.to_list();
-        for name in crate::end_bindings::register(m)? {
+        for name in ends::register(m)? {
             all.append(name)?;
         }
         m.add("__all__", all)?;

@@ -15,7 +15,6 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from relay.codec import _end_py
 from relay.codec import _py as python_impl
 
 __all__ = [
@@ -67,7 +66,9 @@ SOURCE: int = _impl.SOURCE
 DEVICE: int = _impl.DEVICE
 
 if TYPE_CHECKING:  # both twins share the Python twin's signatures
-    from relay.codec._py import AwsDecoder, Decoder, encode_binary, encode_close, encode_ping, encode_text
+    from relay.codec._py import (
+        AwsDecoder, AwsEndCodec, Decoder, EndCodec, encode_binary, encode_close, encode_ping, encode_text,
+    )
 else:
     Decoder = _impl.Decoder
     AwsDecoder = _impl.AwsDecoder
@@ -75,10 +76,5 @@ else:
     encode_binary = _impl.encode_binary
     encode_close = _impl.encode_close
     encode_ping = _impl.encode_ping
-
-# The ends' codec (docs/codec.md, "The ends' codec"): the same choice; its Python twin is _end_py.
-if TYPE_CHECKING:
-    from relay.codec._end_py import AwsEndCodec, EndCodec
-else:
-    EndCodec = _impl.EndCodec if _impl is rust_impl else _end_py.EndCodec
-    AwsEndCodec = _impl.AwsEndCodec if _impl is rust_impl else _end_py.AwsEndCodec
+    EndCodec = _impl.EndCodec          # the ends' codec (docs/codec.md, "The ends' codec")
+    AwsEndCodec = _impl.AwsEndCodec

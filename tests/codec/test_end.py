@@ -1,5 +1,5 @@
 """The ends' codec (``EndCodec``, ``AwsEndCodec``; docs/codec.md, "The ends' codec"), the same
-tests on both twins: the Rust classes of relay._codec_rs and the Python ones of relay.codec._end_py.
+tests on both twins: the Rust classes of relay._codec_rs and the Python ones of relay.codec._py.end.
 
 Round trips go through the relay's own decoders (``Decoder``, ``AwsDecoder``): what an end sends is
 checked and relayed as the relay does it, and what the relay writes is what the other end reads.
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import relay.codec
 from relay import aws_messages, forward
 from relay.aws_messages import MessageType, ProxyMessage
-from relay.codec import _end_py
+from relay.codec._py import end as _end_py
 
 SETTINGS = settings(max_examples=int(os.environ.get("CODEC_PROPERTY_EXAMPLES", "200")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

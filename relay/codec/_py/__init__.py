@@ -12,6 +12,7 @@ One module per file of the crate, under the same name, importing each other the 
     codec-rs/src/envelope.rs  envelope.py  the Huawei envelope's rules, request-id window, split
     codec-rs/src/decoder.rs   decoder.py   the Huawei decoder
     codec-rs/src/aws.rs       aws.py       the AWS tunnel decoder
+    codec-rs/src/end.rs       end.py       the ends' codec (the agent's and `relay forward`'s data path)
     codec-rs/src/lib.rs       this file (the module's names, as its ``#[pymodule]``) and
                               bindings.py (the argument checks of its ``mod bindings``)
 """
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 from relay.codec._py.aws import AwsDecoder, encode_binary
 from relay.codec._py.decoder import Decoder
+from relay.codec._py.end import AwsEndCodec, EndCodec
 from relay.codec._py.envelope import DEVICE, SOURCE
 from relay.codec._py.frame import encode_close, encode_ping, encode_text
 
 __all__ = ["SOURCE", "DEVICE", "IMPLEMENTATION", "Decoder", "AwsDecoder", "encode_text", "encode_binary",
-           "encode_close", "encode_ping"]
+           "encode_close", "encode_ping", "EndCodec", "AwsEndCodec"]
 
 IMPLEMENTATION: str = "python"

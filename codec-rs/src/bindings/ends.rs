@@ -1,5 +1,5 @@
 //! PyO3 bindings of the ends' codec (`end.rs`): the classes `EndCodec` (Huawei envelope protocol,
-//! the `tcp` service's data) and `AwsEndCodec` (AWS V1-V3). Registered by lib.rs's module.
+//! the `tcp` service's data) and `AwsEndCodec` (AWS V1-V3). Registered by lib.rs's module (`mod bindings`, whose child this file is).
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;

@@ -1,4 +1,4 @@
-"""Pure-Python reference twin of the ends' codec (codec-rs/src/end.rs): what the device agent and
+"""Twin of codec-rs/src/end.rs: the ends' codec, what the device agent and
 `relay forward`, WebSocket *clients* of the relay, do per socket read (docs/codec.md, "The ends'
 codec").
 
@@ -18,12 +18,14 @@ import os
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-import orjson
-
-from relay import envelope
+from relay.envelope import build as build_envelope
 from relay.aws_messages import MAX_PAYLOAD, MessageType, ProxyMessage, decode, encode
-from relay.codec._frames_py import (
-    MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, _close_reply, _truncate,
+from relay.codec._py import json
+from relay.codec._py.aws import CLOSE_INVALID_MESSAGE, FRAME_CAP, TEXT_REFUSED
+from relay.codec._py.close import truncate_utf8
+from relay.codec._py.envelope import CLOSE_INVALID_ENVELOPE
+from relay.codec._py.frame import (
+    MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, close_reply,
 )
 
 __all__ = ["EndCodec", "AwsEndCodec", "CHUNK", "MAX_MESSAGE", "MASK_POOL"]
@@ -31,8 +33,6 @@ __all__ = ["EndCodec", "AwsEndCodec", "CHUNK", "MAX_MESSAGE", "MASK_POOL"]
 CHUNK = 7000            # raw bytes per forward_data (relay/forward.py's CHUNK)
 MAX_MESSAGE = 1 << 20   # default limit of one incoming Huawei message
 MASK_POOL = 1024        # mask keys come from urandom(MASK_POOL), 4 bytes per frame
-FRAME_CAP = 131076      # largest AWS frame the relay writes (codec-rs/src/aws.rs)
-TEXT_REFUSED = "text messages are not supported: this endpoint speaks the binary AWS tunnel protocol"
 _OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
 _MAX_SERVICE_ID = 0xFFFF - 32   # a DATA message must fit its 2-byte length with some payload
 
@@ -87,7 +87,7 @@ def _canonical_b64(text: str, chunk: int) -> bytes | None:
 
 class _Client(Generic[K]):
     """What both classes share: mask keys, control frames, and the server-frame loop (the rules of
-    the relay's client-frame loop, _frames_py.FrameDecoder, with the mask bit the other way)."""
+    the relay's client-frame loop, frame.FrameDecoder, with the mask bit the other way)."""
 
     def __init__(self, urandom: Callable[[int], bytes] | None) -> None:
         if urandom is None:
@@ -135,7 +135,7 @@ class _Client(Generic[K]):
             raise ValueError("close code must be in 1000..4999")
         if not isinstance(reason, str):
             raise TypeError("reason must be str")
-        return self._frame(OP_CLOSE, code.to_bytes(2, "big") + _truncate(reason).encode())
+        return self._frame(OP_CLOSE, code.to_bytes(2, "big") + truncate_utf8(reason).encode())
 
     # ---- attributes
     @property
@@ -263,7 +263,7 @@ class _Out(Generic[K]):
         self.close: Close | None = None
 
     def violation(self, code: int, reason: str) -> None:
-        self.close = (code, _truncate(reason), False)
+        self.close = (code, truncate_utf8(reason), False)
 
     def data(self, key: tuple[Any, ...], raw: bytes) -> None:
         """Decoded data of the connection ``key``, joined with the item before when it is the same
@@ -281,7 +281,7 @@ def _server_close(payload: bytes) -> Close:
     """The relay's close frame: its code and reason when valid (empty: 1000), else the violation."""
     if not payload:
         return 1000, "", True
-    code, reason = _close_reply(payload)
+    code, reason = close_reply(payload)
     if len(payload) >= 2 and not reason and code == int.from_bytes(payload[:2], "big"):
         return code, payload[2:].decode("utf-8"), True
     return code, reason, False
@@ -304,7 +304,7 @@ class EndCodec(_Client[str]):
         if not isinstance(raw, bytes):
             raise TypeError("raw must be bytes")
         chunk = self._chunk
-        return b"".join(self._frame(OP_TEXT, envelope.build("forward_data", conn_id,
+        return b"".join(self._frame(OP_TEXT, build_envelope("forward_data", conn_id,
                                                             base64.b64encode(raw[i:i + chunk]).decode(), "tcp"))
                         for i in range(0, len(raw), chunk))
 
@@ -340,15 +340,15 @@ class EndCodec(_Client[str]):
 
     def _message(self, msg: bytes, out: _Out[str]) -> tuple[int, str] | None:
         try:
-            doc = orjson.loads(msg)
-        except orjson.JSONDecodeError:
+            doc = json.loads(msg)
+        except json.JsonError:
             try:
                 msg.decode("utf-8")
             except UnicodeDecodeError:
                 return 1007, "invalid UTF-8 in text message"
-            return 4400, "invalid JSON"
+            return CLOSE_INVALID_ENVELOPE, "invalid JSON"
         if not isinstance(doc, dict):
-            return 4400, "message must be a JSON object"
+            return CLOSE_INVALID_ENVELOPE, "message must be a JSON object"
         rid, text = doc.get("request_id"), doc.get("data")
         if (doc.get("operation_type") == "forward_data" and doc.get("tunnel_service_type") == "tcp"
                 and isinstance(rid, str) and isinstance(text, str)):
@@ -417,7 +417,7 @@ class AwsEndCodec(_Client[tuple[str, int, int]]):
         while end - pos >= 2:
             n = stream[pos] << 8 | stream[pos + 1]
             if n == 0:
-                refused = 4400, "empty tunnel message"
+                refused = CLOSE_INVALID_MESSAGE, "empty tunnel message"
                 break
             if end - pos - 2 < n:
                 break
@@ -425,7 +425,7 @@ class AwsEndCodec(_Client[tuple[str, int, int]]):
             try:
                 msg = decode(body)
             except ValueError as exc:
-                refused = 4400, f"invalid tunnel message: {exc}"
+                refused = CLOSE_INVALID_MESSAGE, f"invalid tunnel message: {exc}"
                 break
             if len(msg.payload) > self._max_payload:
                 refused = 1009, f"payload exceeds {self._max_payload} bytes"
