@@ -150,6 +150,7 @@ class Forwarder:
             await self._ws.close(timeout=5)
 
     async def _read(self, ws: ClientSocket) -> int | None:
+        self.pipes.attach(ws)   # the `tcp` service's data: the socket's codec path, not messages
         async for message in ws:
             if not isinstance(message, str):
                 continue

@@ -160,14 +160,18 @@ class Connection:
     # -- what we send --------------------------------------------------------------------
 
     def outgoing(self, raw: bytes) -> list[str]:
+        self.sent(len(raw))
+        return data_messages(self.conn_id, raw)
+
+    def sent(self, n: int) -> None:
+        """`n` bytes go out (the codec builds their messages: relay/ends/websocket.py): spend credit."""
         if self.sent_eof or self.aborted is not None:
             raise ValueError("no data may follow our eof or an abort")
-        if len(raw) > self.credit:
-            raise ValueError(f"{len(raw)} bytes exceed the credit of {self.credit}")
-        self.unacked += len(raw)
+        if n > self.credit:
+            raise ValueError(f"{n} bytes exceed the credit of {self.credit}")
+        self.unacked += n
         self.peak_unacked = max(self.peak_unacked, self.unacked)
-        self.bytes_out += len(raw)
-        return data_messages(self.conn_id, raw)
+        self.bytes_out += n
 
     def eof(self) -> str:
         self.sent_eof = True
@@ -191,12 +195,19 @@ class Connection:
             raise ForwardError("forward_data is not valid base64") from None
         if len(raw) > CHUNK:
             raise ForwardError(f"forward_data of {len(raw)} bytes is over {CHUNK}")
-        self.inbound += len(raw)
+        self.on_raw_data(len(raw))
+        return raw
+
+    def on_raw_data(self, n: int) -> None:
+        """`n` bytes of the peer's forward_data, decoded and checked by the codec (base64, at
+        most CHUNK per message; docs/codec.md): the eof and window rules."""
+        if self.got_eof:
+            raise ForwardError("forward_data after the peer's eof")
+        self.inbound += n
         self.peak_inbound = max(self.peak_inbound, self.inbound)
-        self.bytes_in += len(raw)
+        self.bytes_in += n
         if self.inbound > self.window:
             raise ForwardError(f"the peer sent {self.inbound} unacknowledged bytes, over the window of {self.window}")
-        return raw
 
     def on_written(self, n: int) -> str | None:
         """`n` received bytes are now written to our socket: the ack to send, if one is due."""

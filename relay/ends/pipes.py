@@ -27,6 +27,7 @@ import contextlib
 import logging
 import socket
 import struct
+import typing
 from collections.abc import Awaitable, Callable, Iterable
 
 from relay.aws_messages import MAX_PAYLOAD, MessageReader, MessageType
@@ -37,8 +38,21 @@ from relay.ends.aws_streams import (EndStreams, Key, Source, StreamClose, Stream
 log = logging.getLogger(__name__)
 
 SendText = Callable[[str], Awaitable[None]]      # a Huawei tunnel's WebSocket: one text message
+SendData = Callable[[str, bytes], Awaitable[None]]   # ... its codec's data path: a connection's raw bytes
 SendBytes = Callable[[bytes], Awaitable[None]]   # an AWS tunnel's WebSocket: one binary message
 
+
+
+@typing.runtime_checkable
+class DataPath(typing.Protocol):
+    """A tunnel socket with the codec's data path (relay/ends/websocket.py's TunnelSocket)."""
+
+    on_data: Callable[[str, bytes], Awaitable[None]] | None
+
+    async def send_data(self, conn_id: str, raw: bytes) -> None: ...
+
+
+READ_SIZE = 64 * 1024            # Huawei: the most a pipe reads from its socket at once (within its credit)
 HIGH = 256 * 1024                # AWS: relay data queued for one socket: stop reading the WebSocket
 LOW = 64 * 1024                  # ... and read it again below this
 CONNECT_TIMEOUT = 10.0
@@ -93,6 +107,9 @@ class TcpPipe:
         self.reader = reader
         self.writer = writer
         self._send = send
+        # The codec's data path (TcpPipes.add sets it from the socket): one call per read, no
+        # message built here; without it, forward_data messages one by one through `send`.
+        self.send_data: SendData | None = None
         self.extra = {**(extra or {}), "connection_id": conn.conn_id}
         self.done = asyncio.Event()
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()   # None: the peer's eof
@@ -127,6 +144,19 @@ class TcpPipe:
         except huawei_tcp.ForwardError as exc:
             log.warning("forwarded connection broken by the other end: %s", exc, extra=self.extra)
             await self.abort(f"protocol error: {exc}")
+
+    async def feed_data(self, raw: bytes) -> None:
+        """The peer's forward_data for this connection, decoded by the codec (in stream order
+        with the messages `feed` takes)."""
+        if self.done.is_set():
+            return
+        try:
+            self.conn.on_raw_data(len(raw))
+        except huawei_tcp.ForwardError as exc:
+            log.warning("forwarded connection broken by the other end: %s", exc, extra=self.extra)
+            await self.abort(f"protocol error: {exc}")
+            return
+        self._queue.put_nowait(raw)
 
     async def abort(self, reason: str | None, *, tell_peer: bool = True) -> None:
         """Abort the TCP connection. With a `reason` (our decision), the peer is told,
@@ -167,10 +197,15 @@ class TcpPipe:
                 while self.conn.credit == 0:
                     self._credit.clear()
                     await self._credit.wait()
-                data = await self.reader.read(min(huawei_tcp.CHUNK, self.conn.credit))
+                send_data = self.send_data
+                data = await self.reader.read(min(READ_SIZE if send_data else huawei_tcp.CHUNK, self.conn.credit))
                 if not data:
                     await self._send(self.conn.eof())
                     break
+                if send_data is not None:
+                    self.conn.sent(len(data))
+                    await send_data(self.conn.conn_id, data)
+                    continue
                 for payload in self.conn.outgoing(data):
                     await self._send(payload)
         except (ConnectionError, OSError) as exc:
@@ -220,12 +255,14 @@ class TcpPipes:
 
     def __init__(self) -> None:
         self.by_id: dict[str, TcpPipe] = {}
+        self.send_data: SendData | None = None   # the current socket's data path, for the pipes added
         self.peak_unacked = 0
         self.peak_inbound = 0
         self._watchers: set[asyncio.Task[None]] = set()
 
     def add(self, pipe: TcpPipe) -> None:
         self.by_id[pipe.conn.conn_id] = pipe
+        pipe.send_data = self.send_data
         watcher = asyncio.create_task(self._forget_when_done(pipe))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -253,6 +290,22 @@ class TcpPipes:
             return False
         await pipe.feed(msg)
         return True
+
+    async def data(self, conn_id: str, raw: bytes) -> None:
+        """The codec's data item: a connection's decoded forward_data (none: a late item for a
+        finished connection, nothing to do)."""
+        pipe = self.by_id.get(conn_id)
+        if pipe is not None:
+            await pipe.feed_data(raw)
+
+    def attach(self, socket: object) -> None:
+        """Take the data path of the tunnel's socket when it has one (relay/ends/websocket.py's
+        `TunnelSocket`): its data items come here, and new pipes send through it."""
+        if isinstance(socket, DataPath):
+            socket.on_data = self.data
+            self.send_data = socket.send_data
+        else:
+            self.send_data = None
 
     async def abort_all(self, reason: str) -> int:
         """The tunnel's WebSocket is gone: abort every connection (no one to tell)."""

@@ -3,24 +3,38 @@ destination) and the application side (`relay ssh`/`exec`/`forward`, `relay loca
 An adapter over aiohttp's client, and the only module of relay/ends that imports aiohttp.
 
 Its interface is bytes and messages, so that what sits above it (the reconnect loops, the
-stream tables, the pipes) never sees aiohttp and the data path can later be swapped for a raw
-asyncio Protocol with one codec call per read:
+stream tables, the pipes) never sees aiohttp:
 
-- `open_socket(...)` -> `ClientSocket`, or raises `Refused` (the upgrade was answered with an
+- `Connector.open(...)` -> a socket, or raises `Refused` (the upgrade was answered with an
   HTTP status; what follows is relay/closes.py's `after_refusal`) or `Unreachable`;
-- `ClientSocket.send(bytes | str)` (a binary or a text message; raises ConnectionError when
+- `socket.send(bytes | str)` (a binary or a text message; raises ConnectionError when
   the socket is gone), `async for message in socket` (bytes or str, until the close),
   `close_code` once it ended (None: no close frame; relay/closes.py's `after_close`).
+
+The Huawei protocol's socket (`TunnelSocket`, opened when no subprotocol is asked for) has a
+raw data path besides: aiohttp does the upgrade, then the connection's transport is taken from
+it and an asyncio Protocol makes ONE call into the ends' codec (`relay.codec.EndCodec`,
+docs/codec.md) per read: the `tcp` service's data goes straight to `on_data(conn_id, raw)`
+(the pipes, relay/ends/pipes.py), every other message is handed to `async for` as before;
+`send_data(conn_id, raw)` writes forward_data frames built by the codec in one call. The AWS
+socket (a subprotocol asked for) is still aiohttp's `ClientSocket`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import collections
 import contextlib
+import hashlib
+import os
 import ssl as ssl_
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import aiohttp
+
+from relay import codec
+from relay.closes import ABNORMAL
 
 # What a send on a socket that went away may raise (aiohttp's reset error is a ConnectionError).
 SEND_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, aiohttp.ClientError)
@@ -44,7 +58,37 @@ class Unreachable(Exception):
 
 
 class ClientSocket:
-    """One client WebSocket, messages in and out."""
+    """One client WebSocket, messages in and out (what every end sees; two kinds below)."""
+
+    @property
+    def close_code(self) -> int | None:
+        """Once it ended: the close code (None: no close frame; relay/closes.py's `after_close`)."""
+        raise NotImplementedError
+
+    @property
+    def protocol(self) -> str | None:
+        """The subprotocol the relay chose."""
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    async def send(self, data: bytes | str) -> None:
+        raise NotImplementedError
+
+    def __aiter__(self) -> ClientSocket:
+        return self
+
+    async def __anext__(self) -> bytes | str:
+        raise NotImplementedError
+
+    async def close(self, code: int = 1000, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+
+class AiohttpSocket(ClientSocket):
+    """aiohttp's client WebSocket (the AWS ends' for now)."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self._ws = ws
@@ -70,9 +114,6 @@ class ClientSocket:
             await self._ws.send_str(data)
         else:
             await self._ws.send_bytes(data)
-
-    def __aiter__(self) -> ClientSocket:
-        return self
 
     async def __anext__(self) -> bytes | str:
         """The next message (bytes: binary, str: text), until the connection ends (a close, an
@@ -114,8 +155,12 @@ class Connector:
 
     async def open(self, url: str, *, headers: Mapping[str, str], ssl: ssl_.SSLContext | bool = True,
                    protocols: Sequence[str] = (), heartbeat: float | None = None) -> ClientSocket:
-        """A WebSocket to `url` (autoping, autoclose, no message size limit: the relay checks)."""
+        """A WebSocket to `url` (autoping, autoclose). Without `protocols` (the Huawei protocol)
+        a `TunnelSocket` with the codec's data path; with them (AWS), aiohttp's (no message size
+        limit: the relay checks)."""
         assert self._http is not None, "use the Connector in `async with`"
+        if not protocols:
+            return await self._open_raw(url, headers=headers, ssl=ssl, heartbeat=heartbeat)
         try:
             ws = await self._http.ws_connect(url, protocols=tuple(protocols), headers=dict(headers), ssl=ssl,
                                              heartbeat=heartbeat, autoping=True, autoclose=True, max_msg_size=0)
@@ -123,5 +168,274 @@ class Connector:
             raise Refused(exc.status) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise Unreachable(exc) from None
-        return ClientSocket(ws)
+        return AiohttpSocket(ws)
 
+
+    async def _open_raw(self, url: str, *, headers: Mapping[str, str], ssl: ssl_.SSLContext | bool,
+                        heartbeat: float | None) -> TunnelSocket:
+        """The upgrade by aiohttp's HTTP client (proxies, TLS, timeouts as for any request), the
+        handshake checked as aiohttp's ws_connect checks it, then the transport is ours."""
+        assert self._http is not None
+        key = base64.b64encode(os.urandom(16))
+        upgrade = {**headers, "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                   "Sec-WebSocket-Key": key.decode()}
+        try:
+            resp = await self._http.request("GET", url, headers=upgrade, ssl=ssl, read_until_eof=False)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(exc) from None
+        try:
+            if resp.status != 101:
+                raise Refused(resp.status)
+            accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest()).decode()
+            if (resp.headers.get("Upgrade", "").lower() != "websocket"
+                    or resp.headers.get("Connection", "").lower() != "upgrade"
+                    or resp.headers.get("Sec-WebSocket-Accept", "") != accept):
+                raise Unreachable(aiohttp.ClientError("the relay's answer to the upgrade is not a WebSocket handshake"))
+            transport, tail = _take_transport(resp)
+        except BaseException:
+            resp.close()
+            raise
+        socket = TunnelSocket(transport, heartbeat=heartbeat)
+        if tail:
+            socket.received(tail)
+        return socket
+
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"   # RFC 6455 1.3
+
+
+class _TailCatcher:
+    """Takes the bytes aiohttp read past the 101 answer (the relay may send its first frame at
+    once), in place of aiohttp's WebSocket parser; the counterpart of relay/web/takeover.py."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.data += data
+        return False, b""
+
+    def feed_eof(self) -> None:
+        pass
+
+
+def _take_transport(resp: aiohttp.ClientResponse) -> tuple[asyncio.Transport, bytes]:
+    """The upgraded connection's transport, and aiohttp made to forget it: its protocol gives
+    us what it read past the answer, loses its transport (so that it closes nothing), and its
+    connection leaves the connector's pool."""
+    conn = resp.connection
+    proto = conn.protocol if conn is not None else None
+    transport = conn.transport if conn is not None else None
+    if conn is None or proto is None or transport is None:
+        raise Unreachable(ConnectionResetError("the connection closed during the upgrade"))
+    catcher = _TailCatcher()
+    proto.set_parser(catcher, catcher)   # drains aiohttp's tail into the catcher, drops its read timeout
+    proto.transport = None
+    proto.connection_lost(None)
+    conn.close()        # the connector forgets it; its protocol has no transport left to close
+    resp.release()
+    return transport, catcher.data
+
+
+# The raw socket's own queue of items read but not yet taken by `async for` (its consumer):
+# reading the relay stops above HIGH bytes and starts again below LOW. The `tcp` service's
+# data is bounded besides by each connection's credit (relay/ends/huawei_tcp.py's WINDOW).
+HIGH = 256 * 1024
+LOW = 64 * 1024
+
+OnData = Callable[[str, bytes], Awaitable[None]]
+
+
+class _EndProtocol(asyncio.Protocol):
+    def __init__(self, socket: TunnelSocket) -> None:
+        self.socket = socket
+
+    def data_received(self, data: bytes) -> None:
+        self.socket.received(data)
+
+    def eof_received(self) -> bool:
+        return False   # the relay closed its side: close ours (connection_lost follows)
+
+    def pause_writing(self) -> None:
+        self.socket._writable.clear()
+
+    def resume_writing(self) -> None:
+        self.socket._writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.socket._lost()
+
+
+class TunnelSocket(ClientSocket):
+    """A Huawei-protocol WebSocket on a raw transport, one `EndCodec.feed` per read.
+
+    Messages in and out as `ClientSocket` (text); the `tcp` service's data besides: incoming
+    data items go to `on_data(conn_id, raw)` (awaited in stream order between the messages,
+    by the task iterating the socket), outgoing `send_data(conn_id, raw)`. Every write waits
+    while the transport is over its write-buffer limit (the relay reads slowly). Heartbeat as
+    aiohttp's: a ping after `heartbeat` s without a read; no answer within half of it ends the
+    connection (close code 1006)."""
+
+    def __init__(self, transport: asyncio.Transport, *, heartbeat: float | None = None) -> None:
+        self.transport = transport
+        self.codec = codec.EndCodec()
+        self.on_data: OnData | None = None
+        self._close_code: int | None = None
+        self._items: collections.deque[tuple[str | None, bytes]] = collections.deque()
+        self._queued = 0
+        self._paused = False
+        self._ended = False           # no more reads: the close, or the connection was lost
+        self._sent_close = False
+        self._wakeup: asyncio.Future[None] | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._gone = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._heartbeat = heartbeat
+        self._last_read = loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        transport.set_protocol(_EndProtocol(self))
+        if heartbeat:
+            self._timer = loop.call_later(heartbeat, self._ping)
+
+    @property
+    def protocol(self) -> str | None:
+        return None
+
+    @property
+    def close_code(self) -> int | None:
+        return self._close_code
+
+    @property
+    def closed(self) -> bool:
+        return self._ended or self._sent_close or self.transport.is_closing()
+
+    # -- in --------------------------------------------------------------------------------
+
+    def received(self, data: bytes) -> None:
+        if self._ended:
+            return
+        self._last_read = self._loop.time()
+        try:
+            items, to_send, close = self.codec.feed(data)
+        except Exception:   # the codec's urandom failed answering a ping: the read is lost
+            self._end(ABNORMAL)
+            return
+        if to_send:
+            self.transport.write(to_send)
+        if items:
+            self._items.extend(items)
+            self._queued += sum(len(payload) for _, payload in items)
+            if self._queued > HIGH and not self._paused:
+                self._paused = True
+                self.transport.pause_reading()
+        if close is not None:
+            code, reason, by_server = close
+            if not self._sent_close:
+                self._sent_close = True
+                self.transport.write(self.codec.close(code) if by_server else self.codec.close(code, reason))
+            self._end(code)
+        self._wake()
+
+    def _end(self, code: int | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._close_code = code
+        self.transport.close()
+        self._wake()
+
+    def _lost(self) -> None:
+        self._ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._writable.set()   # writers waiting for the drain see the socket gone
+        self._gone.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def __anext__(self) -> str:
+        """The next message (text), until the connection ends; the `tcp` service's data met on
+        the way is handed to `on_data` first (without one it is dropped: no connection)."""
+        while True:
+            if self._items:
+                key, payload = self._items.popleft()
+                self._queued -= len(payload)
+                if self._paused and self._queued < LOW and not self._ended:
+                    self._paused = False
+                    self.transport.resume_reading()
+                if key is None:
+                    try:
+                        return payload.decode()
+                    except UnicodeDecodeError:
+                        continue   # the relay sends text; a binary frame is not part of the protocol
+                if self.on_data is not None:
+                    await self.on_data(key, payload)
+                continue
+            if self._ended:
+                raise StopAsyncIteration
+            self._wakeup = self._loop.create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+
+    # -- out -------------------------------------------------------------------------------
+
+    async def send(self, data: bytes | str) -> None:
+        """One text message (the Huawei protocol is text only)."""
+        self._write(self.codec.text(data))
+        await self._drain()
+
+    async def send_data(self, conn_id: str, raw: bytes) -> None:
+        """The `tcp` service's bytes of a connection: forward_data messages, one write."""
+        self._write(self.codec.data(conn_id, raw))
+        await self._drain()
+
+    def _write(self, frames: bytes) -> None:
+        if self.closed:
+            raise ConnectionResetError("the tunnel's WebSocket is not connected")
+        self.transport.write(frames)
+
+    async def _drain(self) -> None:
+        if not self._writable.is_set():
+            await self._writable.wait()
+            if self._ended:
+                raise ConnectionResetError("the tunnel's WebSocket is not connected")
+
+    def _ping(self) -> None:
+        self._timer = None
+        if self.closed or self._heartbeat is None:
+            return
+        idle = self._loop.time() - self._last_read
+        if idle < self._heartbeat:
+            self._timer = self._loop.call_later(self._heartbeat - idle, self._ping)
+            return
+        sent = self._loop.time()
+        self.transport.write(self.codec.ping())
+        self._timer = self._loop.call_later(self._heartbeat / 2, self._pong_due, sent)
+
+    def _pong_due(self, sent: float) -> None:
+        self._timer = None
+        if self._ended:
+            return
+        if self._last_read < sent and not self._paused:   # nothing came back (unless we stopped reading)
+            self._end(ABNORMAL)
+            self.transport.abort()
+            return
+        self._ping()
+
+    async def close(self, code: int = 1000, timeout: float | None = None) -> None:
+        """Send a close frame (once) and wait for the relay's (or the end of the connection)."""
+        if not self._sent_close and not self._ended and not self.transport.is_closing():
+            self._sent_close = True
+            with contextlib.suppress(Exception):
+                self.transport.write(self.codec.close(code))
+        if not self._gone.is_set():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._gone.wait(), timeout if timeout is not None else 10.0)
+        if not self._gone.is_set():
+            self.transport.abort()
