@@ -44,6 +44,15 @@ SendBytes = Callable[[bytes], Awaitable[None]]   # an AWS tunnel's WebSocket: on
 
 
 @typing.runtime_checkable
+class AwsDataPath(typing.Protocol):
+    """An AWS tunnel socket with the codec's data path (relay/ends/websocket.py's AwsSocket)."""
+
+    on_data: Callable[[str, int, int, bytes], Awaitable[None]] | None
+
+    async def send_data(self, service_id: str, stream_id: int, connection_id: int, raw: bytes) -> None: ...
+
+
+@typing.runtime_checkable
 class DataPath(typing.Protocol):
     """A tunnel socket with the codec's data path (relay/ends/websocket.py's TunnelSocket)."""
 
@@ -53,6 +62,7 @@ class DataPath(typing.Protocol):
 
 
 READ_SIZE = 64 * 1024            # Huawei: the most a pipe reads from its socket at once (within its credit)
+AWS_READ_SIZE = 4 * MAX_PAYLOAD  # AWS with the codec's path: the most a pipe reads at once (4 DATA messages)
 HIGH = 256 * 1024                # AWS: relay data queued for one socket: stop reading the WebSocket
 LOW = 64 * 1024                  # ... and read it again below this
 CONNECT_TIMEOUT = 10.0
@@ -387,7 +397,7 @@ class StreamPipe:
     async def _from_socket(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                data = await reader.read(MAX_PAYLOAD)
+                data = await reader.read(AWS_READ_SIZE if self.pipes.send_data is not None else MAX_PAYLOAD)
                 if not data:
                     break
                 self.bytes_out += len(data)
@@ -432,6 +442,7 @@ class StreamPipes:
         self.extra = dict(extra or {})
         self.connect_timeout = connect_timeout
         self.reader = MessageReader()
+        self.send_data: Callable[[str, int, int, bytes], Awaitable[None]] | None = None   # attach()
         self.links: dict[Key, StreamPipe] = {}
         self.services_known = asyncio.Event()
         self.opened = 0           # connections these pipes carried (for logs and tests)
@@ -447,6 +458,19 @@ class StreamPipes:
             if msg.type == MessageType.SERVICE_IDS:
                 self.services_known.set()
             await self.apply(effects)
+
+    def attach(self, socket: object) -> None:
+        """Take the data path of the tunnel's socket when it has one (relay/ends/websocket.py's
+        `AwsSocket`): its DATA items come to `data`, and the sockets' reads go out through it."""
+        if isinstance(socket, AwsDataPath):
+            socket.on_data = self.data
+            self.send_data = socket.send_data
+        else:
+            self.send_data = None
+
+    async def data(self, service_id: str, stream_id: int, connection_id: int, payload: bytes) -> None:
+        """The codec's DATA item, in stream order with the messages `feed` takes."""
+        await self.apply(self.table.received_data(service_id, stream_id, connection_id, payload))
 
     async def apply(self, effects: list[StreamEffect]) -> None:
         for effect in effects:
@@ -518,7 +542,10 @@ class StreamPipes:
     async def local_data(self, link: StreamPipe, data: bytes) -> bool:
         if link.closing or self.links.get(link.key) is not link:
             return False
-        await self.apply(self.table.local_data(link.key, data))
+        if self.send_data is None:
+            await self.apply(self.table.local_data(link.key, data))
+        elif self.table.may_send(link.key, data):
+            await self.send_data(*self.table.wire_fields(link.key), data)
         return True
 
     async def local_closed(self, link: StreamPipe, reason: str, *, abort: bool) -> None:

@@ -11,13 +11,13 @@ stream tables, the pipes) never sees aiohttp:
   the socket is gone), `async for message in socket` (bytes or str, until the close),
   `close_code` once it ended (None: no close frame; relay/closes.py's `after_close`).
 
-The Huawei protocol's socket (`TunnelSocket`, opened when no subprotocol is asked for) has a
-raw data path besides: aiohttp does the upgrade, then the connection's transport is taken from
-it and an asyncio Protocol makes ONE call into the ends' codec (`relay.codec.EndCodec`,
-docs/codec.md) per read: the `tcp` service's data goes straight to `on_data(conn_id, raw)`
-(the pipes, relay/ends/pipes.py), every other message is handed to `async for` as before;
-`send_data(conn_id, raw)` writes forward_data frames built by the codec in one call. The AWS
-socket (a subprotocol asked for) is still aiohttp's `ClientSocket`.
+Both protocols' sockets have a raw data path besides: aiohttp does the upgrade, then the
+connection's transport is taken from it and an asyncio Protocol makes ONE call into the ends'
+codec (docs/codec.md) per read. `TunnelSocket` (Huawei, `relay.codec.EndCodec`): the `tcp`
+service's data goes straight to `on_data(conn_id, raw)` (the pipes, relay/ends/pipes.py), every
+other message is handed to `async for` as before; `send_data(conn_id, raw)` writes the
+forward_data frames the codec builds in one call. `AwsSocket` (`relay.codec.AwsEndCodec`) the
+same with DATA messages, keyed (service_id, stream_id, connection_id).
 """
 
 from __future__ import annotations
@@ -27,14 +27,18 @@ import base64
 import collections
 import contextlib
 import hashlib
+import logging
 import os
 import ssl as ssl_
+import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import aiohttp
 
 from relay import codec
 from relay.closes import ABNORMAL
+
+log = logging.getLogger(__name__)
 
 # What a send on a socket that went away may raise (aiohttp's reset error is a ConnectionError).
 SEND_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, aiohttp.ClientError)
@@ -59,6 +63,8 @@ class Unreachable(Exception):
 
 class ClientSocket:
     """One client WebSocket, messages in and out (what every end sees; two kinds below)."""
+
+    broke_rules = False   # this end closed: the relay's bytes were not the protocol
 
     @property
     def close_code(self) -> int | None:
@@ -87,52 +93,6 @@ class ClientSocket:
         raise NotImplementedError
 
 
-class AiohttpSocket(ClientSocket):
-    """aiohttp's client WebSocket (the AWS ends' for now)."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self._ws = ws
-
-    @property
-    def protocol(self) -> str | None:
-        """The subprotocol the relay chose."""
-        return self._ws.protocol
-
-    @property
-    def closed(self) -> bool:
-        return self._ws.closed
-
-    @property
-    def close_code(self) -> int | None:
-        return self._ws.close_code
-
-    async def send(self, data: bytes | str) -> None:
-        """One message: binary for bytes, text for str."""
-        if self._ws.closed:
-            raise ConnectionResetError("the tunnel's WebSocket is not connected")
-        if isinstance(data, str):
-            await self._ws.send_str(data)
-        else:
-            await self._ws.send_bytes(data)
-
-    async def __anext__(self) -> bytes | str:
-        """The next message (bytes: binary, str: text), until the connection ends (a close, an
-        error). An iterator, not a generator: a reader that stops early leaves nothing behind."""
-        while True:
-            msg = await self._ws.receive()
-            if msg.type is aiohttp.WSMsgType.BINARY or msg.type is aiohttp.WSMsgType.TEXT:
-                data: bytes | str = msg.data
-                return data
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                            aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                raise StopAsyncIteration
-
-    async def close(self, code: int = 1000, timeout: float | None = None) -> None:
-        """Send a close frame (once) and wait for the relay's; errors are of no interest now."""
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._ws.close(code=code), timeout)
-
-
 class Connector:
     """Opens client WebSockets on one aiohttp session: its own (`async with Connector()`), or
     one the caller has (the REST client's)."""
@@ -154,31 +114,17 @@ class Connector:
             self._own = self._http = None
 
     async def open(self, url: str, *, headers: Mapping[str, str], ssl: ssl_.SSLContext | bool = True,
-                   protocols: Sequence[str] = (), heartbeat: float | None = None) -> ClientSocket:
-        """A WebSocket to `url` (autoping, autoclose). Without `protocols` (the Huawei protocol)
-        a `TunnelSocket` with the codec's data path; with them (AWS), aiohttp's (no message size
-        limit: the relay checks)."""
+                   protocols: Sequence[str] = (), heartbeat: float | None = None) -> RawSocket:
+        """A WebSocket to `url`: without `protocols` the Huawei protocol's `TunnelSocket`, with
+        them (AWS) an `AwsSocket`. The upgrade by aiohttp's HTTP client (proxies, TLS, timeouts
+        as for any request), the handshake checked as aiohttp's ws_connect checks it, then the
+        transport is ours."""
         assert self._http is not None, "use the Connector in `async with`"
-        if not protocols:
-            return await self._open_raw(url, headers=headers, ssl=ssl, heartbeat=heartbeat)
-        try:
-            ws = await self._http.ws_connect(url, protocols=tuple(protocols), headers=dict(headers), ssl=ssl,
-                                             heartbeat=heartbeat, autoping=True, autoclose=True, max_msg_size=0)
-        except aiohttp.WSServerHandshakeError as exc:
-            raise Refused(exc.status) from None
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise Unreachable(exc) from None
-        return AiohttpSocket(ws)
-
-
-    async def _open_raw(self, url: str, *, headers: Mapping[str, str], ssl: ssl_.SSLContext | bool,
-                        heartbeat: float | None) -> TunnelSocket:
-        """The upgrade by aiohttp's HTTP client (proxies, TLS, timeouts as for any request), the
-        handshake checked as aiohttp's ws_connect checks it, then the transport is ours."""
-        assert self._http is not None
         key = base64.b64encode(os.urandom(16))
         upgrade = {**headers, "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
                    "Sec-WebSocket-Key": key.decode()}
+        if protocols:
+            upgrade["Sec-WebSocket-Protocol"] = ",".join(protocols)
         try:
             resp = await self._http.request("GET", url, headers=upgrade, ssl=ssl, read_until_eof=False)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -191,11 +137,17 @@ class Connector:
                     or resp.headers.get("Connection", "").lower() != "upgrade"
                     or resp.headers.get("Sec-WebSocket-Accept", "") != accept):
                 raise Unreachable(aiohttp.ClientError("the relay's answer to the upgrade is not a WebSocket handshake"))
+            chosen = [p.strip() for p in resp.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+            protocol = next((p for p in chosen if p in protocols), None)
             transport, tail = _take_transport(resp)
         except BaseException:
             resp.close()
             raise
-        socket = TunnelSocket(transport, heartbeat=heartbeat)
+        socket: RawSocket
+        if protocols:
+            socket = AwsSocket(transport, heartbeat=heartbeat, protocol=protocol)
+        else:
+            socket = TunnelSocket(transport, heartbeat=heartbeat)
         if tail:
             socket.received(tail)
         return socket
@@ -243,11 +195,9 @@ def _take_transport(resp: aiohttp.ClientResponse) -> tuple[asyncio.Transport, by
 HIGH = 256 * 1024
 LOW = 64 * 1024
 
-OnData = Callable[[str, bytes], Awaitable[None]]
-
 
 class _EndProtocol(asyncio.Protocol):
-    def __init__(self, socket: TunnelSocket) -> None:
+    def __init__(self, socket: RawSocket) -> None:
         self.socket = socket
 
     def data_received(self, data: bytes) -> None:
@@ -266,22 +216,25 @@ class _EndProtocol(asyncio.Protocol):
         self.socket._lost()
 
 
-class TunnelSocket(ClientSocket):
-    """A Huawei-protocol WebSocket on a raw transport, one `EndCodec.feed` per read.
+class RawSocket(ClientSocket):
+    """A WebSocket on a raw transport, one codec `feed` per read (the two protocols' kinds below).
 
-    Messages in and out as `ClientSocket` (text); the `tcp` service's data besides: incoming
-    data items go to `on_data(conn_id, raw)` (awaited in stream order between the messages,
-    by the task iterating the socket), outgoing `send_data(conn_id, raw)`. Every write waits
-    while the transport is over its write-buffer limit (the relay reads slowly). Heartbeat as
-    aiohttp's: a ping after `heartbeat` s without a read; no answer within half of it ends the
-    connection (close code 1006)."""
+    Messages in and out as `ClientSocket`; the data of connections besides: incoming data items
+    go to `on_data(*key, raw)` (awaited in stream order between the messages, by the task
+    iterating the socket), outgoing `send_data(*key, raw)`. Every write waits while the
+    transport is over its write-buffer limit (the relay reads slowly). Heartbeat as aiohttp's:
+    a ping after `heartbeat` s without a read; no answer within half of it ends the connection
+    (close code 1006). `broke_rules`: this end closed because the relay's bytes broke the
+    protocol (relay/closes.py's `after_close(code, ours=True)`)."""
 
-    def __init__(self, transport: asyncio.Transport, *, heartbeat: float | None = None) -> None:
+    def __init__(self, transport: asyncio.Transport, end_codec: codec.EndCodec | codec.AwsEndCodec, *,
+                 heartbeat: float | None = None, protocol: str | None = None) -> None:
         self.transport = transport
-        self.codec = codec.EndCodec()
-        self.on_data: OnData | None = None
+        self.codec = end_codec
+        self.broke_rules = False
+        self._protocol = protocol
         self._close_code: int | None = None
-        self._items: collections.deque[tuple[str | None, bytes]] = collections.deque()
+        self._items: collections.deque[tuple[typing.Any, ...]] = collections.deque()
         self._queued = 0
         self._paused = False
         self._ended = False           # no more reads: the close, or the connection was lost
@@ -301,7 +254,7 @@ class TunnelSocket(ClientSocket):
 
     @property
     def protocol(self) -> str | None:
-        return None
+        return self._protocol
 
     @property
     def close_code(self) -> int | None:
@@ -326,12 +279,15 @@ class TunnelSocket(ClientSocket):
             self.transport.write(to_send)
         if items:
             self._items.extend(items)
-            self._queued += sum(len(payload) for _, payload in items)
+            self._queued += sum(len(item[-1]) for item in items)
             if self._queued > HIGH and not self._paused:
                 self._paused = True
                 self.transport.pause_reading()
         if close is not None:
             code, reason, by_server = close
+            if not by_server:
+                self.broke_rules = True
+                log.warning("the relay's bytes are not the protocol (%s); closing with %d", reason, code)
             if not self._sent_close:
                 self._sent_close = True
                 self.transport.write(self.codec.close(code) if by_server else self.codec.close(code, reason))
@@ -357,23 +313,30 @@ class TunnelSocket(ClientSocket):
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
-    async def __anext__(self) -> str:
-        """The next message (text), until the connection ends; the `tcp` service's data met on
-        the way is handed to `on_data` first (without one it is dropped: no connection)."""
+    def _message(self, raw: bytes) -> bytes | str | None:
+        """A message item as `async for` hands it on (None: skip it)."""
+        raise NotImplementedError
+
+    async def _deliver(self, item: tuple[typing.Any, ...]) -> None:
+        """A data item, to the pipes (without any it is dropped: no connection)."""
+        raise NotImplementedError
+
+    async def __anext__(self) -> bytes | str:
+        """The next message, until the connection ends; the data met on the way goes to
+        `on_data` first."""
         while True:
             if self._items:
-                key, payload = self._items.popleft()
-                self._queued -= len(payload)
+                item = self._items.popleft()
+                self._queued -= len(item[-1])
                 if self._paused and self._queued < LOW and not self._ended:
                     self._paused = False
                     self.transport.resume_reading()
-                if key is None:
-                    try:
-                        return payload.decode()
-                    except UnicodeDecodeError:
-                        continue   # the relay sends text; a binary frame is not part of the protocol
-                if self.on_data is not None:
-                    await self.on_data(key, payload)
+                if item[0] is None:
+                    message = self._message(item[-1])
+                    if message is not None:
+                        return message
+                    continue
+                await self._deliver(item)
                 continue
             if self._ended:
                 raise StopAsyncIteration
@@ -384,16 +347,6 @@ class TunnelSocket(ClientSocket):
                 self._wakeup = None
 
     # -- out -------------------------------------------------------------------------------
-
-    async def send(self, data: bytes | str) -> None:
-        """One text message (the Huawei protocol is text only)."""
-        self._write(self.codec.text(data))
-        await self._drain()
-
-    async def send_data(self, conn_id: str, raw: bytes) -> None:
-        """The `tcp` service's bytes of a connection: forward_data messages, one write."""
-        self._write(self.codec.data(conn_id, raw))
-        await self._drain()
 
     def _write(self, frames: bytes) -> None:
         if self.closed:
@@ -439,3 +392,66 @@ class TunnelSocket(ClientSocket):
                 await asyncio.wait_for(self._gone.wait(), timeout if timeout is not None else 10.0)
         if not self._gone.is_set():
             self.transport.abort()
+
+
+class TunnelSocket(RawSocket):
+    """The Huawei protocol's: `relay.codec.EndCodec`; messages are text; the `tcp` service's
+    data items are (conn_id, raw)."""
+
+    codec: codec.EndCodec
+
+    def __init__(self, transport: asyncio.Transport, *, heartbeat: float | None = None) -> None:
+        super().__init__(transport, codec.EndCodec(), heartbeat=heartbeat)
+        self.on_data: Callable[[str, bytes], Awaitable[None]] | None = None
+
+    def _message(self, raw: bytes) -> str | None:
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:   # the codec checked UTF-8 already; nothing else comes
+            return None
+
+    async def _deliver(self, item: tuple[typing.Any, ...]) -> None:
+        if self.on_data is not None:
+            await self.on_data(item[0], item[1])
+
+    async def send(self, data: bytes | str) -> None:
+        """One text message (the Huawei protocol is text only)."""
+        self._write(self.codec.text(data))
+        await self._drain()
+
+    async def send_data(self, conn_id: str, raw: bytes) -> None:
+        """The `tcp` service's bytes of a connection: forward_data messages, one write."""
+        self._write(self.codec.data(conn_id, raw))
+        await self._drain()
+
+
+class AwsSocket(RawSocket):
+    """The AWS protocol's: `relay.codec.AwsEndCodec`; messages are binary, each one tunnel
+    message with its 2-byte length (as a binary frame carries it); data items are
+    (service_id, stream_id, connection_id, payload) as received."""
+
+    codec: codec.AwsEndCodec
+
+    def __init__(self, transport: asyncio.Transport, *, heartbeat: float | None = None,
+                 protocol: str | None = None) -> None:
+        super().__init__(transport, codec.AwsEndCodec(), heartbeat=heartbeat, protocol=protocol)
+        self.on_data: Callable[[str, int, int, bytes], Awaitable[None]] | None = None
+
+    def _message(self, raw: bytes) -> bytes:
+        return len(raw).to_bytes(2, "big") + raw
+
+    async def _deliver(self, item: tuple[typing.Any, ...]) -> None:
+        if self.on_data is not None:
+            await self.on_data(item[0], item[1], item[2], item[3])
+
+    async def send(self, data: bytes | str) -> None:
+        """One binary message: an aws_messages.frame(...)."""
+        if isinstance(data, str):
+            raise TypeError("the AWS protocol is binary only")
+        self._write(self.codec.binary(data))
+        await self._drain()
+
+    async def send_data(self, service_id: str, stream_id: int, connection_id: int, raw: bytes) -> None:
+        """A connection's bytes: DATA messages of at most MAX_PAYLOAD, one write."""
+        self._write(self.codec.data(service_id, stream_id, connection_id, raw))
+        await self._drain()

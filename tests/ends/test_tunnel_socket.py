@@ -17,7 +17,9 @@ import pytest
 
 from relay.closes import ABNORMAL
 from relay.ends import huawei_tcp
-from relay.ends.websocket import HIGH, Connector, TunnelSocket
+from relay.aws_messages import MessageReader, MessageType, ProxyMessage, subprotocols
+from relay.aws_messages import frame as aws_frame
+from relay.ends.websocket import HIGH, AwsSocket, Connector, TunnelSocket
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -69,8 +71,9 @@ def parse_client_frames(buf: bytearray) -> list[tuple[int, bytes]]:
 class FakeRelay:
     """Accepts one WebSocket upgrade; `first` is written in the same write as the 101 answer."""
 
-    def __init__(self, first: bytes = b"") -> None:
+    def __init__(self, first: bytes = b"", protocol: str = "") -> None:
         self.first = first
+        self.protocol = protocol
         self.connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = \
             asyncio.get_running_loop().create_future()
         self.server: asyncio.Server | None = None
@@ -87,7 +90,8 @@ class FakeRelay:
                    if line.lower().startswith(b"sec-websocket-key:"))
         accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + self.first)
+                     + (f"Sec-WebSocket-Protocol: {self.protocol}\r\n".encode() if self.protocol else b"")
+                     + b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + self.first)
         self.connected.set_result((reader, writer))
 
     async def frames(self, reader: asyncio.StreamReader, count: int) -> list[tuple[int, bytes]]:
@@ -108,12 +112,13 @@ class FakeRelay:
 
 
 @contextlib.asynccontextmanager
-async def tunnel_socket(first: bytes = b"", heartbeat: float | None = None):  # type: ignore[no-untyped-def]
-    relay = FakeRelay(first)
+async def tunnel_socket(first: bytes = b"", heartbeat: float | None = None,  # type: ignore[no-untyped-def]
+                        protocols: tuple[str, ...] = ()):
+    relay = FakeRelay(first, protocols[-1] if protocols else "")
     url = await relay.start()
     async with Connector() as connector:
-        ws = await connector.open(url, headers={"tunnel_access_token": "t"}, heartbeat=heartbeat)
-        assert isinstance(ws, TunnelSocket)
+        ws = await connector.open(url, headers={"tunnel_access_token": "t"}, heartbeat=heartbeat, protocols=protocols)
+        assert isinstance(ws, AwsSocket if protocols else TunnelSocket)
         reader, writer = await asyncio.wait_for(relay.connected, 30)
         try:
             yield ws, relay, reader, writer
@@ -291,3 +296,54 @@ async def test_the_heartbeat_keeps_a_socket_whose_relay_answers():
         assert not task.done() and not ws.closed
         writer.write(frame(8, struct.pack("!H", 1000)))
         await asyncio.wait_for(task, 30)
+
+
+# -- the AWS protocol's socket ---------------------------------------------------------------------
+
+
+async def test_aws_data_goes_to_on_data_and_other_messages_come_whole_in_order():
+    protocols = tuple(subprotocols(3))
+    payload = os.urandom(150_000)
+    data = b"".join(aws_frame(ProxyMessage(MessageType.DATA, 5, payload=payload[i:i + 60000], service_id="SSH",
+                                           connection_id=2)) for i in range(0, len(payload), 60000))
+    reset = aws_frame(ProxyMessage(MessageType.CONNECTION_RESET, 5, service_id="SSH", connection_id=2))
+    stream = frame(2, data[:70000]) + frame(2, data[70000:] + reset)   # a message across frames, two in one
+    async with tunnel_socket(protocols=protocols) as (ws, relay, reader, writer):
+        assert isinstance(ws, AwsSocket) and ws.protocol == protocols[-1]
+        seen: list[object] = []
+
+        async def on_data(sid: str, stream_id: int, cid: int, raw: bytes) -> None:
+            seen.append(((sid, stream_id, cid), raw))
+
+        ws.on_data = on_data
+        task = asyncio.create_task(read_all(ws, seen))
+        for i in range(0, len(stream), 4099):
+            writer.write(stream[i:i + 4099])
+            await writer.drain()
+        # out: DATA of at most MAX_PAYLOAD, in one write, masked binary frames
+        await ws.send_data("SSH", 5, 2, payload)
+        out = b""
+        while len(out) < len(payload):
+            for opcode, body in await relay.frames(reader, 1):
+                if opcode == 2:
+                    for m in MessageReader().feed(body):
+                        assert (m.type, m.service_id, m.stream_id, m.connection_id) == (MessageType.DATA, "SSH", 5, 2)
+                        out += m.payload
+        assert out == payload
+        writer.write(frame(8, struct.pack("!H", 1000)))
+        await asyncio.wait_for(task, 30)
+        got = joined(seen)
+        assert got[0] == (("SSH", 5, 2), payload)
+        (message,) = MessageReader().feed(got[1])   # a control message: as a binary frame carries it
+        assert (message.type, message.stream_id, message.connection_id) == (MessageType.CONNECTION_RESET, 5, 2)
+        assert len(got) == 2 and ws.close_code == 1000 and not ws.broke_rules
+
+
+async def test_aws_text_from_the_relay_is_closed_by_this_end_as_not_the_protocol():
+    async with tunnel_socket(protocols=tuple(subprotocols(3))) as (ws, relay, reader, writer):
+        task = asyncio.create_task(read_all(ws, []))
+        writer.write(frame(1, b"{}"))
+        await asyncio.wait_for(task, 30)
+        assert ws.close_code == 1003 and ws.broke_rules   # relay/closes.py: ours, so reconnect
+        (opcode, body), = await relay.frames(reader, 1)
+        assert (opcode, body[:2]) == (8, struct.pack("!H", 1003))
