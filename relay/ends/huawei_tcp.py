@@ -33,7 +33,7 @@ from relay import envelope
 SERVICE = "tcp"
 CHUNK = 7000                 # raw bytes per forward_data: base64 9336 + envelope < 10240
 WINDOW = 256 * 1024          # bytes a sender may have unacknowledged, per connection
-ACK_THRESHOLD = 32 * 1024    # acknowledge once this many bytes are written (must be <= WINDOW)
+ACK_THRESHOLD = 64 * 1024    # acknowledge once this many bytes are written (must be <= WINDOW)
 MAX_MESSAGE = 10240
 MAX_ID_BYTES = 128
 

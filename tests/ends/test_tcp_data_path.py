@@ -163,3 +163,12 @@ async def test_a_peer_over_the_window_aborts_the_connection(pair):
     assert receiver.done.is_set() and receiver.conn.aborted and "over the window" in receiver.conn.aborted
     msg = huawei_tcp.parse(sent[-1])
     assert msg is not None and msg.op == huawei_tcp.CLOSE and msg.data["status_msg"].startswith("error: protocol error")
+
+
+def test_acks_come_per_64_kib_written_a_quarter_of_the_window():
+    c = Connection("c")
+    c.on_raw_data(WINDOW)
+    assert c.on_written(32 * 1024) is None   # half a read: no ack yet
+    ack = huawei_tcp.parse(c.on_written(32 * 1024) or "")
+    assert ack is not None and ack.op == huawei_tcp.ACK and ack.data == {"bytes": 64 * 1024}
+    assert 4 * huawei_tcp.ACK_THRESHOLD == WINDOW   # three quarters stay in flight while an ack travels
