@@ -9,6 +9,12 @@ Huawei's `tcp` service in relay/ends/huawei_tcp.py, AWS's streams in relay/ends/
   acknowledges bytes only once they are written to its socket (drained), so a slow reader on
   either side holds at most `WINDOW` bytes per connection in the tunnel and in each end.
   `TcpPipes`: the forwarded connections of one WebSocket connection.
+- The codec's data path (both protocols; `attach(socket)` when the socket has one,
+  relay/ends/websocket.py): a pipe reads up to READ_SIZE (AWS: AWS_READ_SIZE) at once and
+  hands it to the socket's `send_data` (the codec builds every message in one call); the
+  socket hands decoded data to `data(...)` in stream order. Data that finds nothing queued
+  ahead of it and a socket that keeps up is written at once, without waking the pipe's
+  writer task: a round trip's latency.
 - AWS: `StreamPipes` joins TCP streams to a stream table (`Destination`/`Source`) and a
   `send` coroutine; `StreamPipe` is one of its connections. Flow control: a connection's
   socket is read only once the previous chunk was sent (the WebSocket's writer waits for its
@@ -17,7 +23,8 @@ Huawei's `tcp` service in relay/ends/huawei_tcp.py, AWS's streams in relay/ends/
   per-connection credit, so a stalled connection holds back the others of the same tunnel
   (as AWS's localproxy does).
 
-Standard library and the rules modules only (the WebSocket is a `send` coroutine handed in).
+Standard library and the rules modules only (the WebSocket is a `send` coroutine handed in,
+its data path a `DataPath`/`AwsDataPath`).
 """
 
 from __future__ import annotations
@@ -122,7 +129,9 @@ class TcpPipe:
         self.send_data: SendData | None = None
         self.extra = {**(extra or {}), "connection_id": conn.conn_id}
         self.done = asyncio.Event()
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()   # None: the peer's eof
+        # bytes to write; an int: that many bytes written already, acknowledged once drained;
+        # None: the peer's eof
+        self._queue: asyncio.Queue[bytes | int | None] = asyncio.Queue()
         self._credit = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._out_done = self._in_done = False
@@ -166,7 +175,21 @@ class TcpPipe:
             log.warning("forwarded connection broken by the other end: %s", exc, extra=self.extra)
             await self.abort(f"protocol error: {exc}")
             return
-        self._queue.put_nowait(raw)
+        transport = self.writer.transport
+        if not self._tasks or not self._queue.empty() or transport.is_closing() or transport.get_write_buffer_size():
+            self._queue.put_nowait(raw)   # behind what is queued (or the socket is slow): the writer's turn
+            return
+        # Nothing ahead of it: written now, without waking the writer (a round trip's latency).
+        self.writer.write(raw)
+        if transport.get_write_buffer_size():
+            self._queue.put_nowait(len(raw))   # the kernel did not take it all: acknowledged once drained
+            return
+        ack = self.conn.on_written(len(raw))
+        if ack is not None:
+            try:
+                await self._send(ack)
+            except Exception as exc:   # the tunnel's WebSocket is gone
+                await self.abort(f"cannot send: {describe(exc)}", tell_peer=False)
 
     async def abort(self, reason: str | None, *, tell_peer: bool = True) -> None:
         """Abort the TCP connection. With a `reason` (our decision), the peer is told,
@@ -237,9 +260,13 @@ class TcpPipe:
                     if self.writer.can_write_eof():
                         self.writer.write_eof()
                     break
-                self.writer.write(raw)
+                if isinstance(raw, int):
+                    n = raw   # written by feed_data already
+                else:
+                    self.writer.write(raw)
+                    n = len(raw)
                 await self.writer.drain()
-                ack = self.conn.on_written(len(raw))
+                ack = self.conn.on_written(n)
                 if ack is not None:
                     await self._send(ack)
         except (ConnectionError, OSError) as exc:
@@ -361,6 +388,12 @@ class StreamPipe:
             self._tasks.append(asyncio.create_task(self._from_socket(reader), name=f"aws-out-{self.key}"))
 
     def deliver(self, data: bytes) -> None:
+        writer = self.writer
+        if (writer is not None and self._tasks and self._queue.empty() and not self.done.is_set()
+                and not writer.transport.is_closing() and not writer.transport.get_write_buffer_size()):
+            writer.write(data)   # nothing ahead of it: now, without waking the writer (latency)
+            self.bytes_in += len(data)
+            return
         self.queued += len(data)
         if self.queued > HIGH:
             self.space.clear()

@@ -148,21 +148,44 @@ async def test_a_reader_that_does_not_read_holds_at_most_the_window(pair):
     assert sender.conn.peak_unacked <= WINDOW and receiver.conn.peak_inbound <= WINDOW
 
 
-async def test_a_peer_over_the_window_aborts_the_connection(pair):
-    await pair.start()
+async def test_a_peer_over_the_window_aborts_the_connection():
     sent: list[str] = []
-    receiver = pair.pipes[1]
 
     async def told(payload: str) -> None:
         sent.append(payload)
 
-    receiver._send = told
-    await receiver.feed_data(b"x" * WINDOW)
-    assert not receiver.done.is_set()
-    await receiver.feed_data(b"x")   # one byte over what may be unacknowledged
-    assert receiver.done.is_set() and receiver.conn.aborted and "over the window" in receiver.conn.aborted
-    msg = huawei_tcp.parse(sent[-1])
-    assert msg is not None and msg.op == huawei_tcp.CLOSE and msg.data["status_msg"].startswith("error: protocol error")
+    accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+    server = await asyncio.start_server(lambda r, w: accepted.set_result((r, w)), "127.0.0.1", 0)
+    _, app = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    reader, writer = await asyncio.wait_for(accepted, 5)
+    receiver = TcpPipe(Connection("f"), reader, writer, told)   # not started: what comes is queued, not acked
+    try:
+        await receiver.feed_data(b"x" * WINDOW)
+        assert not receiver.done.is_set()
+        await receiver.feed_data(b"x")   # one byte over what may be unacknowledged
+        assert receiver.done.is_set() and receiver.conn.aborted and "over the window" in receiver.conn.aborted
+        msg = huawei_tcp.parse(sent[-1])
+        assert msg is not None and msg.op == huawei_tcp.CLOSE
+        assert msg.data["status_msg"].startswith("error: protocol error")
+    finally:
+        app.close()
+        server.close()
+
+
+async def test_data_written_at_once_is_acknowledged_at_once(pair):
+    """Nothing queued ahead and the socket keeps up: the bytes are written without waking the
+    writer task, and acknowledged (a round trip's latency)."""
+    await pair.start(ack_threshold=1)
+    (r0, w0), (r1, w1) = pair.apps
+    sender, receiver = pair.pipes
+    for i in range(20):   # ping-pong: every byte through, and its credit back
+        w0.write(b"%d" % i)
+        assert await asyncio.wait_for(r1.readexactly(len(b"%d" % i)), 10) == b"%d" % i
+    for _ in range(1000):
+        if sender.conn.unacked == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert sender.conn.unacked == 0 and receiver.conn.inbound == 0
 
 
 def test_acks_come_per_64_kib_written_a_quarter_of_the_window():
