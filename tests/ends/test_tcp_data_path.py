@@ -11,7 +11,7 @@ import os
 import pytest
 
 from relay.ends import huawei_tcp
-from relay.ends.huawei_tcp import CHUNK, WINDOW, Connection, ForwardError
+from relay.ends.huawei_tcp import CHUNK, LEGACY_WINDOW, WINDOW, Connection, ForwardError
 from relay.ends.pipes import READ_SIZE, TcpPipe, TcpPipes
 
 # -- sans-I/O ------------------------------------------------------------------------------
@@ -188,10 +188,44 @@ async def test_data_written_at_once_is_acknowledged_at_once(pair):
     assert sender.conn.unacked == 0 and receiver.conn.inbound == 0
 
 
-def test_acks_come_per_64_kib_written_a_quarter_of_the_window():
+def test_acks_come_per_quarter_of_the_window_the_peer_sends_within():
     c = Connection("c")
+    c.peer_announced({"port": 22, "window": WINDOW})   # a peer of this version
+    assert (c.send_window, c.ack_threshold) == (WINDOW, WINDOW // 4)
     c.on_raw_data(WINDOW)
-    assert c.on_written(32 * 1024) is None   # half a read: no ack yet
-    ack = huawei_tcp.parse(c.on_written(32 * 1024) or "")
-    assert ack is not None and ack.op == huawei_tcp.ACK and ack.data == {"bytes": 64 * 1024}
-    assert 4 * huawei_tcp.ACK_THRESHOLD == WINDOW   # three quarters stay in flight while an ack travels
+    assert c.on_written(WINDOW // 8) is None
+    ack = huawei_tcp.parse(c.on_written(WINDOW // 8) or "")
+    assert ack is not None and ack.op == huawei_tcp.ACK and ack.data == {"bytes": WINDOW // 4}
+    # an older peer announces nothing: it sends within 256 KiB and takes no more than that
+    old = Connection("o")
+    old.peer_announced({"port": 22})
+    assert (old.send_window, old.ack_threshold) == (LEGACY_WINDOW, LEGACY_WINDOW // 4)
+    assert old.credit == LEGACY_WINDOW
+
+
+def test_an_announced_window_is_a_positive_integer_taken_up_to_the_maximum():
+    assert huawei_tcp.announced_window({"window": 5}) == 5
+    assert huawei_tcp.announced_window({"window": 1 << 40}) == huawei_tcp.MAX_WINDOW
+    for bad in ({}, {"window": 0}, {"window": -1}, {"window": True}, {"window": "1"}, None, [1]):
+        assert huawei_tcp.announced_window(bad) is None
+    opened = huawei_tcp.parse(huawei_tcp.open_message("c", 22))
+    answered = huawei_tcp.parse(huawei_tcp.open_response("c", "200", "connected", window=WINDOW))
+    assert opened is not None and opened.data == {"port": 22, "window": WINDOW}
+    assert answered is not None and huawei_tcp.announced_window(answered.data) == WINDOW
+    refused = huawei_tcp.parse(huawei_tcp.open_response("c", "403", "no"))
+    assert refused is not None and refused.data == {"status_code": "403", "status_msg": "no"}
+
+
+async def test_an_end_of_this_version_and_an_older_one_keep_the_older_window(pair):
+    """The older receiver checks 256 KiB: the newer sender, told nothing, stays within it."""
+    await pair.start()
+    sender, receiver = pair.pipes
+    receiver.conn = Connection("f", window=LEGACY_WINDOW, ack_threshold=32 * 1024)   # an older end
+    sender.conn.peer_announced({"status_code": "200", "status_msg": "connected"})     # ... announcing nothing
+    (r0, w0), (r1, w1) = pair.apps
+    payload = os.urandom(8_000_000)
+    w0.write(payload)
+    w0.write_eof()
+    got = await asyncio.wait_for(r1.read(-1), 30)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    assert receiver.conn.aborted is None and sender.conn.peak_unacked <= LEGACY_WINDOW
