@@ -347,3 +347,75 @@ async def test_aws_text_from_the_relay_is_closed_by_this_end_as_not_the_protocol
         assert ws.close_code == 1003 and ws.broke_rules   # relay/closes.py: ours, so reconnect
         (opcode, body), = await relay.frames(reader, 1)
         assert (opcode, body[:2]) == (8, struct.pack("!H", 1003))
+
+
+# -- TLS, on both event loops the ends run on ----------------------------------------------------
+
+
+def self_signed(tmp_path) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A certificate for 127.0.0.1 and its key, as files (cryptography: asyncssh's dependency)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_raw_path_over_tls(tmp_path, loop):
+    import ssl
+
+    import uvloop
+
+    cert, key = self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=cert)
+    payload = os.urandom(300_000)
+
+    async def scenario() -> None:
+        relay = FakeRelay(text_frame({"operation_type": "connect_tunnel", "request_id": "r"}))
+        relay.server = await asyncio.start_server(relay._handle, "127.0.0.1", 0, ssl=server_ctx)
+        port = relay.server.sockets[0].getsockname()[1]
+        async with Connector() as connector:
+            ws = await connector.open(f"wss://127.0.0.1:{port}/v5/iot/tunnels/t/device-connect",
+                                      headers={"tunnel_access_token": "t"}, ssl=client_ctx)
+            assert isinstance(ws, TunnelSocket)
+            reader, writer = await asyncio.wait_for(relay.connected, 30)
+            seen = collect(ws)
+            task = asyncio.create_task(read_all(ws, seen))
+            writer.write(b"".join(data_frame("c", payload[i:i + 7000]) for i in range(0, len(payload), 7000)))
+            await ws.send_data("c", payload)
+            out = b""
+            while len(out) < len(payload):
+                for opcode, body in await relay.frames(reader, 1):
+                    msg = huawei_tcp.parse(body)
+                    assert opcode == 1 and msg is not None and msg.op == huawei_tcp.DATA
+                    out += base64.b64decode(msg.data)
+            assert out == payload
+            writer.write(frame(8, struct.pack("!H", 1000)))
+            await asyncio.wait_for(task, 30)
+            assert joined(seen)[1:] == [("c", payload)] and ws.close_code == 1000
+            await ws.close(timeout=1)
+            await relay.close()
+
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(asyncio.wait_for(scenario(), 60))
