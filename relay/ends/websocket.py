@@ -26,6 +26,16 @@ import aiohttp
 SEND_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, aiohttp.ClientError)
 
 
+def tls_setting(ca_file: str | None = None, insecure: bool = False) -> ssl_.SSLContext | bool:
+    """What `open`'s `ssl=` takes (ws:// ignores it): False checks no certificate (--insecure),
+    a context trusts `ca_file`, True verifies with the system's CAs."""
+    if insecure:
+        return False
+    if ca_file:
+        return ssl_.create_default_context(cafile=ca_file)
+    return True
+
+
 class Refused(Exception):
     """The relay answered the upgrade with an HTTP status instead of 101."""
 
