@@ -28,6 +28,7 @@ from relay.client.waiting import PROGRESS_EVERY, gave_up, still_waiting
 from relay.closes import Attempt, Backoff, Closed, Next, Reconnect, Step, describe_close, disconnect_is_final
 from relay.ends import huawei_tcp
 from relay.ends.listeners import Listener, hostport
+from relay.ends.localproxy_args import split_endpoint
 from relay.ends.pipes import TcpPipe, TcpPipes
 from relay.ends.reconnect import keep_connected
 from relay.ends.websocket import SEND_ERRORS, ClientSocket
@@ -38,10 +39,7 @@ MAX_RECONNECTS = 10
 
 def parse_listen(text: str) -> tuple[str, int]:
     """`HOST:PORT`, `[IPv6]:PORT` or `PORT` (on 127.0.0.1)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    host = host.strip("[]") or "127.0.0.1"
+    host, port = split_endpoint(text, "127.0.0.1")
     try:
         number = int(port)
     except ValueError:
