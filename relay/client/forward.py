@@ -31,7 +31,7 @@ from relay.ends.listeners import Listener, hostport
 from relay.ends.localproxy_args import split_endpoint
 from relay.ends.pipes import TcpPipe, TcpPipes
 from relay.ends.reconnect import keep_connected
-from relay.ends.websocket import SEND_ERRORS, ClientSocket
+from relay.ends.websocket import SEND_ERRORS, ClientSocket, send_on
 from relay.errors import ConfigError
 
 MAX_RECONNECTS = 10
@@ -74,10 +74,7 @@ class Forwarder:
         self._listener = Listener(self._handle)
 
     async def send(self, payload: str) -> None:
-        ws = self._ws
-        if ws is None:
-            raise ConnectionResetError("the tunnel's WebSocket is not connected")
-        await ws.send(payload)
+        await send_on(self._ws, payload)
 
     # -- the WebSocket, reconnected (relay/ends/reconnect.py) -----------------------------------
 
@@ -265,6 +262,16 @@ def reconnect_rules() -> Reconnect:
 # -- the command ------------------------------------------------------------------------------
 
 
+def forward_failed(error: Callable[[str], None], listen: tuple[str, int], exc: OSError | ClientError) -> int:
+    """What `relay forward` (either protocol) says when it cannot listen (an OSError of the
+    local listener) or the relay or the tunnel failed it; its exit status."""
+    if isinstance(exc, ClientError):
+        error(f"relay: {exc}")
+    else:
+        error(f"relay: cannot listen on {hostport(*listen)}: {exc.strerror or exc}")
+    return EXIT_FAILURE
+
+
 def forward_command(args: argparse.Namespace) -> int:
     token = token_and_target(args)
     listen = parse_listen(args.listen)
@@ -313,12 +320,8 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
             if started is not None:
                 started(forwarder)
             return await until(forwarder.run(), stop, terminal.notice)
-        except OSError as exc:   # the local listener
-            terminal.error(f"relay: cannot listen on {hostport(*listen)}: {exc.strerror or exc}")
-            return EXIT_FAILURE
-        except ClientError as exc:
-            terminal.error(f"relay: {exc}")
-            return EXIT_FAILURE
+        except (OSError, ClientError) as exc:
+            return forward_failed(terminal.error, listen, exc)
         finally:
             if opened is not None and api is not None:
                 await _after(api, args, opened, terminal)

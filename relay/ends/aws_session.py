@@ -21,7 +21,7 @@ from relay.closes import Attempt, Backoff, Closed, CloseCode, Next, Reconnect, R
 from relay.ends.aws_streams import EndStreams
 from relay.ends.pipes import StreamPipes
 from relay.ends.reconnect import keep_connected, why_unreached
-from relay.ends.websocket import ClientSocket, Connector
+from relay.ends.websocket import ClientSocket, Connector, send_on
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,7 @@ class Session:
         self._socket: ClientSocket | None = None
 
     async def send(self, data: bytes) -> None:
-        socket = self._socket
-        if socket is None:
-            raise ConnectionResetError("the tunnel's WebSocket is not connected")
-        await socket.send(data)
+        await send_on(self._socket, data)
 
     async def run(self) -> str:
         rules = Reconnect(Backoff(self.reconnect_initial, self.reconnect_max), max_attempts=self.max_attempts)

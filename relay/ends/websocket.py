@@ -53,6 +53,20 @@ class Unreachable(Exception):
         self.error = error
 
 
+class NotConnected(ConnectionResetError):
+    """A send with no WebSocket up: between two connections, or after the last."""
+
+    def __init__(self) -> None:
+        super().__init__("the tunnel's WebSocket is not connected")
+
+
+async def send_on(socket: ClientSocket | None, data: bytes | str) -> None:
+    """Send on the current socket of an end that reconnects (None between two connections)."""
+    if socket is None:
+        raise NotConnected()
+    await socket.send(data)
+
+
 class ClientSocket:
     """One client WebSocket, messages in and out."""
 
@@ -75,7 +89,7 @@ class ClientSocket:
     async def send(self, data: bytes | str) -> None:
         """One message: binary for bytes, text for str."""
         if self._ws.closed:
-            raise ConnectionResetError("the tunnel's WebSocket is not connected")
+            raise NotConnected()
         if isinstance(data, str):
             await self._ws.send_str(data)
         else:

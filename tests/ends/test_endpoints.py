@@ -1,6 +1,7 @@
 """`HOST:PORT` as the commands read it: `relay forward --listen` (relay/client/forward.py
 `parse_listen`) and localproxy's `-d`/`-s` mappings (relay/ends/localproxy_args.py). One split
-of the text (`split_endpoint`); each command keeps what it accepts and its error texts."""
+of the text (`split_endpoint`); each command keeps what it accepts and its error texts. And
+what `relay forward` (either protocol) says when it cannot listen there."""
 
 from __future__ import annotations
 
@@ -74,3 +75,14 @@ def test_localproxy_mappings_refuse_with_their_own_words(parse, text, message):
     with pytest.raises(ValueError) as caught:
         parse(text)
     assert str(caught.value) == message
+
+
+def test_what_relay_forward_of_either_protocol_says_when_it_cannot_listen_or_the_relay_fails_it():
+    from relay.client.api import ClientError
+    from relay.client.forward import forward_failed
+
+    said: list[str] = []
+    assert forward_failed(said.append, ("::1", 2222), OSError(98, "Address already in use")) == 255
+    assert forward_failed(said.append, ("127.0.0.1", 0), ClientError("the tunnel is closed or expired (410)")) == 255
+    assert said == ["relay: cannot listen on [::1]:2222: Address already in use",
+                    "relay: the tunnel is closed or expired (410)"]

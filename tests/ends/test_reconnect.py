@@ -224,3 +224,10 @@ async def test_the_default_pause_sleeps_the_delay_and_an_end_without_a_pause_can
     end = End(Unreachable(OSError()), Closed(4001))
     ending = await asyncio.wait_for(keep_connected(rules, open=end.open, serve=end.serve), 30)  # type: ignore[arg-type]
     assert ending.step.next is Next.WAIT_FOR_TOKEN and ending.why == after_close(4001).text
+
+
+async def test_a_send_between_two_connections_fails_as_a_lost_connection():
+    from relay.ends.websocket import send_on
+
+    with pytest.raises(ConnectionResetError, match="the tunnel's WebSocket is not connected"):
+        await send_on(None, b"data")
