@@ -354,6 +354,7 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
     """`relay forward --protocol aws`: until `stop` (SIGINT/SIGTERM) or the tunnel ends."""
     from relay.client.api import ClientError, ssl_context
     from relay.client.commands import closes_on_exit, make_api
+    from relay.client.forward import forward_failed
 
     stop = stop or stop_on_signals()
     service = args.service
@@ -393,12 +394,8 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
             if started is not None:
                 started(proxy)
             return await until(proxy.run(), stop, terminal.notice)
-        except OSError as exc:
-            terminal.error(f"relay: cannot listen on {hostport(*listen)}: {exc.strerror or exc}")
-            return EXIT_FAILURE
-        except ClientError as exc:
-            terminal.error(f"relay: {exc}")
-            return EXIT_FAILURE
+        except (OSError, ClientError) as exc:
+            return forward_failed(terminal.error, listen, exc)
         finally:
             if api is not None and tunnel_id is not None and closes_on_exit(created, args):
                 with contextlib.suppress(ClientError):

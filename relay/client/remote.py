@@ -16,8 +16,9 @@ from relay.client.api import ApiError, ClientError, RelayApi, Unreachable, sourc
 from relay.client.session import Ended, Event, ExecFraming, Notice, Output, Phase, Send, SourceSession
 from relay.client.terminal import Terminal
 from relay.client.waiting import PROGRESS_EVERY, gave_up, still_waiting
-from relay.closes import after_refusal
+from relay.closes import Refusal, Unreached, after_refusal
 from relay.ends import websocket
+from relay.ends.reconnect import attempt_of
 from relay.ends.websocket import SEND_ERRORS, ClientSocket
 
 # the device the command waits for, and how to read its tunnel (None when it cannot be read)
@@ -103,16 +104,26 @@ async def take_over(api: RelayApi, tunnel_id: str, notice: Callable[[str], None]
     return Opened(tunnel_id, source_uri(api.url, tunnel_id), rotated["tunnel_access_token"], created=False)
 
 
-async def connect(http: aiohttp.ClientSession, opened: Opened, ssl: ssl_.SSLContext | bool = True) -> ClientSocket:
+async def open_source(http: aiohttp.ClientSession, opened: Opened, ssl: ssl_.SSLContext | bool = True) -> ClientSocket:
     """The tunnel's source-connect WebSocket, on the REST client's HTTP session. Raises
-    `Refused` (an HTTP status) or `Unreachable`."""
+    relay/ends/websocket.py's `Refused` or `Unreachable` (`connect_error` words them)."""
+    return await websocket.Connector(http).open(opened.uri, headers={"tunnel_access_token": opened.token}, ssl=ssl)
+
+
+def connect_error(uri: str, failure: Refusal | Unreached) -> ClientError:
+    """A failed opening of the WebSocket to `uri`, as the commands report it."""
+    if isinstance(failure, Refusal):
+        return Refused(failure.status)
+    error = failure.error
+    return Unreachable(f"cannot connect to {uri}: {type(error).__name__} {error}".rstrip())
+
+
+async def connect(http: aiohttp.ClientSession, opened: Opened, ssl: ssl_.SSLContext | bool = True) -> ClientSocket:
+    """The tunnel's source-connect WebSocket. Raises `Refused` (an HTTP status) or `Unreachable`."""
     try:
-        return await websocket.Connector(http).open(opened.uri, headers={"tunnel_access_token": opened.token}, ssl=ssl)
-    except websocket.Refused as exc:
-        raise Refused(exc.status) from None
-    except websocket.Unreachable as exc:
-        error = exc.error
-        raise Unreachable(f"cannot connect to {opened.uri}: {type(error).__name__} {error}".rstrip()) from None
+        return await open_source(http, opened, ssl)
+    except (websocket.Refused, websocket.Unreachable) as exc:
+        raise connect_error(opened.uri, attempt_of(exc)) from None
 
 
 class ShellLink:

@@ -26,6 +26,16 @@ import aiohttp
 SEND_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, aiohttp.ClientError)
 
 
+def tls_setting(ca_file: str | None = None, insecure: bool = False) -> ssl_.SSLContext | bool:
+    """What `open`'s `ssl=` takes (ws:// ignores it): False checks no certificate (--insecure),
+    a context trusts `ca_file`, True verifies with the system's CAs."""
+    if insecure:
+        return False
+    if ca_file:
+        return ssl_.create_default_context(cafile=ca_file)
+    return True
+
+
 class Refused(Exception):
     """The relay answered the upgrade with an HTTP status instead of 101."""
 
@@ -41,6 +51,20 @@ class Unreachable(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error) or type(error).__name__)
         self.error = error
+
+
+class NotConnected(ConnectionResetError):
+    """A send with no WebSocket up: between two connections, or after the last."""
+
+    def __init__(self) -> None:
+        super().__init__("the tunnel's WebSocket is not connected")
+
+
+async def send_on(socket: ClientSocket | None, data: bytes | str) -> None:
+    """Send on the current socket of an end that reconnects (None between two connections)."""
+    if socket is None:
+        raise NotConnected()
+    await socket.send(data)
 
 
 class ClientSocket:
@@ -65,7 +89,7 @@ class ClientSocket:
     async def send(self, data: bytes | str) -> None:
         """One message: binary for bytes, text for str."""
         if self._ws.closed:
-            raise ConnectionResetError("the tunnel's WebSocket is not connected")
+            raise NotConnected()
         if isinstance(data, str):
             await self._ws.send_str(data)
         else:
