@@ -19,7 +19,7 @@ from collections.abc import Callable
 import aiohttp
 
 from relay.client import output
-from relay.client.api import ClientError, RelayApi, source_uri, ssl_context
+from relay.client.api import ClientError, RelayApi, source_uri
 from relay.client.remote import (EXIT_FAILURE, Opened, Waiter, connect_error, open_source, open_tunnel, take_over,
                                  waiter_for)
 from relay.client.running import stop_on_signals, token_and_target, until
@@ -31,7 +31,7 @@ from relay.ends.listeners import Listener, hostport
 from relay.ends.localproxy_args import split_endpoint
 from relay.ends.pipes import TcpPipe, TcpPipes
 from relay.ends.reconnect import keep_connected
-from relay.ends.websocket import SEND_ERRORS, ClientSocket, send_on
+from relay.ends.websocket import SEND_ERRORS, ClientSocket, send_on, tls_setting
 from relay.errors import ConfigError
 
 MAX_RECONNECTS = 10
@@ -298,7 +298,7 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
             http, ssl = api.http, api.ssl
         else:
             http = await stack.enter_async_context(aiohttp.ClientSession())
-            ssl = ssl_context(args.ca_file, args.insecure)
+            ssl = tls_setting(args.ca_file, args.insecure)
         assert http is not None
         opened: Opened | None = None
         try:
