@@ -11,7 +11,7 @@ import contextlib
 import logging
 
 from relay.agent.forwarding import ForwardHost
-from relay.agent.session import CloseShell, DeviceSession, Effect, OpenShell, Send, WriteShell
+from relay.agent.session import CloseShell, DeviceSession, Effect, OpenShell, ToSource, WriteShell
 from relay.agent.settings import AgentSettings
 from relay.agent.ssh import LoginFailed, Shell
 from relay.closes import Attempt, Backoff, Closed, Next, Reconnect, Refusal, Step, Unreached
@@ -148,7 +148,7 @@ class TunnelClient:
 
     async def _apply(self, session: DeviceSession, ws: ClientSocket, effects: list[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, Send):
+            if isinstance(effect, ToSource):
                 if not ws.closed:
                     await ws.send(effect.payload.decode())
             elif isinstance(effect, WriteShell):
@@ -190,7 +190,7 @@ class TunnelClient:
             if self._shell is shell:
                 effects = session.shell_ended(shell.exit_status)
                 for effect in effects:   # the pump cannot close itself: leave CloseShell to the caller
-                    if isinstance(effect, Send) and not ws.closed:
+                    if isinstance(effect, ToSource) and not ws.closed:
                         await ws.send(effect.payload.decode())
                 self._shell = None
                 self._pump = None

@@ -20,7 +20,7 @@ import aiohttp
 
 from relay.client import output
 from relay.client.api import ClientError, RelayApi, source_uri
-from relay.client.remote import (EXIT_FAILURE, Opened, Waiter, connect_error, open_source, open_tunnel, take_over,
+from relay.client.remote import (EXIT_FAILURE, Opened, Waiter, connect_error, open_source, open_tunnel, take_over_tunnel,
                                  waiter_for)
 from relay.client.running import stop_on_signals, token_and_target, until
 from relay.client.terminal import Terminal
@@ -306,7 +306,7 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
                 opened = Opened(args.tunnel, source_uri(args.url, args.tunnel), token, created=False)
             elif args.tunnel:
                 assert api is not None
-                opened = await take_over(api, args.tunnel, terminal.notice)
+                opened = await take_over_tunnel(api, args.tunnel, terminal.notice)
             else:
                 assert api is not None
                 opened = await open_tunnel(api, args.device_id, terminal.notice, expires_in=args.expires_in,
