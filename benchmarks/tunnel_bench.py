@@ -68,7 +68,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen | None, what: str, timeout: float = 20) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen | None, what: str, timeout: float = 60) -> None:
+    # generous: a busy machine (a test run beside it) can take many seconds to start a Python process
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

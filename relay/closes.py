@@ -2,8 +2,11 @@
 protocols' endpoints (the relay's own and its codec's), the relay's `disconnect` statuses that
 end a Huawei connection, and the ONE policy every end follows (the agent, `relay ssh`/`exec`,
 `relay forward`, `relay localproxy`, both protocols): stop, reconnect, or reconnect only with a
-new token, and how to say why to a person; and how long to wait before trying again (`Backoff`).
-The ends ask it; none keeps a code list of its own.
+new token, and how to say why to a person; how long to wait before trying again (`Backoff`);
+and, attempt after attempt, what an end does next with its own limits (`Reconnect`: whether it
+can get a new token, how many failures in a row it takes, when a connection proved stable).
+The ends ask it; none keeps a code list or a reconnect rule of its own (their one loop, the
+I/O around `Reconnect`, is relay/ends/reconnect.py).
 
 Standard library only: the bottom layer, tested without sockets (tests/ends/test_closes.py).
 """
@@ -103,19 +106,22 @@ def describe_close(code: int | None) -> str:
 
 
 class Backoff:
-    """Growing delays with jitter (+-20 %): 1, 2, 4, ... up to `maximum` seconds, between
-    reconnections; `reset` once a connection proved stable."""
+    """Growing delays, 1, 2, 4, ... up to `maximum` seconds, between reconnections, each spread
+    by +-`jitter` (20 %: ends cut off at once do not all come back in step; 0 for an end that
+    prints its delays, `relay forward`); `reset` once a connection proved stable."""
 
     def __init__(self, initial: float = 1.0, maximum: float = 30.0, factor: float = 2.0,
-                 rng: random.Random | None = None) -> None:
-        self.initial, self.maximum, self.factor = initial, maximum, factor
+                 rng: random.Random | None = None, jitter: float = 0.2) -> None:
+        self.initial, self.maximum, self.factor, self.jitter = initial, maximum, factor, jitter
         self._next = initial
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
         delay = self._next
         self._next = min(self.maximum, self._next * self.factor)
-        return delay * (0.8 + 0.4 * self._rng.random())
+        if not self.jitter:
+            return delay
+        return delay * (1 - self.jitter + 2 * self.jitter * self._rng.random())
 
     def reset(self) -> None:
         self._next = self.initial
@@ -157,3 +163,106 @@ def disconnect_is_final(status_code: str) -> bool:
     """Whether a relay `disconnect` with this `status_code` (a string in the envelope, "409")
     ends the connection."""
     return status_code in _FINAL_TEXTS
+
+
+# -- one end's attempts, one after another (the loop that runs them: relay/ends/reconnect.py) --------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """An attempt whose upgrade the relay answered with an HTTP status."""
+
+    status: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unreached:
+    """An attempt that got no WebSocket: the relay could not be reached (`error` says how)."""
+
+    error: BaseException
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Closed:
+    """An attempt whose connection was up, and ended: with `code` (None: no close frame),
+    closed by this end itself when `ours` (see `after_close`), after `lasted` seconds. `proved`:
+    the end saw the connection work (`relay forward`: the device was there). `stop`: the end
+    saw the session end whatever the code (the relay's final `disconnect`, no device in
+    time), and why."""
+
+    code: int | None
+    ours: bool = False
+    lasted: float = 0.0
+    proved: bool = False
+    stop: str | None = None
+
+
+Attempt = Refusal | Unreached | Closed
+
+STABLE_AFTER = 10.0   # seconds: a connection up this long proved that the way to the relay works
+
+_UNREACHED = Verdict(Next.RECONNECT, "the relay could not be reached")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    """What an end does after an attempt: `next` (RECONNECT after `delay` seconds,
+    WAIT_FOR_TOKEN, or STOP; `gave_up`: STOP because too many attempts in a row failed), and
+    `verdict`, what the policy above said of the attempt (its text for people), before this
+    end's limits."""
+
+    next: Next
+    verdict: Verdict
+    delay: float = 0.0
+    gave_up: bool = False
+
+
+class Reconnect:
+    """One end's attempts to stay connected, one after another: after each, what the end does
+    next. Every end follows `after_close` and `after_refusal`; what differs between the ends is
+    stated here, once, as settings:
+
+    - `new_tokens`: the end has a way to a new token (the agent hears it over MQTT); one that
+      has none stops where the policy would wait for one;
+    - `max_attempts`: failed attempts in a row before it gives up (None: never; the agent is
+      bounded by the tunnel's lifetime instead);
+    - `stable_after`: a connection up this long proves the way works (None: only the end's
+      `proved` does); then the backoff and the count of failures start over;
+    - `first_must_open`: a first attempt that opens no connection is final (`relay forward`
+      says at once why it cannot connect, and listens only once it has connected).
+    """
+
+    def __init__(self, backoff: Backoff | None = None, *, new_tokens: bool = False, max_attempts: int | None = None,
+                 stable_after: float | None = STABLE_AFTER, first_must_open: bool = False) -> None:
+        self.backoff = backoff or Backoff()
+        self.new_tokens = new_tokens
+        self.max_attempts = max_attempts
+        self.stable_after = stable_after
+        self.first_must_open = first_must_open
+        self.failures = 0      # attempts since the last connection that proved the way works
+        self.opened = False    # whether any attempt opened a connection
+
+    def after(self, attempt: Attempt) -> Step:
+        if isinstance(attempt, Closed):
+            self.opened = True
+            verdict = after_close(attempt.code, ours=attempt.ours) if attempt.stop is None \
+                else Verdict(Next.STOP, attempt.stop)
+            if attempt.proved or (self.stable_after is not None and attempt.lasted >= self.stable_after):
+                self.backoff.reset()
+                self.failures = 0
+        else:
+            verdict = after_refusal(attempt.status) if isinstance(attempt, Refusal) else _UNREACHED
+            if self.first_must_open and not self.opened:
+                return Step(Next.STOP, verdict)
+        if verdict.next is Next.WAIT_FOR_TOKEN and not self.new_tokens:
+            return Step(Next.STOP, verdict)
+        if verdict.next is not Next.RECONNECT:
+            return Step(verdict.next, verdict)
+        self.failures += 1
+        if self.max_attempts is not None and self.failures > self.max_attempts:
+            return Step(Next.STOP, verdict, gave_up=True)
+        return Step(Next.RECONNECT, verdict, delay=self.backoff.next_delay())
+
+    def token_arrived(self) -> None:
+        """A new token came after WAIT_FOR_TOKEN: the next attempt starts the delays over."""
+        self.backoff.reset()

@@ -2,7 +2,7 @@
 //! do per socket read, in one call, for both protocols (docs/codec.md, "The ends' codec").
 //!
 //! Outgoing: TCP bytes -> client frames (masked, RFC 6455 5.3, a fresh key per frame):
-//! Huawei `tcp` service `forward_data` envelopes (base64 chunks, the JSON of relay/forward.py)
+//! Huawei `tcp` service `forward_data` envelopes (base64 chunks, the JSON of relay/ends/huawei_tcp.py)
 //! as text frames, AWS V3 DATA messages (relay/aws_messages.py's encoding) as binary frames.
 //! Incoming: the relay's (server, unmasked) frames -> the decoded data of the data messages,
 //! grouped per connection, and every other message raw, in order, for Python to handle.
@@ -20,7 +20,7 @@ use crate::envelope::CLOSE_INVALID_ENVELOPE;
 use crate::frame::{close_reply, unmask_in_place, MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 use crate::json::{self, Doc, Field};
 
-/// Raw bytes per `forward_data` (relay/forward.py's CHUNK): 9336 base64 characters, so the
+/// Raw bytes per `forward_data` (relay/ends/huawei_tcp.py's CHUNK): 9336 base64 characters, so the
 /// envelope stays under the relay's 10240-byte limit with a 128-byte connection id.
 pub const CHUNK: usize = 7000;
 /// Default limit of one incoming Huawei message (the relay forwards at most its own
@@ -334,7 +334,7 @@ mod simd {
 // ---------------------------------------------------------------- outgoing messages
 
 /// `{"operation_type":"forward_data","tunnel_service_type":"tcp","request_id":ID,"data":"` as
-/// orjson.dumps writes relay/forward.py's envelope: what every chunk of a connection shares.
+/// orjson.dumps writes relay/ends/huawei_tcp.py's envelope: what every chunk of a connection shares.
 pub fn forward_data_prefix(conn_id: &str) -> Vec<u8> {
     let mut p = Vec::with_capacity(96 + conn_id.len());
     p.extend_from_slice(b"{\"operation_type\":\"forward_data\",\"tunnel_service_type\":\"tcp\",\"request_id\":");
@@ -744,7 +744,7 @@ fn huawei_message(msg: &[u8], chunk: usize, out: &mut Output<String>) -> Result<
         }
     };
     // the fast path: a forward_data of the tcp service with a non-empty canonical base64 string
-    // of at most `chunk` bytes; anything else goes to Python raw (relay/forward.py's rules answer it)
+    // of at most `chunk` bytes; anything else goes to Python raw (relay/ends/huawei_tcp.py's rules answer it)
     if let (Field::Str(op), Field::Str(service), Field::Str(rid), Field::Str(data)) =
         (&env.operation_type, &env.tunnel_service_type, &env.request_id, &env.data)
     {
@@ -902,7 +902,7 @@ fn payload_of(b: &[u8]) -> &[u8] {
 impl Aws {
     /// The complete tunnel messages of the stream buffer: DATA's payload grouped, others raw
     /// (the protobuf body, no length prefix), with the relay's rules 1-3 (docs/codec.md,
-    /// "Tunnel-message rules"); what the other rules say is the ends' business (relay/aws_streams.py).
+    /// "Tunnel-message rules"); what the other rules say is the ends' business (relay/ends/aws_streams.py).
     fn messages(&mut self, out: &mut Output<AwsKey>) -> Result<(), Violation> {
         let mut pos = 0;
         let res = loop {

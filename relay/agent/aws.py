@@ -25,6 +25,7 @@ from typing import Any
 
 from relay.ends.aws_session import Session, aws_endpoint
 from relay.ends.aws_streams import Destination, match_service
+from relay.ends.websocket import tls_setting
 from relay.agent.settings import AgentSettings
 from relay.notify import AwsNotify, cancel_and_wait
 
@@ -37,23 +38,15 @@ def destinations(settings: AgentSettings) -> dict[str, tuple[str, int]]:
     return {"SSH": (settings.ssh_host, settings.ssh_port)}
 
 
-def ssl_setting(settings: AgentSettings) -> ssl.SSLContext | bool:
-    if settings.tls_insecure:
-        return False
-    if settings.tls_ca_file:
-        return ssl.create_default_context(cafile=settings.tls_ca_file)
-    return True
-
-
 def new_session(settings: AgentSettings, token: str, *, endpoint: str, client_token: str | None = None,
                 **overrides: Any) -> Session:
     services = destinations(settings)
     extra = {"device_id": settings.device_id, "protocol": "aws"}
     options: dict[str, Any] = dict(
         mode="destination", endpoint=endpoint, token=token, client_token=client_token,
-        make_table=lambda version: Destination(services, version), ssl=ssl_setting(settings),
-        heartbeat=settings.heartbeat, reconnect_initial=settings.reconnect_initial,
-        reconnect_max=settings.reconnect_max, extra=extra)
+        make_table=lambda version: Destination(services, version),
+        ssl=tls_setting(settings.tls_ca_file, settings.tls_insecure), heartbeat=settings.heartbeat,
+        reconnect_initial=settings.reconnect_initial, reconnect_max=settings.reconnect_max, extra=extra)
     options.update(overrides)
     return Session(**options)
 

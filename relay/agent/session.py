@@ -34,7 +34,7 @@ MIN_BUDGET = 64   # a limit that leaves less room than this for output is a conf
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Send:
+class ToSource:
     payload: bytes   # one JSON text message
 
 
@@ -55,7 +55,7 @@ class CloseShell:
     reason: str
 
 
-Effect = Send | OpenShell | WriteShell | CloseShell
+Effect = ToSource | OpenShell | WriteShell | CloseShell
 
 
 def message(operation_type: str, request_id: str, data: Any = None) -> bytes:
@@ -123,7 +123,7 @@ class DeviceSession:
         effects: list[Effect] = self._end("a new connect replaces the session")
         if not isinstance(data, dict) or not isinstance(data.get("username"), str) or not data["username"] \
                 or not isinstance(data.get("password"), str):
-            effects.append(Send(message("connect_response", request_id, status(
+            effects.append(ToSource(message("connect_response", request_id, status(
                 "400", "connect needs data {\"username\": string, \"password\": string}"))))
             return effects
         effects.append(OpenShell(request_id, data["username"], data["password"]))
@@ -131,9 +131,9 @@ class DeviceSession:
 
     def _command(self, request_id: str, data: Any) -> list[Effect]:
         if not self.shell_open:
-            return [Send(message("disconnect", request_id, status("400", "no SSH session: send connect first")))]
+            return [ToSource(message("disconnect", request_id, status("400", "no SSH session: send connect first")))]
         if not isinstance(data, str):
-            return [Send(message("command_response", request_id,
+            return [ToSource(message("command_response", request_id,
                                  "[relay agent] command data must be a string; nothing was written\r\n"))]
         self.output_request_id = request_id
         return [WriteShell(data.encode("utf-8", "surrogatepass"))]
@@ -152,30 +152,30 @@ class DeviceSession:
         self._closing = False
         self.output_request_id = request_id
         self._decoder.reset()
-        return [Send(message("connect_response", request_id, status("200", description)))]
+        return [ToSource(message("connect_response", request_id, status("200", description)))]
 
     def login_failed(self, request_id: str, code: str, reason: str) -> list[Effect]:
         self.shell_open = False
-        return [Send(message("connect_response", request_id, status(code, reason)))]
+        return [ToSource(message("connect_response", request_id, status(code, reason)))]
 
     def output(self, data: bytes) -> list[Effect]:
         text = self._decoder.decode(data)
         if not text or self.output_request_id is None:
             return []
-        return [Send(m) for m in split_output(text, self.output_request_id, self.max_message_size)]
+        return [ToSource(m) for m in split_output(text, self.output_request_id, self.max_message_size)]
 
     def shell_ended(self, exit_status: int | None) -> list[Effect]:
         """The shell's output is over (after `output` got all of it)."""
         tail = self._decoder.decode(b"", final=True)
         effects: list[Effect] = []
         if tail and self.output_request_id is not None:
-            effects += [Send(m) for m in split_output(tail, self.output_request_id, self.max_message_size)]
+            effects += [ToSource(m) for m in split_output(tail, self.output_request_id, self.max_message_size)]
         was_asked, self._closing = self._closing, False
         if was_asked:
             return effects
         self.shell_open = False
         text = "the SSH session ended" + (f" (exit status {exit_status})" if exit_status is not None else "")
-        effects.append(Send(message("disconnect", self.output_request_id or "device", status("200", text))))
+        effects.append(ToSource(message("disconnect", self.output_request_id or "device", status("200", text))))
         effects.append(CloseShell("the shell ended"))
         return effects
 

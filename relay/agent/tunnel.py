@@ -1,30 +1,28 @@
 """One tunnel on the device side: the WebSocket (relay/ends/websocket.py) to the
-device-connect address, the SSH shell behind it, reconnection. The decisions are
-`session.py`'s (messages) and relay/closes.py's (what follows a close or a refusal)."""
+device-connect address, the SSH shell behind it, reconnection (the one loop of every end,
+relay/ends/reconnect.py). The decisions are `session.py`'s (messages) and relay/closes.py's
+(what follows a close or a refusal); what is the agent's own: a rotated token comes over MQTT
+(`update`), and the tunnel's lifetime bounds the attempts."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import ssl
 
-from relay import closes
 from relay.agent.forwarding import ForwardHost
-from relay.agent.session import CloseShell, DeviceSession, Effect, OpenShell, Send, WriteShell
+from relay.agent.session import CloseShell, DeviceSession, Effect, OpenShell, ToSource, WriteShell
 from relay.agent.settings import AgentSettings
 from relay.agent.ssh import LoginFailed, Shell
-from relay.closes import Backoff, Next
+from relay.closes import Attempt, Backoff, Closed, Next, Reconnect, Refusal, Step, Unreached
 from relay.ends import huawei_tcp
-from relay.ends.pipes import describe
-from relay.ends.websocket import SEND_ERRORS, ClientSocket, Connector, Refused, Unreachable
+from relay.ends.reconnect import keep_connected, why_unreached
+from relay.ends.websocket import SEND_ERRORS, ClientSocket, Connector, tls_setting
 from relay.notify import TunnelNotify
 
 log = logging.getLogger(__name__)
 
 _GONE: tuple[type[BaseException], ...] = (*SEND_ERRORS, RuntimeError)   # what a send on a closed WebSocket raises
-
-STABLE_AFTER = 10.0   # a connection that lasted this long resets the backoff
 
 
 class TunnelClient:
@@ -36,7 +34,7 @@ class TunnelClient:
         self._token_changed = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._deadline = loop.time() + max(0, notify.expires_in)
-        self._backoff = Backoff(settings.reconnect_initial, settings.reconnect_max)
+        self._tried = self._token   # the token of the latest attempt
         self._shell: Shell | None = None
         self._pump: asyncio.Task[None] | None = None
         self.forwards: ForwardHost | None = None   # the current connection's forwarded TCP connections
@@ -53,49 +51,50 @@ class TunnelClient:
             self._token_changed.set()
         self._deadline = asyncio.get_running_loop().time() + max(0, notify.expires_in)
 
-    # -- the connection loop -------------------------------------------------------------
+    # -- the connection, kept (relay/ends/reconnect.py) -----------------------------------
 
     async def run(self) -> str:
-        ssl_context = self._ssl_context()
+        if self._lifetime_over():
+            return self._finish("the tunnel's lifetime is over")
+        s = self.settings
+        rules = Reconnect(Backoff(s.reconnect_initial, s.reconnect_max), new_tokens=True)
+        ssl = tls_setting(s.tls_ca_file, s.tls_insecure)
         async with Connector() as connector:
-            while True:
-                if asyncio.get_running_loop().time() >= self._deadline:
-                    return self._finish("the tunnel's lifetime is over")
+            async def open_socket() -> ClientSocket:
                 self._token_changed.clear()
-                token = self._token
-                try:
-                    ws = await connector.open(self._uri, headers={"tunnel_access_token": token}, ssl=ssl_context,
-                                              heartbeat=self.settings.heartbeat)
-                except Refused as exc:
-                    decision = closes.after_refusal(exc.status).next
-                    log.warning("the relay refused the connection (HTTP %s): %s", exc.status, decision.value,
-                                extra=self.extra())
-                except Unreachable as exc:
-                    decision = Next.RECONNECT
-                    log.warning("cannot reach the relay (%s); will retry", _describe(exc.error), extra=self.extra())
-                else:
-                    started = asyncio.get_running_loop().time()
-                    log.info("connected to the relay", extra=self.extra())
-                    try:
-                        code = await self._serve(ws)
-                    finally:
-                        await ws.close()
-                    decision = closes.after_close(code).next
-                    log.info("the relay connection ended (close code %s): %s", code, decision.value, extra=self.extra())
-                    if asyncio.get_running_loop().time() - started >= STABLE_AFTER:
-                        self._backoff.reset()
-                if decision is Next.STOP:
-                    return self._finish("the relay ended the tunnel")
-                if decision is Next.WAIT_FOR_TOKEN:
-                    if self._token == token:
-                        log.info("waiting for a new device token over MQTT", extra=self.extra())
-                    if not await self._wait_for_token(None):
-                        return self._finish("the tunnel's lifetime ran out while waiting for a new token")
-                    self._backoff.reset()
-                    continue
-                delay = self._backoff.next_delay()
-                log.info("reconnecting in %.1f s", delay, extra=self.extra())
-                await self._wait_for_token(delay)   # a new token cuts the wait short
+                self._tried = self._token
+                return await connector.open(self._uri, headers={"tunnel_access_token": self._tried}, ssl=ssl,
+                                            heartbeat=s.heartbeat)
+
+            ending = await keep_connected(rules, open=open_socket, serve=self._serve, notice=self._notice,
+                                          pause=self._pause)
+        return self._finish(ending.why or "the relay ended the tunnel")
+
+    def _notice(self, attempt: Attempt, step: Step) -> None:
+        if isinstance(attempt, Refusal):
+            log.warning("the relay refused the connection (HTTP %s): %s", attempt.status, step.next.value,
+                        extra=self.extra())
+        elif isinstance(attempt, Unreached):
+            log.warning("cannot reach the relay (%s); will retry", why_unreached(attempt), extra=self.extra())
+        else:
+            log.info("the relay connection ended (close code %s): %s", attempt.code, step.next.value,
+                     extra=self.extra())
+
+    async def _pause(self, step: Step) -> str | None:
+        """Until the next attempt: a new token (WAIT_FOR_TOKEN), or the delay, which a new
+        token cuts short. A reason to stop when the tunnel's lifetime ends first."""
+        if step.next is Next.WAIT_FOR_TOKEN:
+            if self._token == self._tried:
+                log.info("waiting for a new device token over MQTT", extra=self.extra())
+            if not await self._wait_for_token(None):
+                return "the tunnel's lifetime ran out while waiting for a new token"
+        else:
+            log.info("reconnecting in %.1f s", step.delay, extra=self.extra())
+            await self._wait_for_token(step.delay)
+        return "the tunnel's lifetime is over" if self._lifetime_over() else None
+
+    def _lifetime_over(self) -> bool:
+        return asyncio.get_running_loop().time() >= self._deadline
 
     async def _wait_for_token(self, delay: float | None) -> bool:
         """Wait for a token change (up to `delay` s when given); False when the lifetime ends first."""
@@ -114,17 +113,17 @@ class TunnelClient:
         log.info("tunnel done: %s", why, extra=self.extra())
         return why
 
-    def _ssl_context(self) -> ssl.SSLContext | bool:
-        """aiohttp's `ssl=`: True verifies with the system's CAs (ws:// ignores it)."""
-        if self.settings.tls_insecure:
-            return False
-        if self.settings.tls_ca_file:
-            return ssl.create_default_context(cafile=self.settings.tls_ca_file)
-        return True
-
     # -- one connection ------------------------------------------------------------------
 
-    async def _serve(self, ws: ClientSocket) -> int | None:
+    async def _serve(self, ws: ClientSocket) -> Closed:
+        log.info("connected to the relay", extra=self.extra())
+        try:
+            code = await self._relay(ws)
+        finally:
+            await ws.close()
+        return Closed(code)
+
+    async def _relay(self, ws: ClientSocket) -> int | None:
         session = DeviceSession(self.settings.max_message_size)
         forwards = ForwardHost(self.settings, ws.send, self.extra())
         forwards.pipes.attach(ws)   # the `tcp` service's data: the socket's codec path, not messages
@@ -150,7 +149,7 @@ class TunnelClient:
 
     async def _apply(self, session: DeviceSession, ws: ClientSocket, effects: list[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, Send):
+            if isinstance(effect, ToSource):
                 if not ws.closed:
                     await ws.send(effect.payload.decode())
             elif isinstance(effect, WriteShell):
@@ -192,7 +191,7 @@ class TunnelClient:
             if self._shell is shell:
                 effects = session.shell_ended(shell.exit_status)
                 for effect in effects:   # the pump cannot close itself: leave CloseShell to the caller
-                    if isinstance(effect, Send) and not ws.closed:
+                    if isinstance(effect, ToSource) and not ws.closed:
                         await ws.send(effect.payload.decode())
                 self._shell = None
                 self._pump = None
@@ -210,6 +209,3 @@ class TunnelClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
 
-
-def _describe(exc: BaseException) -> str:
-    return "timed out" if isinstance(exc, asyncio.TimeoutError) else describe(exc)

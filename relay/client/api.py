@@ -49,14 +49,6 @@ def source_uri(url: str, tunnel_id: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-def ssl_context(ca_file: str | None = None, insecure: bool = False) -> ssl.SSLContext | bool:
-    if insecure:
-        return False
-    if ca_file:
-        return ssl.create_default_context(cafile=ca_file)
-    return True
-
-
 class RelayApi:
     def __init__(self, url: str, token: str, project: str, *, instance_id: str | None = None,
                  ssl: ssl.SSLContext | bool = True, timeout: float = 30.0) -> None:

@@ -34,6 +34,7 @@ from relay.ends.aws_streams import Source, stream_name
 from relay.ends.listeners import Listener, hostport
 from relay.ends.localproxy_args import parse_destinations, parse_listeners
 from relay.ends.pipes import StreamPipe
+from relay.ends.websocket import tls_setting
 from relay.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -352,8 +353,9 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
                             stop: asyncio.Event | None = None,
                             started: Callable[[SourceProxy], None] | None = None) -> int:
     """`relay forward --protocol aws`: until `stop` (SIGINT/SIGTERM) or the tunnel ends."""
-    from relay.client.api import ClientError, ssl_context
+    from relay.client.api import ClientError
     from relay.client.commands import closes_on_exit, make_api
+    from relay.client.forward import forward_failed
 
     stop = stop or stop_on_signals()
     service = args.service
@@ -388,17 +390,13 @@ async def forward_aws_async(args: argparse.Namespace, terminal: Any, listen: tup
                     output.say(text)
 
             proxy = SourceProxy(endpoint=endpoint, token=token, listeners={service: listen[1]}, bind=listen[0],
-                                wait=args.wait, ssl=ssl_context(args.ca_file, args.insecure),
+                                wait=args.wait, ssl=tls_setting(args.ca_file, args.insecure),
                                 highest=3, notice=terminal.notice, error=terminal.error, announce=announce)
             if started is not None:
                 started(proxy)
             return await until(proxy.run(), stop, terminal.notice)
-        except OSError as exc:
-            terminal.error(f"relay: cannot listen on {hostport(*listen)}: {exc.strerror or exc}")
-            return EXIT_FAILURE
-        except ClientError as exc:
-            terminal.error(f"relay: {exc}")
-            return EXIT_FAILURE
+        except (OSError, ClientError) as exc:
+            return forward_failed(terminal.error, listen, exc)
         finally:
             if api is not None and tunnel_id is not None and closes_on_exit(created, args):
                 with contextlib.suppress(ClientError):

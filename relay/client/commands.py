@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 from relay import config
 from relay.client import output
-from relay.client.api import ApiError, ClientError, RelayApi, ssl_context
+from relay.client.api import ApiError, ClientError, RelayApi
+from relay.ends.websocket import tls_setting
 from relay.client.remote import EXIT_FAILURE, Opened, execute, interactive, open_tunnel, waiter_for
 from relay.client.session import SourceSession
 from relay.client.terminal import Terminal
@@ -61,7 +62,7 @@ def api_token(args: argparse.Namespace) -> str:
 
 def make_api(args: argparse.Namespace) -> RelayApi:
     return RelayApi(args.url, api_token(args), args.project, instance_id=args.instance_id or None,
-                    ssl=ssl_context(args.ca_file, args.insecure), timeout=args.timeout)
+                    ssl=tls_setting(args.ca_file, args.insecure), timeout=args.timeout)
 
 
 def _fail(exc: Exception, err: TextIO) -> None:

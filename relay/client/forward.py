@@ -19,17 +19,19 @@ from collections.abc import Callable
 import aiohttp
 
 from relay.client import output
-from relay.client.api import ClientError, RelayApi, Unreachable, source_uri, ssl_context
-from relay.client.remote import (EXIT_FAILURE, Opened, Refused, Waiter, connect, open_tunnel, take_over,
+from relay.client.api import ClientError, RelayApi, source_uri
+from relay.client.remote import (EXIT_FAILURE, Opened, Waiter, connect_error, open_source, open_tunnel, take_over_tunnel,
                                  waiter_for)
 from relay.client.running import stop_on_signals, token_and_target, until
 from relay.client.terminal import Terminal
 from relay.client.waiting import PROGRESS_EVERY, gave_up, still_waiting
-from relay.closes import Next, after_close, after_refusal, describe_close, disconnect_is_final
+from relay.closes import Attempt, Backoff, Closed, Next, Reconnect, Step, describe_close, disconnect_is_final
 from relay.ends import huawei_tcp
 from relay.ends.listeners import Listener, hostport
+from relay.ends.localproxy_args import split_endpoint
 from relay.ends.pipes import TcpPipe, TcpPipes
-from relay.ends.websocket import SEND_ERRORS, ClientSocket
+from relay.ends.reconnect import keep_connected
+from relay.ends.websocket import SEND_ERRORS, ClientSocket, send_on, tls_setting
 from relay.errors import ConfigError
 
 MAX_RECONNECTS = 10
@@ -37,10 +39,7 @@ MAX_RECONNECTS = 10
 
 def parse_listen(text: str) -> tuple[str, int]:
     """`HOST:PORT`, `[IPv6]:PORT` or `PORT` (on 127.0.0.1)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    host = host.strip("[]") or "127.0.0.1"
+    host, port = split_endpoint(text, "127.0.0.1")
     try:
         number = int(port)
     except ValueError:
@@ -75,70 +74,65 @@ class Forwarder:
         self._listener = Listener(self._handle)
 
     async def send(self, payload: str) -> None:
-        ws = self._ws
-        if ws is None:
-            raise ConnectionResetError("the tunnel's WebSocket is not connected")
-        await ws.send(payload)
+        await send_on(self._ws, payload)
 
-    # -- the WebSocket, reconnected -------------------------------------------------------
+    # -- the WebSocket, reconnected (relay/ends/reconnect.py) -----------------------------------
 
     async def run(self) -> int:
-        listening = False
-        delay, attempts = 1.0, 0
         try:
-            while True:
-                try:
-                    self._ws = await connect(self.http, self.opened, self.ssl)
-                except ClientError as exc:
-                    if not listening or attempts >= MAX_RECONNECTS or not _retryable(exc):
-                        raise
-                    attempts += 1
-                    self.error(f"{exc}; retrying in {delay:g} s")
-                    await asyncio.sleep(delay)
-                    delay = min(30.0, delay * 2)
-                    continue
-                self.notice("waiting for the device's end of the tunnel (its agent) to connect...")
-                reader = asyncio.create_task(self._read(self._ws))
-                if not listening:
-                    await self._wait_for_device(reader)
-                    if not self.device_ready.is_set():
-                        reader.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await reader
-                        if self._final is None and self.waiter is not None:
-                            self._final = gave_up(self.waiter[0], self.wait, await self.waiter[1]())
-                        self.error(self._final or f"the device did not connect within {self.wait:g} s: "
-                                   "is it online, and does it run `relay agent`?")
-                        return EXIT_FAILURE
-                    host, port = await self._listener.start(*self.listen)
-                    self.address = (host, port)
-                    listening = True
-                    self.listening.set()
-                    self.announce(f"forwarding {hostport(host, port)} -> device port {self.port}")
-                code = await reader
-                started_ok = self.device_ready.is_set()
-                self.device_ready.clear()
-                n = await self.pipes.abort_all("the tunnel's WebSocket ended")
-                if n:
-                    self.error(f"the connection to the relay ended: aborted {n} forwarded connection(s)")
-                if self._final is not None:
-                    self.error(self._final)
-                    return EXIT_FAILURE
-                if after_close(code).next is not Next.RECONNECT:   # a new token could only come from us
-                    self.error(f"the relay ended the session: {describe_close(code)}")
-                    return EXIT_FAILURE
-                if started_ok:
-                    delay, attempts = 1.0, 0
-                attempts += 1
-                if attempts > MAX_RECONNECTS:
-                    self.error(f"{describe_close(code)}; giving up after {MAX_RECONNECTS} attempts")
-                    return EXIT_FAILURE
-                self.error(f"{describe_close(code)}; reconnecting in {delay:g} s")
-                await asyncio.sleep(delay)
-                delay = min(30.0, delay * 2)
+            ending = await keep_connected(reconnect_rules(), open=self._open, serve=self._serve,
+                                          notice=self._notice)
+            if not isinstance(ending.attempt, Closed):   # said by forward_async, as any command's
+                raise connect_error(self.opened.uri, ending.attempt)
+            return EXIT_FAILURE
         finally:
             self._listener.close()
             await self._shutdown()
+
+    async def _open(self) -> ClientSocket:
+        self._ws = await open_source(self.http, self.opened, self.ssl)
+        return self._ws
+
+    async def _serve(self, ws: ClientSocket) -> Closed:
+        """One connection: the first waits for the device, then listens; every one relays
+        until it ends, then aborts the forwarded connections."""
+        self.notice("waiting for the device's end of the tunnel (its agent) to connect...")
+        reader = asyncio.create_task(self._read(ws))
+        if not self.listening.is_set():
+            await self._wait_for_device(reader)
+            if not self.device_ready.is_set():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                if self._final is None and self.waiter is not None:
+                    self._final = gave_up(self.waiter[0], self.wait, await self.waiter[1]())
+                return Closed(ws.close_code, stop=self._final or f"the device did not connect within {self.wait:g} s: "
+                              "is it online, and does it run `relay agent`?")
+            host, port = await self._listener.start(*self.listen)
+            self.address = (host, port)
+            self.listening.set()
+            self.announce(f"forwarding {hostport(host, port)} -> device port {self.port}")
+        code = await reader
+        proved = self.device_ready.is_set()   # the device was there: the way works
+        self.device_ready.clear()
+        n = await self.pipes.abort_all("the tunnel's WebSocket ended")
+        if n:
+            self.error(f"the connection to the relay ended: aborted {n} forwarded connection(s)")
+        return Closed(code, proved=proved, stop=self._final)
+
+    def _notice(self, attempt: Attempt, step: Step) -> None:
+        if not isinstance(attempt, Closed):
+            if step.next is Next.RECONNECT:
+                self.error(f"{connect_error(self.opened.uri, attempt)}; retrying in {step.delay:g} s")
+            return   # a final one is run()'s to raise
+        if attempt.stop is not None:
+            self.error(attempt.stop)
+        elif step.gave_up:
+            self.error(f"{describe_close(attempt.code)}; giving up after {MAX_RECONNECTS} attempts")
+        elif step.next is not Next.RECONNECT:   # a new token could only come from us
+            self.error(f"the relay ended the session: {describe_close(attempt.code)}")
+        else:
+            self.error(f"{describe_close(attempt.code)}; reconnecting in {step.delay:g} s")
 
     async def _shutdown(self) -> None:
         """Stopping: tell the device about every open connection, then end them."""
@@ -260,13 +254,26 @@ class Forwarder:
         self.notice(f"connection {conn_id} {how}: {c.bytes_out} bytes sent, {c.bytes_in} received")
 
 
-def _retryable(exc: ClientError) -> bool:
-    """The relay could not be reached, or is restarting or overloaded (relay/closes.py); not a
-    refusal of the tunnel or token."""
-    return isinstance(exc, Unreachable) or (isinstance(exc, Refused) and after_refusal(exc.status).next is Next.RECONNECT)
+def reconnect_rules() -> Reconnect:
+    """How `relay forward` reconnects (relay/closes.py's policy): delays of 1, 2, 4 ... 30 s
+    without jitter (it prints them), MAX_RECONNECTS failures in a row at most, a connection on
+    which the device was there proves the way works, no way to a new token, and a first
+    attempt that cannot connect is final (it listens only once it reached the device)."""
+    return Reconnect(Backoff(1.0, 30.0, jitter=0), max_attempts=MAX_RECONNECTS, stable_after=None,
+                     first_must_open=True)
 
 
 # -- the command ------------------------------------------------------------------------------
+
+
+def forward_failed(error: Callable[[str], None], listen: tuple[str, int], exc: OSError | ClientError) -> int:
+    """What `relay forward` (either protocol) says when it cannot listen (an OSError of the
+    local listener) or the relay or the tunnel failed it; its exit status."""
+    if isinstance(exc, ClientError):
+        error(f"relay: {exc}")
+    else:
+        error(f"relay: cannot listen on {hostport(*listen)}: {exc.strerror or exc}")
+    return EXIT_FAILURE
 
 
 def forward_command(args: argparse.Namespace) -> int:
@@ -295,7 +302,7 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
             http, ssl = api.http, api.ssl
         else:
             http = await stack.enter_async_context(aiohttp.ClientSession())
-            ssl = ssl_context(args.ca_file, args.insecure)
+            ssl = tls_setting(args.ca_file, args.insecure)
         assert http is not None
         opened: Opened | None = None
         try:
@@ -303,7 +310,7 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
                 opened = Opened(args.tunnel, source_uri(args.url, args.tunnel), token, created=False)
             elif args.tunnel:
                 assert api is not None
-                opened = await take_over(api, args.tunnel, terminal.notice)
+                opened = await take_over_tunnel(api, args.tunnel, terminal.notice)
             else:
                 assert api is not None
                 opened = await open_tunnel(api, args.device_id, terminal.notice, expires_in=args.expires_in,
@@ -317,12 +324,8 @@ async def forward_async(args: argparse.Namespace, terminal: Terminal, listen: tu
             if started is not None:
                 started(forwarder)
             return await until(forwarder.run(), stop, terminal.notice)
-        except OSError as exc:   # the local listener
-            terminal.error(f"relay: cannot listen on {hostport(*listen)}: {exc.strerror or exc}")
-            return EXIT_FAILURE
-        except ClientError as exc:
-            terminal.error(f"relay: {exc}")
-            return EXIT_FAILURE
+        except (OSError, ClientError) as exc:
+            return forward_failed(terminal.error, listen, exc)
         finally:
             if opened is not None and api is not None:
                 await _after(api, args, opened, terminal)

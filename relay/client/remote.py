@@ -13,11 +13,12 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from relay.client.api import ApiError, ClientError, RelayApi, Unreachable, source_uri
-from relay.client.session import Ended, Event, ExecFraming, Notice, Output, Phase, Send, SourceSession
+from relay.client.session import Ended, Event, ExecFraming, Notice, Output, Phase, ToDevice, SourceSession
 from relay.client.terminal import Terminal
 from relay.client.waiting import PROGRESS_EVERY, gave_up, still_waiting
-from relay.closes import after_refusal
+from relay.closes import Refusal, Unreached, after_refusal
 from relay.ends import websocket
+from relay.ends.reconnect import attempt_of
 from relay.ends.websocket import SEND_ERRORS, ClientSocket
 
 # the device the command waits for, and how to read its tunnel (None when it cannot be read)
@@ -56,12 +57,12 @@ class Opened:
 async def open_tunnel(api: RelayApi, device_id: str, notice: Callable[[str], None], *,
                       description: str | None = None, expires_in: int | None = None) -> Opened:
     """A tunnel to `device_id` with a source token we hold: a new one, or the device's open
-    tunnel taken over (`take_over`: the token is only returned by create and rotate;
+    tunnel taken over (`take_over_tunnel`: the token is only returned by create and rotate;
     rotating it cuts off any other application connected to that tunnel)."""
     for attempt in range(2):
         page = await api.list_page(device_id=device_id, status="OPEN", limit=1)
         if page.get("tunnels"):
-            return await take_over(api, page["tunnels"][0]["tunnel_id"], notice, page["tunnels"][0])
+            return await take_over_tunnel(api, page["tunnels"][0]["tunnel_id"], notice, page["tunnels"][0])
         notice(f"creating a tunnel to {device_id}...")
         try:
             made = await api.create(device_id, description=description, expires_in=expires_in)
@@ -94,7 +95,7 @@ async def rotate_for_reuse(api: RelayApi, tunnel_id: str, notice: Callable[[str]
     return await api.rotate(tunnel_id, "all")
 
 
-async def take_over(api: RelayApi, tunnel_id: str, notice: Callable[[str], None] = lambda text: None,
+async def take_over_tunnel(api: RelayApi, tunnel_id: str, notice: Callable[[str], None] = lambda text: None,
                     info: dict | None = None) -> Opened:
     """An existing tunnel, with a new source token (which cuts off the application that
     held the old one), and a new device token sent to the device when its end is not
@@ -103,16 +104,26 @@ async def take_over(api: RelayApi, tunnel_id: str, notice: Callable[[str], None]
     return Opened(tunnel_id, source_uri(api.url, tunnel_id), rotated["tunnel_access_token"], created=False)
 
 
-async def connect(http: aiohttp.ClientSession, opened: Opened, ssl: ssl_.SSLContext | bool = True) -> ClientSocket:
+async def open_source(http: aiohttp.ClientSession, opened: Opened, ssl: ssl_.SSLContext | bool = True) -> ClientSocket:
     """The tunnel's source-connect WebSocket, on the REST client's HTTP session. Raises
-    `Refused` (an HTTP status) or `Unreachable`."""
+    relay/ends/websocket.py's `Refused` or `Unreachable` (`connect_error` words them)."""
+    return await websocket.Connector(http).open(opened.uri, headers={"tunnel_access_token": opened.token}, ssl=ssl)
+
+
+def connect_error(uri: str, failure: Refusal | Unreached) -> ClientError:
+    """A failed opening of the WebSocket to `uri`, as the commands report it."""
+    if isinstance(failure, Refusal):
+        return Refused(failure.status)
+    error = failure.error
+    return Unreachable(f"cannot connect to {uri}: {type(error).__name__} {error}".rstrip())
+
+
+async def connect(http: aiohttp.ClientSession, opened: Opened, ssl: ssl_.SSLContext | bool = True) -> ClientSocket:
+    """The tunnel's source-connect WebSocket. Raises `Refused` (an HTTP status) or `Unreachable`."""
     try:
-        return await websocket.Connector(http).open(opened.uri, headers={"tunnel_access_token": opened.token}, ssl=ssl)
-    except websocket.Refused as exc:
-        raise Refused(exc.status) from None
-    except websocket.Unreachable as exc:
-        error = exc.error
-        raise Unreachable(f"cannot connect to {opened.uri}: {type(error).__name__} {error}".rstrip()) from None
+        return await open_source(http, opened, ssl)
+    except (websocket.Refused, websocket.Unreachable) as exc:
+        raise connect_error(opened.uri, attempt_of(exc)) from None
 
 
 class ShellLink:
@@ -129,7 +140,7 @@ class ShellLink:
 
     async def dispatch(self, events: list[Event]) -> None:
         for event in events:
-            if isinstance(event, Send):
+            if isinstance(event, ToDevice):
                 if not self.ws.closed:
                     with contextlib.suppress(*SEND_ERRORS):
                         await self.ws.send(event.payload)

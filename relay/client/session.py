@@ -45,7 +45,7 @@ MAX_ESCAPED = 6   # the most bytes one character takes in JSON text ("\u001b"; U
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Send:
+class ToDevice:
     payload: str   # one JSON text message
 
 
@@ -73,7 +73,7 @@ class Ended:
     error: bool = True
 
 
-Event = Send | Output | Notice | LoggedIn | Ended
+Event = ToDevice | Output | Notice | LoggedIn | Ended
 
 
 class Phase(str, enum.Enum):
@@ -185,7 +185,7 @@ class SourceSession:
             self.phase = Phase.LOGGING_IN
             self._connect_id = self._new_id()
             payload = message("connect", self._connect_id, {"username": self.username, "password": self._password})
-            return [Notice(f"the device is connected; logging in as {self.username}..."), Send(payload)]
+            return [Notice(f"the device is connected; logging in as {self.username}..."), ToDevice(payload)]
         return []   # a repeated connect_tunnel while logging in or open: nothing new
 
     def _connect_response(self, request_id: Any, data: Any) -> list[Event]:
@@ -244,14 +244,14 @@ class SourceSession:
         text = self._decoder.decode(data) if isinstance(data, bytes) else data
         if not text or self.phase is not Phase.OPEN:
             return []   # nothing is sent while there is no shell (the device would refuse it)
-        return [Send(message("command", self._new_id(), text[i:i + self._chunk]))
+        return [ToDevice(message("command", self._new_id(), text[i:i + self._chunk]))
                 for i in range(0, len(text), self._chunk)]
 
     def close(self, reason: str = "the user left") -> list[Event]:
         """The user is leaving: end the device's SSH session if one is open."""
         events: list[Event] = []
         if self.phase in (Phase.OPEN, Phase.LOGGING_IN):
-            events.append(Send(message("disconnect", self._new_id(), {"status_code": "200", "status_msg": reason})))
+            events.append(ToDevice(message("disconnect", self._new_id(), {"status_code": "200", "status_msg": reason})))
         events += self._end(reason, error=False)
         return events
 

@@ -7,7 +7,9 @@ side (relay/client/), for both protocols. From the bottom up:
 - `pipes`: TCP connections joined to the tunnel, asyncio, both protocols, and the socket
   plumbing they share; `listeners`: the application side's local listeners;
 - `websocket`: the one WebSocket client (the only module here that imports aiohttp, an
-  adapter with a bytes/messages interface); `aws_session`: an AWS end's reconnecting session.
+  adapter with a bytes/messages interface); `reconnect`: the one reconnect loop of every end;
+  `aws_session`: an AWS end's reconnecting session.
 
-What follows a close is relay/closes.py's policy, one for every end.
+What follows a close, and attempt after attempt (`Reconnect`), is relay/closes.py's policy,
+one for every end.
 """

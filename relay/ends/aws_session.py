@@ -1,6 +1,7 @@
 """One end of one AWS-protocol tunnel (either mode): the WebSocket to the relay
 (relay/ends/websocket.py), reconnected with the same access token and client token after it
-drops, and a `StreamPipes` per connection (relay/ends/pipes.py). What follows a close or a
+drops (the one loop of every end, relay/ends/reconnect.py; this end counts its failed
+attempts), and a `StreamPipes` per connection (relay/ends/pipes.py). What follows a close or a
 refusal is relay/closes.py's policy; the stream rules are relay/ends/aws_streams.py's.
 
 Used by the device agent (destination, relay/agent/aws.py) and by `relay localproxy -s` /
@@ -16,14 +17,13 @@ from collections.abc import Awaitable, Callable
 
 from relay import closes
 from relay.aws_messages import VERSION_OF, new_client_token, subprotocols, valid_client_token
-from relay.closes import Backoff, CloseCode, Next
+from relay.closes import Attempt, Backoff, Closed, CloseCode, Next, Reconnect, Refusal, Step, Unreached
 from relay.ends.aws_streams import EndStreams
-from relay.ends.pipes import StreamPipes, describe
-from relay.ends.websocket import ClientSocket, Connector, Refused, Unreachable
+from relay.ends.pipes import StreamPipes
+from relay.ends.reconnect import keep_connected, why_unreached
+from relay.ends.websocket import ClientSocket, Connector, send_on
 
 log = logging.getLogger(__name__)
-
-RECONNECT_STABLE = 10.0   # a connection that lasted this long resets the backoff
 
 
 def tunnel_url(endpoint: str, mode: str) -> str:
@@ -82,57 +82,44 @@ class Session:
         self._socket: ClientSocket | None = None
 
     async def send(self, data: bytes) -> None:
-        socket = self._socket
-        if socket is None:
-            raise ConnectionResetError("the tunnel's WebSocket is not connected")
-        await socket.send(data)
+        await send_on(self._socket, data)
 
     async def run(self) -> str:
-        backoff = Backoff(self.reconnect_initial, self.reconnect_max)
-        failures = 0
+        rules = Reconnect(Backoff(self.reconnect_initial, self.reconnect_max), max_attempts=self.max_attempts)
         headers = {"access-token": self._token, "client-token": self.client_token}
         async with Connector() as connector:
-            while True:
-                started = asyncio.get_running_loop().time()
-                try:
-                    socket = await connector.open(self.url, headers=headers, ssl=self.ssl, heartbeat=self.heartbeat,
-                                                  protocols=subprotocols(self.highest))
-                except Refused as exc:
-                    # This end holds no way to a new token: waiting for one is the end of it.
-                    if closes.after_refusal(exc.status).next is not Next.RECONNECT:
-                        return self._finish(f"the relay refused the {self.mode} token (HTTP {exc.status})",
-                                            failed=True)
-                    log.warning("the relay refused the connection (HTTP %s); will retry", exc.status,
-                                extra=self.extra)
-                except Unreachable as exc:
-                    error = exc.error
-                    log.warning("cannot reach the relay at %s (%s); will retry", self.url.split("?")[0],
-                                describe(error) if not isinstance(error, asyncio.TimeoutError) else "timed out",
-                                extra=self.extra)
-                else:
-                    code, ours = await self._serve(socket)
-                    verdict = closes.after_close(code, ours=ours)
-                    if verdict.next is not Next.RECONNECT:
-                        return self._finish(f"the relay ended the connection: {closes.describe_close(code)}",
-                                            failed=code != CloseCode.NORMAL)
-                    if asyncio.get_running_loop().time() - started >= RECONNECT_STABLE:
-                        backoff.reset()
-                        failures = 0
-                failures += 1
-                if self.max_attempts is not None and failures > self.max_attempts:
-                    return self._finish(f"giving up after {self.max_attempts} attempts to reconnect", failed=True)
-                wait = backoff.next_delay()
-                log.info("reconnecting in %.1f s", wait, extra=self.extra)
-                await asyncio.sleep(wait)
+            async def open_socket() -> ClientSocket:
+                return await connector.open(self.url, headers=headers, ssl=self.ssl, heartbeat=self.heartbeat,
+                                            protocols=subprotocols(self.highest))
 
-    async def _serve(self, socket: ClientSocket) -> tuple[int | None, bool]:
+            ending = await keep_connected(rules, open=open_socket, serve=self._serve, notice=self._notice)
+        attempt = ending.attempt
+        if ending.step.gave_up:
+            return self._finish(f"giving up after {self.max_attempts} attempts to reconnect", failed=True)
+        if isinstance(attempt, Refusal):
+            # This end holds no way to a new token: waiting for one is the end of it.
+            return self._finish(f"the relay refused the {self.mode} token (HTTP {attempt.status})", failed=True)
+        code = attempt.code if isinstance(attempt, Closed) else None
+        return self._finish(f"the relay ended the connection: {closes.describe_close(code)}",
+                            failed=code != CloseCode.NORMAL)
+
+    def _notice(self, attempt: Attempt, step: Step) -> None:
+        if isinstance(attempt, Refusal) and step.verdict.next is Next.RECONNECT:
+            log.warning("the relay refused the connection (HTTP %s); will retry", attempt.status, extra=self.extra)
+        elif isinstance(attempt, Unreached):
+            log.warning("cannot reach the relay at %s (%s); will retry", self.url.split("?")[0], why_unreached(attempt),
+                        extra=self.extra)
+        if step.next is Next.RECONNECT:
+            log.info("reconnecting in %.1f s", step.delay, extra=self.extra)
+
+    async def _serve(self, socket: ClientSocket) -> Closed:
         """Until the connection ends: its close code, and whether this end closed it itself
         because the relay's bytes were not the protocol."""
         version = VERSION_OF.get(socket.protocol or "")
         if version is None:
             log.warning("the relay chose no known subprotocol (%r); closing", socket.protocol, extra=self.extra)
             await socket.close(CloseCode.PROTOCOL_ERROR)
-            return socket.close_code, True
+            return Closed(socket.close_code, ours=True)
         self.version = version
         self.connections += 1
         self._socket = socket
@@ -167,7 +154,7 @@ class Session:
             await socket.close()
             log.info("the relay connection ended (close code %s)%s", socket.close_code,
                      f": reset {n} connection(s)" if n else "", extra=self.extra)
-        return socket.close_code, ours or socket.broke_rules
+        return Closed(socket.close_code, ours=ours or socket.broke_rules)
 
     def _finish(self, why: str, failed: bool) -> str:
         self.outcome = why

@@ -44,6 +44,16 @@ log = logging.getLogger(__name__)
 SEND_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, aiohttp.ClientError)
 
 
+def tls_setting(ca_file: str | None = None, insecure: bool = False) -> ssl_.SSLContext | bool:
+    """What `open`'s `ssl=` takes (ws:// ignores it): False checks no certificate (--insecure),
+    a context trusts `ca_file`, True verifies with the system's CAs."""
+    if insecure:
+        return False
+    if ca_file:
+        return ssl_.create_default_context(cafile=ca_file)
+    return True
+
+
 class Refused(Exception):
     """The relay answered the upgrade with an HTTP status instead of 101."""
 
@@ -59,6 +69,20 @@ class Unreachable(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error) or type(error).__name__)
         self.error = error
+
+
+class NotConnected(ConnectionResetError):
+    """A send with no WebSocket up: between two connections, or after the last."""
+
+    def __init__(self) -> None:
+        super().__init__("the tunnel's WebSocket is not connected")
+
+
+async def send_on(socket: ClientSocket | None, data: bytes | str) -> None:
+    """Send on the current socket of an end that reconnects (None between two connections)."""
+    if socket is None:
+        raise NotConnected()
+    await socket.send(data)
 
 
 class ClientSocket:
@@ -350,14 +374,14 @@ class RawSocket(ClientSocket):
 
     def _write(self, frames: bytes) -> None:
         if self.closed:
-            raise ConnectionResetError("the tunnel's WebSocket is not connected")
+            raise NotConnected()
         self.transport.write(frames)
 
     async def _drain(self) -> None:
         if not self._writable.is_set():
             await self._writable.wait()
             if self._ended:
-                raise ConnectionResetError("the tunnel's WebSocket is not connected")
+                raise NotConnected()
 
     def _ping(self) -> None:
         self._timer = None

@@ -92,7 +92,7 @@ class ConnectionGuard:
       `max_connections_per_address`).
 
     A connection's timer is cancelled as soon as aiohttp lets go of the connection (it
-    closed, or `take_over` made it a tunnel connection), so the timer does not keep
+    closed, or `hand_over_transport` made it a tunnel connection), so the timer does not keep
     aiohttp's handler, about 4 kB, alive for `timeout` seconds after every upgrade."""
 
     def __init__(self, factory: web.Server, settings: Settings, counters: Counters | None = None) -> None:

@@ -65,9 +65,9 @@ def test_source_uri_keeps_scheme_host_and_prefix():
 
 async def test_taking_over_a_tunnel_sends_the_device_a_new_token_only_when_its_end_is_not_connected(relay_factory,
                                                                                                      mosquitto):
-    """`relay forward --tunnel ID` (take_over) and every reuse: the source token is always
+    """`relay forward --tunnel ID` (take_over_tunnel) and every reuse: the source token is always
     rotated; the device token too, and published again, when the device end is not connected."""
-    from relay.client.remote import take_over
+    from relay.client.remote import take_over_tunnel
     from relay.notify import parse_notifies
 
     relay = await relay_factory(mqtt_url=mosquitto.url)
@@ -81,7 +81,7 @@ async def test_taking_over_a_tunnel_sends_the_device_a_new_token_only_when_its_e
     await eventually(delivered)   # the create's notify is behind us: the subscriber sees only what follows
     sub = await mosquitto.subscribe("$oc/devices/dev-take/sys/events/down")
     async with RelayApi(relay.url, TOKEN_A, "proj-a") as api:
-        opened = await take_over(api, created["tunnel_id"], notices.append)
+        opened = await take_over_tunnel(api, created["tunnel_id"], notices.append)
         [(_, payload)] = await sub.messages()
         [notify] = parse_notifies(payload)
         assert notify.tunnel_id == created["tunnel_id"] and notify.token != created["device_access_token"]
@@ -97,7 +97,7 @@ async def test_taking_over_a_tunnel_sends_the_device_a_new_token_only_when_its_e
                     if (await api.show(created["tunnel_id"]))["device_connect_state"]["status"] == "CONNECTED":
                         break
                     await asyncio.sleep(0.05)
-                again = await take_over(api, created["tunnel_id"], notices.append)
+                again = await take_over_tunnel(api, created["tunnel_id"], notices.append)
                 assert "rotating its source token" in notices[-1]
                 assert again.token != opened.token
                 assert not device.closed

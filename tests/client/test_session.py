@@ -7,7 +7,7 @@ import itertools
 import orjson
 import pytest
 
-from relay.client.session import Ended, ExecFraming, LoggedIn, Notice, Output, Phase, Send, SourceSession, message
+from relay.client.session import Ended, ExecFraming, LoggedIn, Notice, Output, Phase, ToDevice, SourceSession, message
 from relay.closes import describe_close
 
 
@@ -17,7 +17,7 @@ def ids():  # type: ignore[no-untyped-def]
 
 
 def sent(events) -> list[dict]:  # type: ignore[no-untyped-def]
-    return [orjson.loads(e.payload) for e in events if isinstance(e, Send)]
+    return [orjson.loads(e.payload) for e in events if isinstance(e, ToDevice)]
 
 
 def only(events, kind):  # type: ignore[no-untyped-def]

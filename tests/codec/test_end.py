@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import relay.codec
-from relay import aws_messages, forward
+from relay import aws_messages
+from relay.ends import huawei_tcp as forward
 from relay.aws_messages import MessageType, ProxyMessage
 from relay.codec._py import end as _end_py
 
@@ -199,7 +200,7 @@ def test_arguments(end: Any) -> None:
 
 @pytest.mark.parametrize("version", [1, 2, 3])
 def test_aws_data_is_byte_for_byte_what_aws_streams_sends(end: Any, version: int) -> None:
-    from relay.aws_streams import Key, Source
+    from relay.ends.aws_streams import Key, Source
 
     table = Source(version=version)
     key, _ = table.accepted("SSH")

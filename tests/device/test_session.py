@@ -8,7 +8,7 @@ import random
 import orjson
 import pytest
 
-from relay.agent.session import CloseShell, DeviceSession, OpenShell, Send, WriteShell, split_output
+from relay.agent.session import CloseShell, DeviceSession, OpenShell, ToSource, WriteShell, split_output
 from relay.closes import Backoff, Next, after_close, after_refusal
 
 
@@ -20,7 +20,7 @@ def msg(op: str, request_id: str = "r1", data=None) -> bytes:  # type: ignore[no
 
 
 def sent(effects) -> list[dict]:  # type: ignore[no-untyped-def]
-    return [orjson.loads(e.payload) for e in effects if isinstance(e, Send)]
+    return [orjson.loads(e.payload) for e in effects if isinstance(e, ToSource)]
 
 
 def logged_in(session: DeviceSession, request_id: str = "c1") -> None:

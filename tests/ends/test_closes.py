@@ -9,7 +9,8 @@ from http import HTTPStatus
 import pytest
 
 from relay import closes
-from relay.closes import Backoff, CloseCode, Next, after_close, after_refusal, describe_close, disconnect_is_final
+from relay.closes import (Backoff, Closed, CloseCode, Next, Refusal, Unreached, after_close, after_refusal,
+                          describe_close, disconnect_is_final)
 
 # Every code an end can see, and what it does next: the relay's own, its codec's, and what the
 # network or a proxy in front gives (None: no close frame).
@@ -126,14 +127,18 @@ def test_backoff_grows_with_jitter_to_a_ceiling_and_resets():
 ])
 def test_relay_forward_retries_what_the_policy_retries(error, retry):
     """`relay forward`, once it listens, retries a failed reconnection when the policy says so
-    (it has no way to a new token: 401 ends it)."""
-    from relay.client.api import Unreachable
-    from relay.client.forward import _retryable
-    from relay.client.remote import Refused
+    (it has no way to a new token: 401 ends it). Its rules are relay/client/forward.py's
+    `reconnect_rules` (they were its `_retryable`); what it prints, remote.py's `connect_error`."""
+    from relay.client.forward import reconnect_rules
+    from relay.client.remote import Refused, connect_error
 
-    exc = Unreachable("cannot connect to ws://127.0.0.1:1/x: ClientConnectorError") if error == "unreachable" \
-        else Refused(int(error))
-    assert _retryable(exc) is retry
+    rules = reconnect_rules()
+    rules.after(Closed(1006, proved=True))   # it connected once: it listens
+    attempt = Unreached(ConnectionRefusedError()) if error == "unreachable" else Refusal(int(error))
+    assert (rules.after(attempt).next is Next.RECONNECT) is retry
+    exc = connect_error("ws://127.0.0.1:1/x", attempt)
     if error != "unreachable":
-        assert str(exc) == after_refusal(int(error)).text
+        assert isinstance(exc, Refused) and str(exc) == after_refusal(int(error)).text
+    else:
+        assert str(exc) == "cannot connect to ws://127.0.0.1:1/x: ConnectionRefusedError"
 

@@ -13,6 +13,7 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -300,6 +301,32 @@ async def test_the_device_going_away_aborts_open_connections_with_a_log_line(fle
             await eventually(lambda: "aborted 1 forwarded connection" in fwd.stderr.getvalue())
             writer.close()
     finally:
+        server.close()
+
+
+async def test_a_lost_websocket_is_reconnected_and_forwarding_goes_on(fleet, sshd):
+    """The network drops relay forward's WebSocket (no close frame): its one reconnect loop
+    (relay/ends/reconnect.py) says so with the delay, reconnects, and the listener serves again."""
+    relay, _, start_agent = fleet
+    server, _ = await echo_server()
+    echo_port = server.sockets[0].getsockname()[1]
+    agent = await start_agent(forward_ports=(echo_port,))
+    try:
+        async with InProcess(relay, "--port", str(echo_port)) as fwd:
+            assert fwd.forwarder is not None
+            first = fwd.forwarder._ws
+            assert first is not None
+            first._ws.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+            await eventually(lambda: "the connection to the relay was lost (close code 1006); reconnecting in 1 s"
+                             in fwd.stderr.getvalue(), 20)
+            await eventually(lambda: fwd.forwarder._ws is not first and fwd.forwarder.device_ready.is_set(), 30)
+            reader, writer = await asyncio.open_connection("127.0.0.1", fwd.port)
+            writer.write(b"again")
+            assert await asyncio.wait_for(reader.readexactly(5), 10) == b"again"
+            writer.close()
+        assert fwd.code == 0
+    finally:
+        await agent.stop()
         server.close()
 
 

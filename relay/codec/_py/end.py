@@ -3,7 +3,7 @@
 codec").
 
 Outgoing: TCP bytes -> masked client frames (a fresh mask key per frame, from ``urandom``):
-``forward_data`` envelopes of the Huawei ``tcp`` service (relay/forward.py's JSON, via
+``forward_data`` envelopes of the Huawei ``tcp`` service (relay/ends/huawei_tcp.py's JSON, via
 ``relay.envelope.build``) in text frames, AWS DATA messages (``relay.aws_messages.frame``) in
 binary frames. Incoming: the relay's unmasked frames -> ``(items, to_send, close)``: the decoded
 data grouped per connection and the other messages raw, in order; masked pongs; the close.
@@ -30,7 +30,7 @@ from relay.codec._py.frame import (
 
 __all__ = ["EndCodec", "AwsEndCodec", "CHUNK", "MAX_MESSAGE", "MASK_POOL"]
 
-CHUNK = 7000            # raw bytes per forward_data (relay/forward.py's CHUNK)
+CHUNK = 7000            # raw bytes per forward_data (relay/ends/huawei_tcp.py's CHUNK)
 MAX_MESSAGE = 1 << 20   # default limit of one incoming Huawei message
 MASK_POOL = 1024        # mask keys come from urandom(MASK_POOL), 4 bytes per frame
 _OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
