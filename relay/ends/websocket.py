@@ -9,7 +9,7 @@ stream tables, the pipes) never sees aiohttp:
   HTTP status; what follows is relay/closes.py's `after_refusal`) or `Unreachable`;
 - `socket.send(bytes | str)` (a binary or a text message; raises ConnectionError when
   the socket is gone), `async for message in socket` (bytes or str, until the close),
-  `close_code` once it ended (None: no close frame; relay/closes.py's `after_close`).
+  `close_code` once it ended (1006: no close frame, the connection was lost; relay/closes.py's `after_close`).
 
 Both protocols' sockets have a raw data path besides: aiohttp does the upgrade, then the
 connection's transport is taken from it and an asyncio Protocol makes ONE call into the ends'
@@ -92,7 +92,7 @@ class ClientSocket:
 
     @property
     def close_code(self) -> int | None:
-        """Once it ended: the close code (None: no close frame; relay/closes.py's `after_close`)."""
+        """Once it ended: the close code (1006: the connection was lost without one; relay/closes.py's `after_close`)."""
         raise NotImplementedError
 
     @property
@@ -326,7 +326,9 @@ class RawSocket(ClientSocket):
         self._wake()
 
     def _lost(self) -> None:
-        self._ended = True
+        if not self._ended:   # no close frame: 1006, as aiohttp's client says
+            self._ended = True
+            self._close_code = ABNORMAL
         if self._timer is not None:
             self._timer.cancel()
         self._writable.set()   # writers waiting for the drain see the socket gone

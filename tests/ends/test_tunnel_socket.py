@@ -212,6 +212,14 @@ async def test_a_close_from_the_relay_mid_transfer_ends_the_socket_with_its_code
             await ws.send("{}")
 
 
+async def test_a_connection_lost_without_a_close_frame_is_1006():
+    async with tunnel_socket() as (ws, relay, reader, writer):
+        task = asyncio.create_task(read_all(ws, []))
+        writer.transport.abort()   # the network drops it: no close frame
+        await asyncio.wait_for(task, 30)
+        assert ws.close_code == ABNORMAL and ws.closed and not ws.broke_rules
+
+
 async def test_a_slow_consumer_stops_the_reading_of_the_relay_bounded_in_memory():
     chunk = os.urandom(7000)
     total = 4000   # 28 MB: far over HIGH and what the kernel buffers on loopback
