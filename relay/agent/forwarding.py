@@ -103,11 +103,13 @@ class ForwardHost:
             log.warning("forward to %s failed: %s", target, why, extra=extra)
             await self._answer(conn_id, "502", f"cannot connect to {target}: {why}")
             return
-        pipe = TcpPipe(huawei_tcp.Connection(conn_id), reader, writer, self._send, self.extra)
+        conn = huawei_tcp.Connection(conn_id)
+        conn.peer_announced(data)   # the source's window (none: an older `relay forward`)
+        pipe = TcpPipe(conn, reader, writer, self._send, self.extra)
         self.pipes.add(pipe)   # before the answer: the source may send data right after it
         log.info("forwarded connection to %s open", target, extra=extra)
         try:
-            await self._send(huawei_tcp.open_response(conn_id, "200", "connected"))
+            await self._send(huawei_tcp.open_response(conn_id, "200", "connected", window=conn.window))
         except Exception:
             await pipe.abort("the tunnel is gone", tell_peer=False)
             return

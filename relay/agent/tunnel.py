@@ -126,6 +126,7 @@ class TunnelClient:
     async def _relay(self, ws: ClientSocket) -> int | None:
         session = DeviceSession(self.settings.max_message_size)
         forwards = ForwardHost(self.settings, ws.send, self.extra())
+        forwards.pipes.attach(ws)   # the `tcp` service's data: the socket's codec path, not messages
         self.forwards = forwards
         try:
             async for message in ws:

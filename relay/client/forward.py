@@ -144,6 +144,7 @@ class Forwarder:
             await self._ws.close(timeout=5)
 
     async def _read(self, ws: ClientSocket) -> int | None:
+        self.pipes.attach(ws)   # the `tcp` service's data: the socket's codec path, not messages
         async for message in ws:
             if not isinstance(message, str):
                 continue
@@ -155,6 +156,9 @@ class Forwarder:
                     self.device_ready.set()
                     self.notice("the device is connected")
             elif msg.op == huawei_tcp.OPEN_RESPONSE:
+                pipe = self.pipes.by_id.get(msg.conn_id)
+                if pipe is not None:
+                    pipe.conn.peer_announced(msg.data)   # the device's window, before its data
                 future = self._responses.pop(msg.conn_id, None)
                 if future is not None and not future.done():
                     future.set_result(huawei_tcp.status_of(msg.data))

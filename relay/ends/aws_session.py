@@ -124,6 +124,7 @@ class Session:
         self.connections += 1
         self._socket = socket
         pipes = StreamPipes(self.make_table(version), self.send, extra=self.extra)
+        pipes.attach(socket)   # DATA: the socket's codec path, not messages
         self.pipes = pipes
         self.connected.set()
         ours = False
@@ -153,7 +154,7 @@ class Session:
             await socket.close()
             log.info("the relay connection ended (close code %s)%s", socket.close_code,
                      f": reset {n} connection(s)" if n else "", extra=self.extra)
-        return Closed(socket.close_code, ours=ours)
+        return Closed(socket.close_code, ours=ours or socket.broke_rules)
 
     def _finish(self, why: str, failed: bool) -> str:
         self.outcome = why

@@ -119,13 +119,22 @@ class EndStreams:
 
     def _key(self, msg: ProxyMessage) -> Key | None:
         """The connection a stream message is for, None when it is stale (not the active stream)."""
-        service = self._service_of(msg.service_id)
-        if service is None or self.active.get(service) != msg.stream_id or msg.stream_id == 0:
+        return self._key_of(msg.service_id, msg.stream_id, msg.connection_id)
+
+    def _key_of(self, service_id: str, stream_id: int, connection_id: int) -> Key | None:
+        service = self._service_of(service_id)
+        if service is None or self.active.get(service) != stream_id or stream_id == 0:
             return None
         cid = 0
         if self.multiplexed.get(service):
-            cid = msg.connection_id or 1   # V3: a connection id of 0 means 1
-        return Key(service, msg.stream_id, cid)
+            cid = connection_id or 1   # V3: a connection id of 0 means 1
+        return Key(service, stream_id, cid)
+
+    def wire_fields(self, key: Key) -> tuple[str, int, int]:
+        """The service id and connection id a message of `key` carries in this version (`""`
+        and 0 when the version lacks them), with its stream id, for the codec's DATA messages."""
+        return (key.service_id if self.version >= 2 else "", key.stream_id,
+                key.connection_id if self.version >= 3 else 0)
 
     def _service_of(self, service_id: str) -> str | None:
         """The service key we use for a received service id. A V1 peer sends none (and a V1
@@ -153,10 +162,7 @@ class EndStreams:
             self.available = tuple(msg.available_service_ids)
             return self._services()
         if t == MessageType.DATA:
-            key = self._key(msg)
-            if key is None or key not in self.connections:
-                return []   # stale: a stream or connection that is over
-            return [StreamDeliver(key, msg.payload)] if msg.payload else []
+            return self.received_data(msg.service_id, msg.stream_id, msg.connection_id, msg.payload)
         if t == MessageType.STREAM_RESET:
             service = self._service_of(msg.service_id)
             if service is None or self.active.get(service) != msg.stream_id:
@@ -179,6 +185,14 @@ class EndStreams:
             return []
         return [StreamNotice(f"ignored a message of unknown type {int(t)}", warning=True)]
 
+    def received_data(self, service_id: str, stream_id: int, connection_id: int, payload: bytes) -> list[StreamEffect]:
+        """A DATA message's fields as received (decoded by the codec without a ProxyMessage:
+        relay/ends/websocket.py): delivered to its connection, or nothing when it is stale."""
+        key = self._key_of(service_id, stream_id, connection_id)
+        if key is None or key not in self.connections:
+            return []   # stale: a stream or connection that is over
+        return [StreamDeliver(key, payload)] if payload else []
+
     def _services(self) -> list[StreamEffect]:
         return []
 
@@ -189,10 +203,15 @@ class EndStreams:
 
     def local_data(self, key: Key, data: bytes) -> list[StreamEffect]:
         """Data read from `key`'s socket: DATA messages of at most MAX_PAYLOAD bytes."""
-        if key not in self.connections or not data:
+        if not self.may_send(key, data):
             return []
         return [StreamSend(self._message(MessageType.DATA, key, data[i:i + MAX_PAYLOAD]))
                 for i in range(0, len(data), MAX_PAYLOAD)]
+
+    def may_send(self, key: Key, data: bytes) -> bool:
+        """Whether data read from `key`'s socket goes out (the codec's path builds the messages
+        itself, `wire_fields`): not for a connection that is over, nor when there is none."""
+        return key in self.connections and bool(data)
 
     def local_closed(self, key: Key, reason: str = "closed") -> list[StreamEffect]:
         """`key`'s socket ended (its peer closed it, an error, or it could not be opened):

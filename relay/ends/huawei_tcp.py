@@ -10,8 +10,9 @@ The asyncio side (`TcpPipe`: one TCP stream joined to a `Connection`) is relay/e
 Messages (envelope of docs/protocol.md, `tunnel_service_type` "tcp", `request_id` = the
 connection id, chosen by the source):
 
-    source -> forward_open           {"port": N}
-    device -> forward_open_response  {"status_code": "200"|"400"|"403"|"502", "status_msg": ...}
+    source -> forward_open           {"port": N, "window": W}
+    device -> forward_open_response  {"status_code": "200"|"400"|"403"|"502", "status_msg": ..., "window": W}
+                                     (W: the sender's receive window; absent from older ends)
     either -> forward_data           "<base64 of at most 7000 bytes>"
     either -> forward_ack            {"bytes": n}    n more bytes written to the receiver's socket
     either -> forward_close          {"status_msg": "eof"}  the sender's TCP peer stopped sending
@@ -32,8 +33,10 @@ from relay import envelope
 
 SERVICE = "tcp"
 CHUNK = 7000                 # raw bytes per forward_data: base64 9336 + envelope < 10240
-WINDOW = 256 * 1024          # bytes a sender may have unacknowledged, per connection
-ACK_THRESHOLD = 32 * 1024    # acknowledge once this many bytes are written (must be <= WINDOW)
+WINDOW = 1024 * 1024         # bytes this end lets a peer have unacknowledged, per connection (announced)
+LEGACY_WINDOW = 256 * 1024   # ... what an end that announces no window takes and gives (earlier versions)
+MAX_WINDOW = 16 * 1024 * 1024   # an announced window is taken up to this
+ACK_THRESHOLD = WINDOW // 4  # acknowledge once this many bytes are written (must be <= WINDOW)
 MAX_MESSAGE = 10240
 MAX_ID_BYTES = 128
 
@@ -84,12 +87,24 @@ def valid_connection_id(conn_id: str) -> bool:
     return 1 <= len(conn_id.encode()) <= MAX_ID_BYTES
 
 
-def open_message(conn_id: str, port: int) -> str:
-    return message(OPEN, conn_id, {"port": port})
+def open_message(conn_id: str, port: int, window: int = WINDOW) -> str:
+    return message(OPEN, conn_id, {"port": port, "window": window})
 
 
-def open_response(conn_id: str, code: str, text: str) -> str:
-    return message(OPEN_RESPONSE, conn_id, {"status_code": code, "status_msg": text})
+def open_response(conn_id: str, code: str, text: str, window: int | None = None) -> str:
+    data: dict[str, Any] = {"status_code": code, "status_msg": text}
+    if window is not None:
+        data["window"] = window
+    return message(OPEN_RESPONSE, conn_id, data)
+
+
+def announced_window(data: Any) -> int | None:
+    """The receive window a peer announced in its forward_open / forward_open_response (at
+    most MAX_WINDOW), or None: an older end (or a value that is not a positive integer)."""
+    w = data.get("window") if isinstance(data, dict) else None
+    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+        return None
+    return min(w, MAX_WINDOW)
 
 
 def ack_message(conn_id: str, n: int) -> str:
@@ -132,11 +147,13 @@ class Connection:
     `ack_threshold` bytes were written to the socket. Half-close: `eof()` / `on_close`.
     """
 
-    def __init__(self, conn_id: str, window: int = WINDOW, ack_threshold: int = ACK_THRESHOLD) -> None:
+    def __init__(self, conn_id: str, window: int = WINDOW, ack_threshold: int = ACK_THRESHOLD,
+                 send_window: int | None = None) -> None:
         if not 0 < ack_threshold <= window:
             raise ValueError("the ack threshold must be above zero and at most the window")
         self.conn_id = conn_id
-        self.window = window
+        self.window = window              # what the peer may have unacknowledged (we check it)
+        self.send_window = window if send_window is None else send_window   # what we may
         self.ack_threshold = ack_threshold
         self.unacked = 0          # bytes we sent that the peer has not acknowledged
         self.peak_unacked = 0
@@ -149,9 +166,18 @@ class Connection:
         self.got_eof = False      # the peer's TCP peer stopped sending
         self.aborted: str | None = None
 
+    def peer_announced(self, data: Any) -> None:
+        """The peer's forward_open / forward_open_response `data` (before any data flows): its
+        window is our credit, and we acknowledge per quarter of the window it sends within
+        (ours, which it then knows; an older end takes LEGACY_WINDOW both ways)."""
+        peer = announced_window(data)
+        self.send_window = LEGACY_WINDOW if peer is None else peer
+        in_flight = self.window if peer is not None else min(self.window, LEGACY_WINDOW)
+        self.ack_threshold = max(1, in_flight // 4)
+
     @property
     def credit(self) -> int:
-        return max(0, self.window - self.unacked)
+        return max(0, self.send_window - self.unacked)
 
     @property
     def finished(self) -> bool:
@@ -160,14 +186,18 @@ class Connection:
     # -- what we send --------------------------------------------------------------------
 
     def outgoing(self, raw: bytes) -> list[str]:
+        self.sent(len(raw))
+        return data_messages(self.conn_id, raw)
+
+    def sent(self, n: int) -> None:
+        """`n` bytes go out (the codec builds their messages: relay/ends/websocket.py): spend credit."""
         if self.sent_eof or self.aborted is not None:
             raise ValueError("no data may follow our eof or an abort")
-        if len(raw) > self.credit:
-            raise ValueError(f"{len(raw)} bytes exceed the credit of {self.credit}")
-        self.unacked += len(raw)
+        if n > self.credit:
+            raise ValueError(f"{n} bytes exceed the credit of {self.credit}")
+        self.unacked += n
         self.peak_unacked = max(self.peak_unacked, self.unacked)
-        self.bytes_out += len(raw)
-        return data_messages(self.conn_id, raw)
+        self.bytes_out += n
 
     def eof(self) -> str:
         self.sent_eof = True
@@ -191,12 +221,19 @@ class Connection:
             raise ForwardError("forward_data is not valid base64") from None
         if len(raw) > CHUNK:
             raise ForwardError(f"forward_data of {len(raw)} bytes is over {CHUNK}")
-        self.inbound += len(raw)
+        self.on_raw_data(len(raw))
+        return raw
+
+    def on_raw_data(self, n: int) -> None:
+        """`n` bytes of the peer's forward_data, decoded and checked by the codec (base64, at
+        most CHUNK per message; docs/codec.md): the eof and window rules."""
+        if self.got_eof:
+            raise ForwardError("forward_data after the peer's eof")
+        self.inbound += n
         self.peak_inbound = max(self.peak_inbound, self.inbound)
-        self.bytes_in += len(raw)
+        self.bytes_in += n
         if self.inbound > self.window:
             raise ForwardError(f"the peer sent {self.inbound} unacknowledged bytes, over the window of {self.window}")
-        return raw
 
     def on_written(self, n: int) -> str | None:
         """`n` received bytes are now written to our socket: the ack to send, if one is due."""

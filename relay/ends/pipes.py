@@ -9,6 +9,12 @@ Huawei's `tcp` service in relay/ends/huawei_tcp.py, AWS's streams in relay/ends/
   acknowledges bytes only once they are written to its socket (drained), so a slow reader on
   either side holds at most `WINDOW` bytes per connection in the tunnel and in each end.
   `TcpPipes`: the forwarded connections of one WebSocket connection.
+- The codec's data path (both protocols; `attach(socket)` when the socket has one,
+  relay/ends/websocket.py): a pipe reads up to READ_SIZE (AWS: AWS_READ_SIZE) at once and
+  hands it to the socket's `send_data` (the codec builds every message in one call); the
+  socket hands decoded data to `data(...)` in stream order. Data that finds nothing queued
+  ahead of it and a socket that keeps up is written at once, without waking the pipe's
+  writer task: a round trip's latency.
 - AWS: `StreamPipes` joins TCP streams to a stream table (`Destination`/`Source`) and a
   `send` coroutine; `StreamPipe` is one of its connections. Flow control: a connection's
   socket is read only once the previous chunk was sent (the WebSocket's writer waits for its
@@ -17,7 +23,8 @@ Huawei's `tcp` service in relay/ends/huawei_tcp.py, AWS's streams in relay/ends/
   per-connection credit, so a stalled connection holds back the others of the same tunnel
   (as AWS's localproxy does).
 
-Standard library and the rules modules only (the WebSocket is a `send` coroutine handed in).
+Standard library and the rules modules only (the WebSocket is a `send` coroutine handed in,
+its data path a `DataPath`/`AwsDataPath`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import contextlib
 import logging
 import socket
 import struct
+import typing
 from collections.abc import Awaitable, Callable, Iterable
 
 from relay.aws_messages import MAX_PAYLOAD, MessageReader, MessageType
@@ -37,8 +45,31 @@ from relay.ends.aws_streams import (EndStreams, Key, Source, StreamClose, Stream
 log = logging.getLogger(__name__)
 
 SendText = Callable[[str], Awaitable[None]]      # a Huawei tunnel's WebSocket: one text message
+SendData = Callable[[str, bytes], Awaitable[None]]   # ... its codec's data path: a connection's raw bytes
 SendBytes = Callable[[bytes], Awaitable[None]]   # an AWS tunnel's WebSocket: one binary message
 
+
+
+@typing.runtime_checkable
+class AwsDataPath(typing.Protocol):
+    """An AWS tunnel socket with the codec's data path (relay/ends/websocket.py's AwsSocket)."""
+
+    on_data: Callable[[str, int, int, bytes], Awaitable[None]] | None
+
+    async def send_data(self, service_id: str, stream_id: int, connection_id: int, raw: bytes) -> None: ...
+
+
+@typing.runtime_checkable
+class DataPath(typing.Protocol):
+    """A tunnel socket with the codec's data path (relay/ends/websocket.py's TunnelSocket)."""
+
+    on_data: Callable[[str, bytes], Awaitable[None]] | None
+
+    async def send_data(self, conn_id: str, raw: bytes) -> None: ...
+
+
+READ_SIZE = 64 * 1024            # Huawei: the most a pipe reads from its socket at once (within its credit)
+AWS_READ_SIZE = 4 * MAX_PAYLOAD  # AWS with the codec's path: the most a pipe reads at once (4 DATA messages)
 HIGH = 256 * 1024                # AWS: relay data queued for one socket: stop reading the WebSocket
 LOW = 64 * 1024                  # ... and read it again below this
 CONNECT_TIMEOUT = 10.0
@@ -93,9 +124,14 @@ class TcpPipe:
         self.reader = reader
         self.writer = writer
         self._send = send
+        # The codec's data path (TcpPipes.add sets it from the socket): one call per read, no
+        # message built here; without it, forward_data messages one by one through `send`.
+        self.send_data: SendData | None = None
         self.extra = {**(extra or {}), "connection_id": conn.conn_id}
         self.done = asyncio.Event()
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()   # None: the peer's eof
+        # bytes to write; an int: that many bytes written already, acknowledged once drained;
+        # None: the peer's eof
+        self._queue: asyncio.Queue[bytes | int | None] = asyncio.Queue()
         self._credit = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._out_done = self._in_done = False
@@ -127,6 +163,33 @@ class TcpPipe:
         except huawei_tcp.ForwardError as exc:
             log.warning("forwarded connection broken by the other end: %s", exc, extra=self.extra)
             await self.abort(f"protocol error: {exc}")
+
+    async def feed_data(self, raw: bytes) -> None:
+        """The peer's forward_data for this connection, decoded by the codec (in stream order
+        with the messages `feed` takes)."""
+        if self.done.is_set():
+            return
+        try:
+            self.conn.on_raw_data(len(raw))
+        except huawei_tcp.ForwardError as exc:
+            log.warning("forwarded connection broken by the other end: %s", exc, extra=self.extra)
+            await self.abort(f"protocol error: {exc}")
+            return
+        transport = self.writer.transport
+        if not self._tasks or not self._queue.empty() or transport.is_closing() or transport.get_write_buffer_size():
+            self._queue.put_nowait(raw)   # behind what is queued (or the socket is slow): the writer's turn
+            return
+        # Nothing ahead of it: written now, without waking the writer (a round trip's latency).
+        self.writer.write(raw)
+        if transport.get_write_buffer_size():
+            self._queue.put_nowait(len(raw))   # the kernel did not take it all: acknowledged once drained
+            return
+        ack = self.conn.on_written(len(raw))
+        if ack is not None:
+            try:
+                await self._send(ack)
+            except Exception as exc:   # the tunnel's WebSocket is gone
+                await self.abort(f"cannot send: {describe(exc)}", tell_peer=False)
 
     async def abort(self, reason: str | None, *, tell_peer: bool = True) -> None:
         """Abort the TCP connection. With a `reason` (our decision), the peer is told,
@@ -167,10 +230,15 @@ class TcpPipe:
                 while self.conn.credit == 0:
                     self._credit.clear()
                     await self._credit.wait()
-                data = await self.reader.read(min(huawei_tcp.CHUNK, self.conn.credit))
+                send_data = self.send_data
+                data = await self.reader.read(min(READ_SIZE if send_data else huawei_tcp.CHUNK, self.conn.credit))
                 if not data:
                     await self._send(self.conn.eof())
                     break
+                if send_data is not None:
+                    self.conn.sent(len(data))
+                    await send_data(self.conn.conn_id, data)
+                    continue
                 for payload in self.conn.outgoing(data):
                     await self._send(payload)
         except (ConnectionError, OSError) as exc:
@@ -192,9 +260,13 @@ class TcpPipe:
                     if self.writer.can_write_eof():
                         self.writer.write_eof()
                     break
-                self.writer.write(raw)
+                if isinstance(raw, int):
+                    n = raw   # written by feed_data already
+                else:
+                    self.writer.write(raw)
+                    n = len(raw)
                 await self.writer.drain()
-                ack = self.conn.on_written(len(raw))
+                ack = self.conn.on_written(n)
                 if ack is not None:
                     await self._send(ack)
         except (ConnectionError, OSError) as exc:
@@ -220,12 +292,14 @@ class TcpPipes:
 
     def __init__(self) -> None:
         self.by_id: dict[str, TcpPipe] = {}
+        self.send_data: SendData | None = None   # the current socket's data path, for the pipes added
         self.peak_unacked = 0
         self.peak_inbound = 0
         self._watchers: set[asyncio.Task[None]] = set()
 
     def add(self, pipe: TcpPipe) -> None:
         self.by_id[pipe.conn.conn_id] = pipe
+        pipe.send_data = self.send_data
         watcher = asyncio.create_task(self._forget_when_done(pipe))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -253,6 +327,22 @@ class TcpPipes:
             return False
         await pipe.feed(msg)
         return True
+
+    async def data(self, conn_id: str, raw: bytes) -> None:
+        """The codec's data item: a connection's decoded forward_data (none: a late item for a
+        finished connection, nothing to do)."""
+        pipe = self.by_id.get(conn_id)
+        if pipe is not None:
+            await pipe.feed_data(raw)
+
+    def attach(self, socket: object) -> None:
+        """Take the data path of the tunnel's socket when it has one (relay/ends/websocket.py's
+        `TunnelSocket`): its data items come here, and new pipes send through it."""
+        if isinstance(socket, DataPath):
+            socket.on_data = self.data
+            self.send_data = socket.send_data
+        else:
+            self.send_data = None
 
     async def abort_all(self, reason: str) -> int:
         """The tunnel's WebSocket is gone: abort every connection (no one to tell)."""
@@ -298,6 +388,12 @@ class StreamPipe:
             self._tasks.append(asyncio.create_task(self._from_socket(reader), name=f"aws-out-{self.key}"))
 
     def deliver(self, data: bytes) -> None:
+        writer = self.writer
+        if (writer is not None and self._tasks and self._queue.empty() and not self.done.is_set()
+                and not writer.transport.is_closing() and not writer.transport.get_write_buffer_size()):
+            writer.write(data)   # nothing ahead of it: now, without waking the writer (latency)
+            self.bytes_in += len(data)
+            return
         self.queued += len(data)
         if self.queued > HIGH:
             self.space.clear()
@@ -334,7 +430,7 @@ class StreamPipe:
     async def _from_socket(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                data = await reader.read(MAX_PAYLOAD)
+                data = await reader.read(AWS_READ_SIZE if self.pipes.send_data is not None else MAX_PAYLOAD)
                 if not data:
                     break
                 self.bytes_out += len(data)
@@ -379,6 +475,7 @@ class StreamPipes:
         self.extra = dict(extra or {})
         self.connect_timeout = connect_timeout
         self.reader = MessageReader()
+        self.send_data: Callable[[str, int, int, bytes], Awaitable[None]] | None = None   # attach()
         self.links: dict[Key, StreamPipe] = {}
         self.services_known = asyncio.Event()
         self.opened = 0           # connections these pipes carried (for logs and tests)
@@ -394,6 +491,19 @@ class StreamPipes:
             if msg.type == MessageType.SERVICE_IDS:
                 self.services_known.set()
             await self.apply(effects)
+
+    def attach(self, socket: object) -> None:
+        """Take the data path of the tunnel's socket when it has one (relay/ends/websocket.py's
+        `AwsSocket`): its DATA items come to `data`, and the sockets' reads go out through it."""
+        if isinstance(socket, AwsDataPath):
+            socket.on_data = self.data
+            self.send_data = socket.send_data
+        else:
+            self.send_data = None
+
+    async def data(self, service_id: str, stream_id: int, connection_id: int, payload: bytes) -> None:
+        """The codec's DATA item, in stream order with the messages `feed` takes."""
+        await self.apply(self.table.received_data(service_id, stream_id, connection_id, payload))
 
     async def apply(self, effects: list[StreamEffect]) -> None:
         for effect in effects:
@@ -465,7 +575,10 @@ class StreamPipes:
     async def local_data(self, link: StreamPipe, data: bytes) -> bool:
         if link.closing or self.links.get(link.key) is not link:
             return False
-        await self.apply(self.table.local_data(link.key, data))
+        if self.send_data is None:
+            await self.apply(self.table.local_data(link.key, data))
+        elif self.table.may_send(link.key, data):
+            await self.send_data(*self.table.wire_fields(link.key), data)
         return True
 
     async def local_closed(self, link: StreamPipe, reason: str, *, abort: bool) -> None:

@@ -316,7 +316,7 @@ async def test_a_lost_websocket_is_reconnected_and_forwarding_goes_on(fleet, ssh
             assert fwd.forwarder is not None
             first = fwd.forwarder._ws
             assert first is not None
-            first._ws.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+            first.transport.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
             await eventually(lambda: "the connection to the relay was lost (close code 1006); reconnecting in 1 s"
                              in fwd.stderr.getvalue(), 20)
             await eventually(lambda: fwd.forwarder._ws is not first and fwd.forwarder.device_ready.is_set(), 30)

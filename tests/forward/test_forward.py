@@ -42,7 +42,7 @@ def test_data_is_cut_at_7000_bytes_and_every_message_fits_10240():
 
 def test_parse_and_fields():
     msg = forward.parse(forward.open_message("f-1", 22))
-    assert msg == forward.Message("forward_open", "f-1", {"port": 22}, "tcp")
+    assert msg == forward.Message("forward_open", "f-1", {"port": 22, "window": forward.WINDOW}, "tcp")  # #17: with its window
     assert forward.parse(b"not json") is None and forward.parse("[1]") is None and forward.parse("{}") is None
     assert forward.requested_port({"port": 22}) == 22
     assert [forward.requested_port(d) for d in ({"port": 0}, {"port": True}, {"port": "22"}, None, {})] == [None] * 5
