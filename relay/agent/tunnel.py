@@ -121,7 +121,7 @@ class TunnelClient:
             code = await self._relay(ws)
         finally:
             await ws.close()
-        return Closed(code)
+        return Closed(code, ours=ws.broke_rules)   # as every end: our close over bad bytes reconnects
 
     async def _relay(self, ws: ClientSocket) -> int | None:
         session = DeviceSession(self.settings.max_message_size)

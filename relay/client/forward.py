@@ -118,7 +118,7 @@ class Forwarder:
         n = await self.pipes.abort_all("the tunnel's WebSocket ended")
         if n:
             self.error(f"the connection to the relay ended: aborted {n} forwarded connection(s)")
-        return Closed(code, proved=proved, stop=self._final)
+        return Closed(code, ours=ws.broke_rules, proved=proved, stop=self._final)
 
     def _notice(self, attempt: Attempt, step: Step) -> None:
         if not isinstance(attempt, Closed):
