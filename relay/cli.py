@@ -301,18 +301,14 @@ def _connection_options() -> argparse.ArgumentParser:
     The API token has no default shown by --help (it may come from the environment)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("relay connection (each also from the environment)")
-    g.add_argument("--url", default=config.env("url", "http://127.0.0.1:8080"),
-                   help="the relay's base URL, http(s)://HOST[:PORT] (RELAY_URL; default http://127.0.0.1:8080)")
+    where, who = config.CONNECTION_OPTIONS[:1], config.CONNECTION_OPTIONS[1:]   # the token's options between them
+    config.add_options(g, where, None, "RELAY_")
     g.add_argument("--token", default=None,
                    help="the API token (prefer RELAY_API_TOKEN: a command line is visible to others)")
     g.add_argument("--token-file", default=None,
                    help="a file holding the API token, bare or as PROJECT:NAME:TOKEN lines like the one "
                         "`relay serve` generates (RELAY_API_TOKEN_FILE)")
-    g.add_argument("--project", default=config.env("project", "default"),
-                   help="the project id of the API paths (RELAY_PROJECT; default 'default')")
-    g.add_argument("--instance-id", default=config.env("instance_id"),
-                   help="sent as the Instance-Id header, for relays run with --instance-id (RELAY_INSTANCE_ID)")
-    g.add_argument("--ca-file", default=config.env("ca_file"), help="CA bundle to verify an https:// relay (RELAY_CA_FILE)")
+    config.add_options(g, who, None, "RELAY_")
     g.add_argument("--insecure", action="store_true", help="do not verify the relay's TLS certificate")
     g.add_argument("--timeout", type=config.positive_float, default=30.0, help="seconds to wait for each REST call (default 30)")
     return p

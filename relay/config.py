@@ -454,6 +454,20 @@ def _origins(text: str | None) -> tuple[str, ...]:
 
 # In the order of `relay serve --help`. With no field: the command combines the value itself
 # (the API tokens, the bridge secret, the broker to run, the log format).
+# Where the relay is and who we are, for the client commands (`relay tunnel`, `ssh`, `exec`,
+# `forward`): options with their variables and no settings object (field=None). The API
+# token's options are not here: the token is a secret, read when a command runs.
+CONNECTION_OPTIONS: tuple[Option, ...] = (
+    Option("--url", "the relay's base URL, http(s)://HOST[:PORT] (RELAY_URL; default http://127.0.0.1:8080)",
+           default="http://127.0.0.1:8080", field=None),
+    Option("--project", "the project id of the API paths (RELAY_PROJECT; default 'default')",
+           default="default", field=None),
+    Option("--instance-id", "sent as the Instance-Id header, for relays run with --instance-id (RELAY_INSTANCE_ID)",
+           default=None, field=None),
+    Option("--ca-file", "CA bundle to verify an https:// relay (RELAY_CA_FILE)", default=None, field=None),
+)
+
+
 SERVE_OPTIONS: tuple[Option, ...] = (
     Option("--host", "address to listen on"),
     Option("--port", "TCP port to listen on (0: any free port)", port_number),

@@ -131,3 +131,23 @@ def test_the_docs_list_every_setting(doc, options, defaults, prefix):
     table = config.options_table(options, defaults, prefix)
     text = (DOCS / doc).read_text(encoding="utf-8")
     assert table in text, f"docs/{doc} should hold this table, made from the declarations:\n{table}"
+
+
+def test_the_client_connection_options_come_from_their_declaration(monkeypatch):
+    """`relay tunnel`, `ssh`, `exec`, `forward`: --url, --project, --instance-id, --ca-file are
+    declared once (config.CONNECTION_OPTIONS); each help names the variable it is read from."""
+    parser = cli.build_parser()
+    defaults = parser.parse_args(["tunnel", "list"])
+    assert (defaults.url, defaults.project, defaults.instance_id, defaults.ca_file) == (
+        "http://127.0.0.1:8080", "default", None, None)
+    for option in config.CONNECTION_OPTIONS:
+        assert f"({option.variable('RELAY_')}" in (option.help or ""), option.flag
+    monkeypatch.setenv("RELAY_URL", "https://relay.example:8443")
+    monkeypatch.setenv("RELAY_PROJECT", "p9")
+    monkeypatch.setenv("RELAY_INSTANCE_ID", "i-1")
+    monkeypatch.setenv("RELAY_CA_FILE", "/etc/ca.pem")
+    from_env = cli.build_parser().parse_args(["exec", "dev-1", "uname", "--user", "u"])
+    assert (from_env.url, from_env.project, from_env.instance_id, from_env.ca_file) == (
+        "https://relay.example:8443", "p9", "i-1", "/etc/ca.pem")
+    given = cli.build_parser().parse_args(["tunnel", "list", "--url", "http://127.0.0.1:9", "--project", "p2"])
+    assert (given.url, given.project, given.instance_id) == ("http://127.0.0.1:9", "p2", "i-1")
