@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -9,10 +10,42 @@ import time
 from pathlib import Path
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999   # Linux's default
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, chosen *below* the kernel's ephemeral range.
+
+    A port the kernel hands out for bind(0) is in the ephemeral range, and between the test
+    choosing it and a server binding it (seconds, for a container) any outgoing connection
+    may take it as its local port: a CI run lost a replica that way ("address already in
+    use"). Below the range only a server that chose it on purpose can hold it."""
+    low, _ = _ephemeral_range()
+    first = 10000 if low > 12000 else 1024
+    rng = random.SystemRandom()
+    if len(_handed_out) > (low - first) // 2:
+        _handed_out.clear()
+    for _ in range(500):
+        port = rng.randrange(first, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as a server binds it
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port found in {first}-{low - 1}")
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 15) -> None:
