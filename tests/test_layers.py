@@ -202,12 +202,12 @@ def test_outside_libraries_have_one_home(library, homes):
 
 
 # Inside relay.ends (the ends' shared layer), from the bottom up: the sans-I/O rules (the
-# standard library and the message shapes only), the asyncio pipes and listeners, the
+# standard library and the message shapes only), the asyncio pipes, local streams and listeners, the
 # WebSocket client adapter (the only aiohttp user here), the reconnect loop and the sessions
 # built on them.
 ENDS = [
     {"relay.ends.huawei_tcp", "relay.ends.aws_streams", "relay.ends.localproxy_args"},
-    {"relay.ends.pipes", "relay.ends.listeners", "relay.ends.websocket"},
+    {"relay.ends.pipes", "relay.ends.listeners", "relay.ends.local_streams", "relay.ends.websocket"},
     {"relay.ends.reconnect", "relay.ends.aws_session"},
 ]
 ENDS_RULES_MAY_IMPORT = {"relay.envelope", "relay.aws_messages"}

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from relay.agent.settings import AgentSettings
 from relay.ends import huawei_tcp
+from relay.ends.local_streams import open_local
 from relay.ends.pipes import TcpPipe, TcpPipes
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class ForwardHost:
         port = self.port_map.get(port, port)
         target = f"{self.host}:{port}"
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, port), CONNECT_TIMEOUT)
+            reader, writer = await asyncio.wait_for(open_local(self.host, port), CONNECT_TIMEOUT)
         except TimeoutError:
             await self._answer(conn_id, "502", f"cannot connect to {target}: no answer within {CONNECT_TIMEOUT:g} s")
             return

@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+from relay.ends.local_streams import serve_local
+
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
@@ -27,7 +29,7 @@ class Listener:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen (port 0: a free one); where it listens. Raises OSError."""
-        self._server = await asyncio.start_server(self._accept, host, port)
+        self._server = await serve_local(self._accept, host, port)
         bound_host, bound_port = self._server.sockets[0].getsockname()[:2]
         self.address = (bound_host, bound_port)
         return self.address

@@ -12,9 +12,15 @@ Huawei's `tcp` service in relay/ends/huawei_tcp.py, AWS's streams in relay/ends/
 - The codec's data path (both protocols; `attach(socket)` when the socket has one,
   relay/ends/websocket.py): a pipe reads up to READ_SIZE (AWS: AWS_READ_SIZE) at once and
   hands it to the socket's `send_data` (the codec builds every message in one call); the
-  socket hands decoded data to `data(...)` in stream order. Data that finds nothing queued
-  ahead of it and a socket that keeps up is written at once, without waking the pipe's
-  writer task: a round trip's latency.
+  socket hands decoded data to `data(...)` in stream order.
+- Two synchronous ways, for a round trip's latency (an interactive shell waits on each
+  message): the relay's data that finds nothing queued ahead of it and a socket that keeps up
+  is written in the very read that decoded it (`data_now`, the socket's `deliver_now`), and a
+  read of a local socket goes out in the call that brought it (`take_now`, offered by
+  relay/ends/local_streams.py) while the pipe's reader task waits in read(), within the credit,
+  and the WebSocket's transport keeps up (`send_data_now`). Whatever one of them cannot take
+  goes the awaited way, and so does everything after it until that way has caught up: the
+  order holds.
 - AWS: `StreamPipes` joins TCP streams to a stream table (`Destination`/`Source`) and a
   `send` coroutine; `StreamPipe` is one of its connections. Flow control: a connection's
   socket is read only once the previous chunk was sent (the WebSocket's writer waits for its
@@ -39,6 +45,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from relay.aws_messages import MAX_PAYLOAD, MessageReader, MessageType
 from relay.ends import huawei_tcp
+from relay.ends.local_streams import open_local, offer_reads
 from relay.ends.aws_streams import (EndStreams, Key, Source, StreamClose, StreamConnect, StreamDeliver, StreamEffect,
                                     StreamNotice, StreamSend, stream_name)
 
@@ -47,6 +54,7 @@ log = logging.getLogger(__name__)
 SendText = Callable[[str], Awaitable[None]]      # a Huawei tunnel's WebSocket: one text message
 SendData = Callable[[str, bytes], Awaitable[None]]   # ... its codec's data path: a connection's raw bytes
 SendBytes = Callable[[bytes], Awaitable[None]]   # an AWS tunnel's WebSocket: one binary message
+SendDataNow = Callable[[str, bytes], bool]       # `SendData` when it need not wait; False: not sent
 
 
 
@@ -55,8 +63,11 @@ class AwsDataPath(typing.Protocol):
     """An AWS tunnel socket with the codec's data path (relay/ends/websocket.py's AwsSocket)."""
 
     on_data: Callable[[str, int, int, bytes], Awaitable[None]] | None
+    deliver_now: Callable[[tuple[typing.Any, ...]], bool] | None
 
     async def send_data(self, service_id: str, stream_id: int, connection_id: int, raw: bytes) -> None: ...
+
+    def send_data_now(self, service_id: str, stream_id: int, connection_id: int, raw: bytes) -> bool: ...
 
 
 @typing.runtime_checkable
@@ -64,8 +75,11 @@ class DataPath(typing.Protocol):
     """A tunnel socket with the codec's data path (relay/ends/websocket.py's TunnelSocket)."""
 
     on_data: Callable[[str, bytes], Awaitable[None]] | None
+    deliver_now: Callable[[tuple[typing.Any, ...]], bool] | None
 
     async def send_data(self, conn_id: str, raw: bytes) -> None: ...
+
+    def send_data_now(self, conn_id: str, raw: bytes) -> bool: ...
 
 
 READ_SIZE = 64 * 1024            # Huawei: the most a pipe reads from its socket at once (within its credit)
@@ -127,17 +141,20 @@ class TcpPipe:
         # The codec's data path (TcpPipes.add sets it from the socket): one call per read, no
         # message built here; without it, forward_data messages one by one through `send`.
         self.send_data: SendData | None = None
+        self.send_data_now: SendDataNow | None = None   # ... the same when it need not wait
+        self._reading = False   # the reader task waits in read(): `take_now` may send in its place
         self.extra = {**(extra or {}), "connection_id": conn.conn_id}
         self.done = asyncio.Event()
         # bytes to write; an int: that many bytes written already, acknowledged once drained;
-        # None: the peer's eof
-        self._queue: asyncio.Queue[bytes | int | None] = asyncio.Queue()
+        # a str: an ack due, to send; None: the peer's eof
+        self._queue: asyncio.Queue[bytes | int | str | None] = asyncio.Queue()
         self._credit = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._out_done = self._in_done = False
         limit_write_buffer(writer, 0)   # acknowledge only what the kernel took
 
     def start(self) -> None:
+        offer_reads(self.writer, self.take_now)
         if not self._tasks and not self.done.is_set():
             self._tasks = [asyncio.create_task(self._socket_to_tunnel(), name=f"fwd-out-{self.conn.conn_id}"),
                            asyncio.create_task(self._tunnel_to_socket(), name=f"fwd-in-{self.conn.conn_id}")]
@@ -191,6 +208,48 @@ class TcpPipe:
             except Exception as exc:   # the tunnel's WebSocket is gone
                 await self.abort(f"cannot send: {describe(exc)}", tell_peer=False)
 
+    def take_now(self, data: bytes) -> bool:
+        """A read of the socket, sent on in this call when the reader task waits for it and it
+        fits the credit (relay/ends/local_streams.py); False: it goes to the reader task, and so
+        does every read after it until the task has read it (their order)."""
+        if not self._reading:
+            return False
+        conn, send = self.conn, self.send_data_now
+        if (send is None or len(data) > conn.credit or conn.sent_eof or conn.aborted is not None
+                or not send(conn.conn_id, data)):
+            self._reading = False
+            return False
+        conn.sent(len(data))
+        return True
+
+    def feed_data_now(self, raw: bytes) -> bool:
+        """`feed_data` without waiting, when nothing is queued ahead and the socket keeps up:
+        True when `raw` was handled (written, or of no use: the pipe is done), False when it
+        must take `feed_data`'s way (nothing was changed)."""
+        if self.done.is_set():
+            return True
+        transport = self.writer.transport
+        if not self._tasks or not self._queue.empty() or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        try:
+            self.conn.on_raw_data(len(raw))
+        except huawei_tcp.ForwardError as exc:
+            log.warning("forwarded connection broken by the other end: %s", exc, extra=self.extra)
+            self._spawn(self.abort(f"protocol error: {exc}"))
+            return True
+        self.writer.write(raw)
+        if transport.get_write_buffer_size():
+            self._queue.put_nowait(len(raw))   # the kernel did not take it all: acknowledged once drained
+            return True
+        ack = self.conn.on_written(len(raw))
+        if ack is not None:
+            self._queue.put_nowait(ack)   # the writer task sends it (an ack is not a round trip's latency)
+        return True
+
+    def _spawn(self, work: typing.Coroutine[typing.Any, typing.Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.append(task)
+
     async def abort(self, reason: str | None, *, tell_peer: bool = True) -> None:
         """Abort the TCP connection. With a `reason` (our decision), the peer is told,
         unless `tell_peer` is False (the tunnel is gone)."""
@@ -225,16 +284,29 @@ class TcpPipe:
     # -- the two directions --------------------------------------------------------------
 
     async def _socket_to_tunnel(self) -> None:
+        held = b""   # read, but over the credit `take_now` left while this task waited in read()
         try:
             while True:
                 while self.conn.credit == 0:
                     self._credit.clear()
                     await self._credit.wait()
                 send_data = self.send_data
-                data = await self.reader.read(min(READ_SIZE if send_data else huawei_tcp.CHUNK, self.conn.credit))
-                if not data:
-                    await self._send(self.conn.eof())
-                    break
+                if held:
+                    data, held = held, b""
+                else:
+                    self._reading = True
+                    try:
+                        data = await self.reader.read(min(READ_SIZE if send_data else huawei_tcp.CHUNK,
+                                                          self.conn.credit))
+                    finally:
+                        self._reading = False
+                    if not data:
+                        await self._send(self.conn.eof())
+                        break
+                if len(data) > self.conn.credit:
+                    data, held = data[:self.conn.credit], data[self.conn.credit:]
+                    if not data:
+                        continue
                 if send_data is not None:
                     self.conn.sent(len(data))
                     await send_data(self.conn.conn_id, data)
@@ -260,6 +332,9 @@ class TcpPipe:
                     if self.writer.can_write_eof():
                         self.writer.write_eof()
                     break
+                if isinstance(raw, str):
+                    await self._send(raw)   # feed_data_now's ack
+                    continue
                 if isinstance(raw, int):
                     n = raw   # written by feed_data already
                 else:
@@ -293,6 +368,7 @@ class TcpPipes:
     def __init__(self) -> None:
         self.by_id: dict[str, TcpPipe] = {}
         self.send_data: SendData | None = None   # the current socket's data path, for the pipes added
+        self.send_data_now: SendDataNow | None = None
         self.peak_unacked = 0
         self.peak_inbound = 0
         self._watchers: set[asyncio.Task[None]] = set()
@@ -300,6 +376,7 @@ class TcpPipes:
     def add(self, pipe: TcpPipe) -> None:
         self.by_id[pipe.conn.conn_id] = pipe
         pipe.send_data = self.send_data
+        pipe.send_data_now = self.send_data_now
         watcher = asyncio.create_task(self._forget_when_done(pipe))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -335,14 +412,23 @@ class TcpPipes:
         if pipe is not None:
             await pipe.feed_data(raw)
 
+    def data_now(self, item: tuple[typing.Any, ...]) -> bool:
+        """`data` without waiting (the socket's `deliver_now`): False when the item must take
+        the awaited way (no connection yet, or its pipe has something queued)."""
+        pipe = self.by_id.get(item[0])
+        return pipe is not None and pipe.feed_data_now(item[1])
+
     def attach(self, socket: object) -> None:
         """Take the data path of the tunnel's socket when it has one (relay/ends/websocket.py's
         `TunnelSocket`): its data items come here, and new pipes send through it."""
         if isinstance(socket, DataPath):
             socket.on_data = self.data
+            socket.deliver_now = self.data_now
             self.send_data = socket.send_data
+            self.send_data_now = socket.send_data_now
         else:
             self.send_data = None
+            self.send_data_now = None
 
     async def abort_all(self, reason: str) -> int:
         """The tunnel's WebSocket is gone: abort every connection (no one to tell)."""
@@ -375,6 +461,7 @@ class StreamPipe:
         self.bytes_in = self.bytes_out = 0
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()   # None: close after the data
         self._tasks: list[asyncio.Task[None]] = []
+        self._reading = False   # the reader task waits in read(): `take_now` may send in its place
 
     def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -385,7 +472,20 @@ class StreamPipe:
             return
         self._tasks.append(asyncio.create_task(self._to_socket(), name=f"aws-in-{self.key}"))
         if not self.closing:
+            offer_reads(writer, self.take_now)
             self._tasks.append(asyncio.create_task(self._from_socket(reader), name=f"aws-out-{self.key}"))
+
+    def take_now(self, data: bytes) -> bool:
+        """A read of the socket, sent on in this call when the reader task waits for it
+        (relay/ends/local_streams.py); False: it goes to the reader task, and so does every
+        read after it until the task has read it (their order)."""
+        if not self._reading:
+            return False
+        if not self.pipes.local_data_now(self, data):
+            self._reading = False
+            return False
+        self.bytes_out += len(data)
+        return True
 
     def deliver(self, data: bytes) -> None:
         writer = self.writer
@@ -398,6 +498,13 @@ class StreamPipe:
         if self.queued > HIGH:
             self.space.clear()
         self._queue.put_nowait(data)
+
+    def writes_now(self) -> bool:
+        """Whether `deliver` would write at once (nothing queued ahead, the socket keeps up)."""
+        writer = self.writer
+        return (writer is not None and bool(self._tasks) and self._queue.empty() and not self.done.is_set()
+                and not self.closing and not writer.transport.is_closing()
+                and not writer.transport.get_write_buffer_size())
 
     def close(self, abort: bool) -> None:
         """The table closed it: flush what is queued then close, or reset now."""
@@ -430,7 +537,11 @@ class StreamPipe:
     async def _from_socket(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                data = await reader.read(AWS_READ_SIZE if self.pipes.send_data is not None else MAX_PAYLOAD)
+                self._reading = True
+                try:
+                    data = await reader.read(AWS_READ_SIZE if self.pipes.send_data is not None else MAX_PAYLOAD)
+                finally:
+                    self._reading = False
                 if not data:
                     break
                 self.bytes_out += len(data)
@@ -476,6 +587,7 @@ class StreamPipes:
         self.connect_timeout = connect_timeout
         self.reader = MessageReader()
         self.send_data: Callable[[str, int, int, bytes], Awaitable[None]] | None = None   # attach()
+        self.send_data_now: Callable[[str, int, int, bytes], bool] | None = None
         self.links: dict[Key, StreamPipe] = {}
         self.services_known = asyncio.Event()
         self.opened = 0           # connections these pipes carried (for logs and tests)
@@ -497,13 +609,30 @@ class StreamPipes:
         `AwsSocket`): its DATA items come to `data`, and the sockets' reads go out through it."""
         if isinstance(socket, AwsDataPath):
             socket.on_data = self.data
+            socket.deliver_now = self.data_now
             self.send_data = socket.send_data
+            self.send_data_now = socket.send_data_now
         else:
             self.send_data = None
+            self.send_data_now = None
 
     async def data(self, service_id: str, stream_id: int, connection_id: int, payload: bytes) -> None:
         """The codec's DATA item, in stream order with the messages `feed` takes."""
         await self.apply(self.table.received_data(service_id, stream_id, connection_id, payload))
+
+    def data_now(self, item: tuple[typing.Any, ...]) -> bool:
+        """`data` without waiting (the socket's `deliver_now`): only when the DATA goes to a
+        socket that takes it at once (or is stale); False, with nothing changed, otherwise."""
+        effects = self.table.received_data(*item)
+        if not effects:
+            return True   # stale: a stream or connection that is over
+        if len(effects) != 1 or not isinstance(effects[0], StreamDeliver):
+            return False
+        link = self.links.get(effects[0].key)
+        if link is None or not link.writes_now():
+            return False
+        link.deliver(effects[0].data)
+        return True
 
     async def apply(self, effects: list[StreamEffect]) -> None:
         for effect in effects:
@@ -553,7 +682,7 @@ class StreamPipes:
     async def _open(self, link: StreamPipe, address: tuple[str, int]) -> None:
         target = f"{address[0]}:{address[1]}"
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), self.connect_timeout)
+            reader, writer = await asyncio.wait_for(open_local(*address), self.connect_timeout)
         except (TimeoutError, OSError) as exc:
             why = "no answer" if isinstance(exc, asyncio.TimeoutError) else describe(exc)
             log.warning("stream %s: cannot connect to %s: %s", stream_name(link.key), target, why, extra=self.extra)
@@ -580,6 +709,14 @@ class StreamPipes:
         elif self.table.may_send(link.key, data):
             await self.send_data(*self.table.wire_fields(link.key), data)
         return True
+
+    def local_data_now(self, link: StreamPipe, data: bytes) -> bool:
+        """`local_data` when it need not wait: True when `data` went out; False, with nothing
+        sent, when it must take the awaited way."""
+        send = self.send_data_now
+        if send is None or link.closing or self.links.get(link.key) is not link or not self.table.may_send(link.key, data):
+            return False
+        return send(*self.table.wire_fields(link.key), data)
 
     async def local_closed(self, link: StreamPipe, reason: str, *, abort: bool) -> None:
         """`link`'s socket ended (or never opened): the other end is told, unless the table

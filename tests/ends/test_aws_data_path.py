@@ -49,18 +49,32 @@ async def test_stream_pipes_send_reads_through_the_sockets_data_path():
 
     class Socket:
         on_data = None
+        deliver_now = None
         calls: list[tuple] = []
+        writable = True
 
         async def send_data(self, service_id: str, stream_id: int, connection_id: int, raw: bytes) -> None:
             self.calls.append((service_id, stream_id, connection_id, raw))
 
+        def send_data_now(self, service_id: str, stream_id: int, connection_id: int, raw: bytes) -> bool:
+            if self.writable:
+                self.calls.append(("now", service_id, stream_id, connection_id, raw))
+            return self.writable
+
     socket = Socket()
     pipes = StreamPipes(d, send)
     pipes.attach(socket)
-    assert socket.on_data == pipes.data
+    assert socket.on_data == pipes.data and socket.deliver_now == pipes.data_now
     link = pipes._add(s.Key("SSH", 7, 1))
     assert await pipes.local_data(link, b"hello")
     assert socket.calls == [("SSH", 7, 1, b"hello")] and messages == []   # no message built here
+    # the same without waiting, while the socket takes writes; nothing sent when it does not
+    assert pipes.local_data_now(link, b"now")
+    socket.writable = False
+    assert not pipes.local_data_now(link, b"later")
+    assert not pipes.local_data_now(pipes._add(s.Key("SSH", 7, 9)), b"x")   # not a started connection
+    assert socket.calls[1:] == [("now", "SSH", 7, 1, b"now")]
+    link = pipes.links[s.Key("SSH", 7, 1)]
     got: list[bytes] = []
     link.deliver = got.append   # type: ignore[method-assign]
     await pipes.data("SSH", 7, 1, b"from the relay")

@@ -285,6 +285,73 @@ async def test_send_data_waits_for_the_relay_to_read():
         assert waiting_at < 4096
 
 
+async def test_send_data_now_sends_only_while_the_relay_keeps_up():
+    async with tunnel_socket() as (ws, relay, reader, writer):
+        assert ws.send_data_now("c", b"first")
+        (opcode, payload), = await relay.frames(reader, 1)
+        msg = huawei_tcp.parse(payload)
+        assert msg is not None and msg.conn_id == "c" and base64.b64decode(msg.data) == b"first"
+        piece = os.urandom(65536)
+        for _ in range(4096):   # the relay reads nothing: the transport comes over its limit
+            if not ws.send_data_now("c", piece):
+                break
+        assert not ws._writable.is_set()
+        assert not ws.send_data_now("c", b"refused")   # nothing written: it must wait, as send_data does
+        await ws.close(timeout=0.1)
+        assert not ws.send_data_now("c", b"closed")
+
+
+def fast_collect(ws: TunnelSocket, refuse_every: int = 0) -> tuple[list[object], list[int]]:
+    """`collect`, with the socket's synchronous way taken too: data items it takes are appended
+    in the same call; every `refuse_every`-th it refuses (that item must come by on_data)."""
+    seen = collect(ws)
+    counts = [0, 0]   # taken, refused
+
+    def deliver_now(item: tuple) -> bool:
+        if refuse_every and sum(counts) % refuse_every == refuse_every - 1:
+            counts[1] += 1
+            return False
+        counts[0] += 1
+        seen.append((item[0], item[1]))
+        return True
+
+    ws.deliver_now = deliver_now
+    return seen, counts
+
+
+@pytest.mark.parametrize("refuse_every", [0, 3])
+async def test_data_taken_in_the_read_keeps_its_order_with_messages_and_refusals(refuse_every):
+    chunks = [os.urandom(3000) for _ in range(60)]
+    stream = b""
+    expected: list[object] = []
+    for i, chunk in enumerate(chunks):
+        stream += data_frame("c", chunk)
+        expected.append(("c", chunk))
+        if i % 7 == 3:
+            stream += text_frame({"operation_type": "forward_ack", "request_id": "c", "n": i})
+            expected.append(i)
+    async with tunnel_socket() as (ws, relay, reader, writer):
+        seen, counts = fast_collect(ws, refuse_every)
+
+        async def read_slowly() -> None:   # a message takes its reader a while: data arrives meanwhile
+            async for message in ws:
+                seen.append(message)
+                await asyncio.sleep(0.003)
+
+        task = asyncio.create_task(read_slowly())
+        for i in range(0, len(stream), 4001):   # reads that cut frames anywhere, a pause between some
+            writer.write(stream[i:i + 4001])
+            await writer.drain()
+            if i % 3:
+                await asyncio.sleep(0.001)
+        writer.write(frame(8, struct.pack("!H", 1000)))
+        await asyncio.wait_for(task, 30)
+        got = [orjson.loads(x)["n"] if isinstance(x, str) else x for x in seen]
+        assert joined(got) == joined(expected)
+        assert counts[0] > 0   # the synchronous way was taken ...
+        assert (counts[1] > 0) == bool(refuse_every)   # ... and, when refused, the task's way kept the order
+
+
 async def test_no_answer_to_the_heartbeat_ends_the_socket():
     async with tunnel_socket(heartbeat=0.2) as (ws, relay, reader, writer):
         seen = collect(ws)
