@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "relay"
 # layer and the ones below.
 LAYERS = [
     {"relay.errors", "relay.config", "relay.clock", "relay.tokens", "relay.model", "relay.logs", "relay.printable",
-     "relay.closes"},
+     "relay.closes", "relay.upgrade_tail"},
     {"relay.envelope", "relay.aws_messages", "relay.audit"},
     {"relay.codec"},
     {"relay.protocol", "relay.protocol_aws", "relay.cluster"},

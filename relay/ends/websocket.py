@@ -42,6 +42,7 @@ import aiohttp
 
 from relay import codec
 from relay.closes import ABNORMAL
+from relay.upgrade_tail import UpgradeTail
 
 log = logging.getLogger(__name__)
 
@@ -185,21 +186,6 @@ class Connector:
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"   # RFC 6455 1.3
 
 
-class _TailCatcher:
-    """Takes the bytes aiohttp read past the 101 answer (the relay may send its first frame at
-    once), in place of aiohttp's WebSocket parser; the counterpart of relay/web/takeover.py."""
-
-    def __init__(self) -> None:
-        self.data = b""
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        self.data += data
-        return False, b""
-
-    def feed_eof(self) -> None:
-        pass
-
-
 def _take_transport(resp: aiohttp.ClientResponse) -> tuple[asyncio.Transport, bytes]:
     """The upgraded connection's transport, and aiohttp made to forget it: its protocol gives
     us what it read past the answer, loses its transport (so that it closes nothing), and its
@@ -209,7 +195,7 @@ def _take_transport(resp: aiohttp.ClientResponse) -> tuple[asyncio.Transport, by
     transport = conn.transport if conn is not None else None
     if conn is None or proto is None or transport is None:
         raise Unreachable(ConnectionResetError("the connection closed during the upgrade"))
-    catcher = _TailCatcher()
+    catcher = UpgradeTail()
     proto.set_parser(catcher, catcher)   # drains aiohttp's tail into the catcher, drops its read timeout
     proto.transport = None
     proto.connection_lost(None)

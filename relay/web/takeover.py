@@ -11,25 +11,12 @@ from typing import TYPE_CHECKING, TypeVar, cast
 
 from aiohttp import web
 
+from relay.upgrade_tail import UpgradeTail
+
 if TYPE_CHECKING:
     from aiohttp.http_websocket import WebSocketReader
 
 RelayProtocol = TypeVar("RelayProtocol", bound=asyncio.Protocol)
-
-
-class _TailCatcher:
-    """Receives bytes aiohttp already read past the upgrade request (a client may send its
-    first frame without waiting for the 101)."""
-
-    def __init__(self) -> None:
-        self.data = b""
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        self.data += data
-        return False, b""
-
-    def feed_eof(self) -> None:
-        pass
 
 
 def hand_over_transport(request: web.Request,
@@ -45,7 +32,7 @@ def hand_over_transport(request: web.Request,
     transport = request.transport
     old = request.protocol
     assert transport is not None
-    tail = _TailCatcher()
+    tail = UpgradeTail()
     old.set_parser(cast("WebSocketReader", tail))   # aiohttp only feeds it (feed_data, feed_eof)
     protocol = make(transport)
     transport.set_protocol(protocol)
