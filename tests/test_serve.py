@@ -255,9 +255,7 @@ def test_a_stalled_request_is_cut_off(tmp_path):
     try:
         with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
             sock.sendall(b"GET /v5/iot/tunnels/x/device-connect HTTP/1.1\r\nHost: x\r\n")  # never ends
-            started = time.monotonic()
-            assert sock.recv(1024) == b""  # closed by the relay
-            assert time.monotonic() - started < 4
+            assert sock.recv(1024) == b""  # closed by the relay (a socket left open would time out: 5 s)
         # a prompt client on the same relay is served
         status, _ = relay.call("GET", "/v5/iot/p1/tunnels")
         assert status == 200

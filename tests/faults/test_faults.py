@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import aiohttp
 import orjson
@@ -110,13 +109,10 @@ async def test_cut_device_network_is_noticed_and_the_device_comes_back(netns, re
                 assert await _device_state(relay, tunnel_id) == "CONNECTED"
 
                 netns.link(up=False)        # no FIN, no RST: the packets just stop
-                cut = time.monotonic()
-                # What the user sees: a disconnect within a few heartbeat intervals.
+                # What the user sees: a disconnect within a few heartbeat intervals (the
+                # receive's bound; a relay that never notices fails it).
                 gone = await _receive_op(source, "disconnect", 6 * interval)
-                noticed = time.monotonic() - cut
-                print(f"source told {gone['data']} after {noticed:.2f} s")
                 assert gone["data"]["status_code"] in ("504", "499"), gone
-                assert noticed <= 4 * interval + 1, noticed
                 await eventually(lambda: _state_is(relay, tunnel_id, "DISCONNECTED"), timeout=10)
                 # The source stays connected and is told the device is absent.
                 await source.send_str(message("command", "k2", "hello"))
@@ -164,9 +160,7 @@ async def test_missing_sshd_is_a_clear_failure_and_connect_works_once_it_is_back
         try:
             await _receive_op(source, "connect_tunnel", 15)
             await sshd_gate.shut()                      # nothing listens on the SSH port now
-            started = time.monotonic()
-            failed = await _connect(source, "c1", sshd)
-            assert time.monotonic() - started < 10
+            failed = await asyncio.wait_for(_connect(source, "c1", sshd), 10)   # an answer, not a hang
             assert failed["data"]["status_code"] == "502", failed
             assert "cannot reach the SSH server" in failed["data"]["status_msg"], failed
             # The tunnel itself is fine: the device stays connected.
@@ -242,7 +236,7 @@ async def test_a_flood_is_held_back_others_go_on_and_every_pong_arrives_in_order
     reader, writer = await _raw_ws("127.0.0.1", port, f"/v5/iot/tunnels/{flooded['tunnel_id']}/source-connect",
                                    flooded["tunnel_access_token"])
     samples: list[int] = []
-    latencies: list[float] = []
+    during_flood: list[bool] = []   # per round trip of the other tunnel: the flooder still held back
     tasks: list[asyncio.Task] = []
     async with aiohttp.ClientSession() as http:
         base = relay.url + f"/v5/iot/tunnels/{other['tunnel_id']}"
@@ -279,22 +273,21 @@ async def test_a_flood_is_held_back_others_go_on_and_every_pong_arrives_in_order
             sampler = asyncio.create_task(sample())
             flooder = asyncio.create_task(flood())
             tasks.extend((sampler, flooder))
-            # Meanwhile another tunnel relays in bounded time.
+            # The flooder is held back: the relay stopped reading it ...
+            await eventually(lambda: not conn.transport.is_reading(), timeout=10)
+            # ... and meanwhile another tunnel relays (each step bounded by its receive timeout).
             for i in range(10):
-                started = time.monotonic()
                 await src.send_str(message("command", f"o{i}", "still there?"))
                 got = await receive_json(dev, timeout=5)
                 assert got["request_id"] == f"o{i}"
                 await dev.send_str(message("command_response", f"o{i}", "yes"))
                 back = await receive_json(src, timeout=5)
                 assert back["request_id"] == f"o{i}"
-                latencies.append(time.monotonic() - started)
+                during_flood.append(not conn.transport.is_reading())
                 await asyncio.sleep(0.05)
-            # The flooder is held back: the relay stopped reading it, its buffer stayed bounded.
-            await eventually(lambda: not conn.transport.is_reading(), timeout=10)
+            # Its buffer stayed bounded.
             held = max(samples)
-            print(f"flood held back: relay write buffer at most {held} bytes; other tunnel round trips "
-                  f"at most {max(latencies) * 1000:.0f} ms")
+            print(f"flood held back: relay write buffer at most {held} bytes")
             flooding = False
             await sampler
 
@@ -322,4 +315,4 @@ async def test_a_flood_is_held_back_others_go_on_and_every_pong_arrives_in_order
     with_one_read = WRITE_HIGH_WATER + 256 * 1024
     assert held > WRITE_HIGH_WATER // 2, held    # the flood really filled the relay's buffer
     assert max(samples) <= with_one_read, max(samples)
-    assert max(latencies) < 1.0, latencies
+    assert during_flood == [True] * 10, during_flood   # the other tunnel went on while the flood was held
