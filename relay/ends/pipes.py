@@ -82,6 +82,18 @@ class DataPath(typing.Protocol):
     def send_data_now(self, conn_id: str, raw: bytes) -> bool: ...
 
 
+def take_data_path(pipes: typing.Any, socket: object, path: type) -> None:
+    """Both protocols' `attach`: when `socket` has the codec's data path (`path`), its data
+    items go to the pipes (`data`, or `data_now` in the read itself) and the pipes send through
+    it (`send_data`, `send_data_now`); otherwise the pipes send messages one by one."""
+    if isinstance(socket, path):
+        found: typing.Any = socket   # a DataPath or an AwsDataPath: the same four names
+        found.on_data, found.deliver_now = pipes.data, pipes.data_now
+        pipes.send_data, pipes.send_data_now = found.send_data, found.send_data_now
+    else:
+        pipes.send_data = pipes.send_data_now = None
+
+
 READ_SIZE = 64 * 1024            # Huawei: the most a pipe reads from its socket at once (within its credit)
 AWS_READ_SIZE = 4 * MAX_PAYLOAD  # AWS with the codec's path: the most a pipe reads at once (4 DATA messages)
 HIGH = 256 * 1024                # AWS: relay data queued for one socket: stop reading the WebSocket
@@ -184,7 +196,7 @@ class TcpPipe:
     async def feed_data(self, raw: bytes) -> None:
         """The peer's forward_data for this connection, decoded by the codec (in stream order
         with the messages `feed` takes)."""
-        if self.done.is_set():
+        if self.done.is_set() or self.feed_data_now(raw):
             return
         try:
             self.conn.on_raw_data(len(raw))
@@ -192,21 +204,7 @@ class TcpPipe:
             log.warning("forwarded connection broken by the other end: %s", exc, extra=self.extra)
             await self.abort(f"protocol error: {exc}")
             return
-        transport = self.writer.transport
-        if not self._tasks or not self._queue.empty() or transport.is_closing() or transport.get_write_buffer_size():
-            self._queue.put_nowait(raw)   # behind what is queued (or the socket is slow): the writer's turn
-            return
-        # Nothing ahead of it: written now, without waking the writer (a round trip's latency).
-        self.writer.write(raw)
-        if transport.get_write_buffer_size():
-            self._queue.put_nowait(len(raw))   # the kernel did not take it all: acknowledged once drained
-            return
-        ack = self.conn.on_written(len(raw))
-        if ack is not None:
-            try:
-                await self._send(ack)
-            except Exception as exc:   # the tunnel's WebSocket is gone
-                await self.abort(f"cannot send: {describe(exc)}", tell_peer=False)
+        self._queue.put_nowait(raw)   # behind what is queued (or the socket is slow): the writer's turn
 
     def take_now(self, data: bytes) -> bool:
         """A read of the socket, sent on in this call when the reader task waits for it and it
@@ -230,7 +228,8 @@ class TcpPipe:
             return True
         transport = self.writer.transport
         if not self._tasks or not self._queue.empty() or transport.is_closing() or transport.get_write_buffer_size():
-            return False
+            return False   # behind what is queued (or the socket is slow): the writer's turn
+        # Nothing ahead of it: written now, without waking the writer (a round trip's latency).
         try:
             self.conn.on_raw_data(len(raw))
         except huawei_tcp.ForwardError as exc:
@@ -421,14 +420,7 @@ class TcpPipes:
     def attach(self, socket: object) -> None:
         """Take the data path of the tunnel's socket when it has one (relay/ends/websocket.py's
         `TunnelSocket`): its data items come here, and new pipes send through it."""
-        if isinstance(socket, DataPath):
-            socket.on_data = self.data
-            socket.deliver_now = self.data_now
-            self.send_data = socket.send_data
-            self.send_data_now = socket.send_data_now
-        else:
-            self.send_data = None
-            self.send_data_now = None
+        take_data_path(self, socket, DataPath)
 
     async def abort_all(self, reason: str) -> int:
         """The tunnel's WebSocket is gone: abort every connection (no one to tell)."""
@@ -488,11 +480,8 @@ class StreamPipe:
         return True
 
     def deliver(self, data: bytes) -> None:
-        writer = self.writer
-        if (writer is not None and self._tasks and self._queue.empty() and not self.done.is_set()
-                and not writer.transport.is_closing() and not writer.transport.get_write_buffer_size()):
-            writer.write(data)   # nothing ahead of it: now, without waking the writer (latency)
-            self.bytes_in += len(data)
+        if self.writes_now():
+            self.write_now(data)
             return
         self.queued += len(data)
         if self.queued > HIGH:
@@ -505,6 +494,12 @@ class StreamPipe:
         return (writer is not None and bool(self._tasks) and self._queue.empty() and not self.done.is_set()
                 and not self.closing and not writer.transport.is_closing()
                 and not writer.transport.get_write_buffer_size())
+
+    def write_now(self, data: bytes) -> None:
+        """Nothing ahead of it (`writes_now`): written now, without waking the writer (latency)."""
+        assert self.writer is not None
+        self.writer.write(data)
+        self.bytes_in += len(data)
 
     def close(self, abort: bool) -> None:
         """The table closed it: flush what is queued then close, or reset now."""
@@ -607,14 +602,7 @@ class StreamPipes:
     def attach(self, socket: object) -> None:
         """Take the data path of the tunnel's socket when it has one (relay/ends/websocket.py's
         `AwsSocket`): its DATA items come to `data`, and the sockets' reads go out through it."""
-        if isinstance(socket, AwsDataPath):
-            socket.on_data = self.data
-            socket.deliver_now = self.data_now
-            self.send_data = socket.send_data
-            self.send_data_now = socket.send_data_now
-        else:
-            self.send_data = None
-            self.send_data_now = None
+        take_data_path(self, socket, AwsDataPath)
 
     async def data(self, service_id: str, stream_id: int, connection_id: int, payload: bytes) -> None:
         """The codec's DATA item, in stream order with the messages `feed` takes."""
@@ -631,7 +619,7 @@ class StreamPipes:
         link = self.links.get(effects[0].key)
         if link is None or not link.writes_now():
             return False
-        link.deliver(effects[0].data)
+        link.write_now(effects[0].data)
         return True
 
     async def apply(self, effects: list[StreamEffect]) -> None:
