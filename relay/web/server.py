@@ -22,13 +22,17 @@ from relay.web.sockets import HUB
 
 log = logging.getLogger(__name__)
 
+# How long stopping waits for a request still being handled, on either port (aiohttp's own
+# default is 60 s: a stuck handler on the internal port held a stop that long).
+SHUTDOWN_TIMEOUT = 5.0
+
 
 async def run(settings: Settings, *, generated_token_file: str | None = None) -> int:
     # Bind first, so that with --port 0 the app knows the port the system picked (for tunnel_uri).
     sock = _listen(settings.host, settings.port)
     settings = dataclasses.replace(settings, port=sock.getsockname()[1])
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5, **_handler_options(settings))
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, **_handler_options(settings))
     await runner.setup()
     loop = asyncio.get_running_loop()
     assert runner.server is not None
@@ -41,7 +45,8 @@ async def run(settings: Settings, *, generated_token_file: str | None = None) ->
     if settings.internal_port is not None:
         # The internal port gets the same deadlines and bounds: it is reachable by whoever
         # reaches the pod network (docs/operations.md).
-        internal_runner = web.AppRunner(create_internal_app(app), handle_signals=False, **_handler_options(settings))
+        internal_runner = web.AppRunner(create_internal_app(app), handle_signals=False,
+                                        shutdown_timeout=SHUTDOWN_TIMEOUT, **_handler_options(settings))
         await internal_runner.setup()
         assert internal_runner.server is not None
         try:

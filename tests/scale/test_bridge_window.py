@@ -31,6 +31,7 @@ from relay.store.redis import RedisStore
 from relay.web import bridge as bridge_module
 from relay.web import sockets
 from relay.web.app import create_app, create_internal_app
+from relay.web.server import SHUTDOWN_TIMEOUT
 from tests.aws.spec_client import DATA, SERVICE_IDS, STREAM_START, Msg
 from tests.aws.spec_client import connect as aws_connect
 from tests.conftest import TOKEN_A
@@ -75,10 +76,12 @@ async def replicas(settings_factory, redis_server) -> AsyncIterator[Callable[[st
                                     replica_id=name, heartbeat_interval=20.0, reconcile_interval=reconcile_interval,
                                     bridge_secret=BRIDGE_SECRET)
         app = create_app(settings, clock=clock, store=RedisStore(redis_server.url, prefix=prefix))
-        client = TestClient(TestServer(app, host="127.0.0.1", port=port))
+        server = TestServer(app, host="127.0.0.1", port=port)
+        await server.start_server(shutdown_timeout=SHUTDOWN_TIMEOUT)   # as `relay serve` stops
+        client = TestClient(server)
         await client.start_server()
         internal = TestServer(create_internal_app(app), host="127.0.0.1", port=internal_port)
-        await internal.start_server()
+        await internal.start_server(shutdown_timeout=SHUTDOWN_TIMEOUT)
         replica = Replica(client, internal)
         started.append(replica)
         return replica
