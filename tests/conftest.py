@@ -19,6 +19,17 @@ TOKEN_B = "token-of-project-b-9876543210"
 API_KEYS = (ApiKey("proj-a", "alice", TOKEN_A), ApiKey("proj-a", "ci", TOKEN_A2), ApiKey("proj-b", "bob", TOKEN_B))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that ran relay processes (the rig of tests/scale) shows the end of each
+    one's log beside its traceback: a failure in CI is then read, not guessed."""
+    outcome = yield
+    report = outcome.get_result()
+    rig = getattr(item, "funcargs", {}).get("rig")
+    if report.failed and rig is not None and hasattr(rig, "log_tails"):
+        report.sections.append(("relay logs", rig.log_tails()))
+
+
 @dataclasses.dataclass
 class Relay:
     client: TestClient

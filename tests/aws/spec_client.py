@@ -206,7 +206,10 @@ class SpecClient:
                     body, self.buffer = self.buffer[2:2 + size], self.buffer[2 + size:]
                     self.raw.append(body)
                     return decode(body)
-            msg = await self.ws.receive(timeout=timeout)
+            # asyncio's timeout, not aiohttp's: aiohttp starts its timeout again after every
+            # ping it answers, so against a relay that pings it would never expire
+            async with asyncio.timeout(timeout):
+                msg = await self.ws.receive()
             if msg.type == aiohttp.WSMsgType.BINARY:
                 self.buffer += msg.data
             elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
@@ -241,8 +244,9 @@ class SpecClient:
             return
         raise AssertionError(f"unexpected {msg}")
 
-    async def close(self) -> None:
-        await self.ws.close()
+    async def close(self, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):   # aiohttp's own close timeout restarts at every ping
+            await self.ws.close()
 
 
 async def connect(session: aiohttp.ClientSession, base: str, token: str | None, mode: str, *,
@@ -259,6 +263,7 @@ async def connect(session: aiohttp.ClientSession, base: str, token: str | None, 
     if client_token is not None:
         hdrs["client-token"] = client_token
     url = base.replace("http://", "ws://") + f"/tunnel?local-proxy-mode={mode}"
-    ws = await session.ws_connect(url, headers=hdrs, protocols=protocols, autoclose=False, autoping=True,
-                                  max_msg_size=0)
+    async with asyncio.timeout(10):   # aiohttp's session would wait 5 minutes for the handshake
+        ws = await session.ws_connect(url, headers=hdrs, protocols=protocols, autoclose=False, autoping=True,
+                                      max_msg_size=0)
     return SpecClient(ws)

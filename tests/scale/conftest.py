@@ -151,6 +151,16 @@ class Rig:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 
+    def log_tails(self, lines: int = 40) -> str:
+        """The last lines of each replica's log (health checks left out)."""
+        parts = []
+        for r in self.replicas:
+            path = self.folder / f"{r.name}.log"
+            text = path.read_text(errors="replace") if path.exists() else ""
+            kept = [line for line in text.splitlines() if "/readyz" not in line and "/healthz" not in line]
+            parts.append(f"--- {r.name} ---\n" + "\n".join(kept[-lines:]))
+        return "\n".join(parts)
+
     def stop(self) -> None:
         if self.haproxy is not None:
             self.haproxy.stop()

@@ -19,15 +19,22 @@ async def ws(session: aiohttp.ClientSession, base: str, tunnel_id: str, side: st
     return await session.ws_connect(url, headers={"tunnel_access_token": token}, autoclose=False, heartbeat=None)
 
 
+async def receive(sock: aiohttp.ClientWebSocketResponse, timeout: float = 10) -> aiohttp.WSMessage:
+    """The next message, within `timeout` seconds. asyncio's timeout, not aiohttp's: aiohttp
+    starts its own again after every ping it answers, and the rig's replicas ping every second."""
+    async with asyncio.timeout(timeout):
+        return await sock.receive()
+
+
 async def next_json(sock, timeout: float = 10) -> dict:
-    msg = await sock.receive(timeout=timeout)
+    msg = await receive(sock, timeout)
     assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
     return orjson.loads(msg.data)
 
 
 async def close_code(sock, timeout: float = 10) -> int:
     while True:
-        msg = await sock.receive(timeout=timeout)
+        msg = await receive(sock, timeout)
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
             return sock.close_code
 
@@ -59,7 +66,7 @@ async def test_ends_on_different_replicas_relay_byte_exact_both_ways(rig):
                 await sock.send_str(item)
 
         async def recv(sock, n):
-            return [(await sock.receive(timeout=10)).data for _ in range(n)]
+            return [(await receive(sock)).data for _ in range(n)]
 
         got = await asyncio.gather(send(source, down), send(device, up), recv(device, 500), recv(source, 500))
         assert got[2] == down and got[3] == up
@@ -80,7 +87,7 @@ async def test_through_haproxy_round_robin(rig):
             device = await ws(session, lb.base, body["tunnel_id"], "device", body["device_access_token"])
             assert (await next_json(source))["operation_type"] == "connect_tunnel"
             await source.send_str(message("command", "q", "uname -a"))
-            assert orjson.loads((await device.receive(timeout=10)).data)["data"] == "uname -a"
+            assert orjson.loads((await receive(device)).data)["data"] == "uname -a"
             await device.send_str(message("command_response", "q", "Linux"))
             assert (await next_json(source))["data"] == "Linux"
             await source.close()
@@ -99,7 +106,7 @@ async def test_eviction_across_replicas(rig):
         while (msg := await next_json(source))["operation_type"] != "connect_tunnel":
             assert msg["operation_type"] == "disconnect"
         await source.send_str(message("command", "after", "id"))
-        assert orjson.loads((await new.receive(timeout=10)).data)["request_id"] == "after"
+        assert orjson.loads((await receive(new)).data)["request_id"] == "after"
         status, info = rig.call(r1.base, "GET", f"/v5/iot/p1/tunnels/{body['tunnel_id']}")
         assert info["device_connect_state"]["status"] == "CONNECTED"  # the stale replica did not undo it
         await source.close()
@@ -159,7 +166,7 @@ async def test_redis_restart(rig):
         rig.redis.stop()
         # tunnel data never passes through Redis: the pair keeps working while it is down
         await source.send_str(message("command", "during", "ls"))
-        assert orjson.loads((await device.receive(timeout=10)).data)["request_id"] == "during"
+        assert orjson.loads((await receive(device)).data)["request_id"] == "during"
         status, err = rig.call(r3.base, "GET", "/v5/iot/p1/tunnels")
         assert status == 503 and err["error_code"] == "TUNNEL.503000"
         # what happens meanwhile is kept for the audit trail, and written once Redis is back
@@ -183,7 +190,7 @@ async def test_redis_restart(rig):
         while (await next_json(source))["operation_type"] != "connect_tunnel":
             pass   # the disconnect of the device's first connection comes first
         await source.send_str(message("command", "after", "ls"))
-        assert orjson.loads((await device.receive(timeout=10)).data)["request_id"] == "after"
+        assert orjson.loads((await receive(device)).data)["request_id"] == "after"
         await source.close()
         await device.close()
 
