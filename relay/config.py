@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -229,14 +230,21 @@ def env(name: str, default: str | None = None) -> str | None:
 # -- readers of option values: each reads and checks one kind of text (argparse's `type`) -----
 
 
-def positive_int(text: str) -> int:
+def _above_zero(text: str, parse: Callable[[str], float], what: str) -> Any:
+    """`text` read by `parse` (int or float): a finite number above zero, or a message saying why not."""
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
     return value
+
+
+def positive_int(text: str) -> int:
+    return int(_above_zero(text, int, "a whole number"))
 
 
 MAX_MESSAGE_SIZE_CAP = 16 * 1024 * 1024   # far above any protocol's limit (Huawei: 10 KB)
@@ -274,13 +282,7 @@ def port_list(text: str) -> tuple[int, ...]:
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
-    return value
+    return float(_above_zero(text, float, "a number"))
 
 
 def parse_projects(text: str | None) -> tuple[str, ...]:

@@ -85,6 +85,9 @@ def test_the_command_line_wins_over_the_variable(monkeypatch, tmp_path):
     (["serve"], "RELAY_PORT", "70000", "argument --port: port 70000 is outside 0-65535 (from RELAY_PORT)"),
     (["serve"], "RELAY_SWEEP_INTERVAL", "soon", "argument --sweep-interval: 'soon' is not a number (from RELAY_SWEEP_INTERVAL)"),
     (["agent"], "RELAY_AGENT_HEARTBEAT", "0", "argument --heartbeat: '0' must be above zero (from RELAY_AGENT_HEARTBEAT)"),
+    # float() reads these, and `nan <= 0` is false: a timer of NaN or infinity seconds is refused too
+    (["serve"], "RELAY_RECONCILE_INTERVAL", "nan", "argument --reconcile-interval: 'nan' is not a finite number"),
+    (["agent"], "RELAY_AGENT_HEARTBEAT", "inf", "argument --heartbeat: 'inf' is not a finite number"),
 ])
 def test_a_bad_variable_is_checked_as_its_option_and_named(monkeypatch, capsys, command, variable, value, message):
     monkeypatch.setenv(variable, value)
