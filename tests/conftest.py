@@ -12,6 +12,9 @@ from aiohttp.test_utils import TestClient, TestServer, unused_port
 from relay.clock import ManualClock
 from relay.config import ApiKey, Settings
 from relay.web.app import create_app
+from tests import leaks
+
+leaks.install()   # a ResourceWarning for a transport names the test that opened it
 
 TOKEN_A = "token-of-project-a-0123456789"
 TOKEN_A2 = "second-token-of-project-a-xyz"
