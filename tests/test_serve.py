@@ -198,6 +198,7 @@ def test_help_explains_every_option():
 def test_tls_serves_https_and_wss_with_a_self_signed_certificate(tmp_path):
     """Huawei's device SDK only speaks wss:// and does not verify the certificate."""
     import asyncio
+    import socket
     import ssl
 
     import aiohttp
@@ -220,8 +221,15 @@ def test_tls_serves_https_and_wss_with_a_self_signed_certificate(tmp_path):
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
 
+        opened: list[socket.socket] = []
+
+        def new_socket(addr_info: tuple) -> socket.socket:
+            sock = socket.socket(addr_info[0], addr_info[1], addr_info[2])
+            opened.append(sock)
+            return sock
+
         async def scenario() -> dict:
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(socket_factory=new_socket)) as http:
                 async with http.post(f"{relay.base}/v5/iot/p1/tunnels", json={"device_id": "d1"},
                                      headers={"X-Auth-Token": TOKEN}, ssl=insecure) as resp:
                     created = await resp.json()
@@ -233,7 +241,12 @@ def test_tls_serves_https_and_wss_with_a_self_signed_certificate(tmp_path):
                 hello = await source.receive_json(timeout=5)
                 await device.close()
                 await source.close()
-                return hello
+            # A TLS connection that is closed says close_notify and waits for the relay's; the
+            # event loop must not end before that (asyncio would warn of an unclosed transport)
+            async with asyncio.timeout(10):
+                while any(sock.fileno() != -1 for sock in opened):
+                    await asyncio.sleep(0.01)
+            return hello
 
         hello = asyncio.run(scenario())
         assert hello["operation_type"] == "connect_tunnel"

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.device.conftest import Mosquitto
-from tests.scale.conftest import BRIDGE_SECRET, TOKEN, Replica, Rig
+from tests.scale.conftest import BRIDGE_SECRET, HEARTBEAT_INTERVAL, TOKEN, Replica, Rig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = ROOT / "deploy" / "podman" / "containers.conf"
@@ -112,7 +112,7 @@ class ContainerReplica(Replica):
             here["RELAY_DRAIN_SECONDS"] = self.drain_seconds
         assert set(here) <= set(env), f"not set by deploy/k8s: {set(here) - set(env)}"
         env.update(here)
-        env.update(RELAY_RECONCILE_INTERVAL="0.5", RELAY_HEARTBEAT_INTERVAL="1")
+        env.update(RELAY_RECONCILE_INTERVAL="0.5", RELAY_HEARTBEAT_INTERVAL=HEARTBEAT_INTERVAL)
         assert None not in env.values(), env
         return env  # type: ignore[return-value]
 

@@ -18,6 +18,12 @@ from tests.test_serve import clean_env
 
 TOKEN = "rig-token-0123456789abcdef0123"
 BRIDGE_SECRET = "rig-bridge-secret-0123456789abcdef0123456789"   # the replicas' shared secret
+# How often a replica pings a quiet client. A test's aiohttp client answers a ping only while
+# it waits in receive(), and a replica drops a client that has not answered after two more
+# intervals: at 1 s a test that spent 3 s elsewhere (a replica stopping, Redis restarting, a
+# loaded CI machine) lost its idle connections. No rig test is about heartbeats (tests/faults
+# and tests/aws/test_faults.py are, on relays of their own).
+HEARTBEAT_INTERVAL = "10"
 
 
 class Replica:
@@ -40,7 +46,7 @@ class Replica:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay.cli", "serve", "--port", str(self.port), "--public-url", self.public_url,
              "--store-url", self.redis_url, "--internal-port", str(self.internal_port), "--replica-id", self.name,
-             "--reconcile-interval", "0.5", "--drain-seconds", "1", "--heartbeat-interval", "1"],
+             "--reconcile-interval", "0.5", "--drain-seconds", "1", "--heartbeat-interval", HEARTBEAT_INTERVAL],
             cwd=self.folder, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         wait_for_port(self.internal_port, self.proc, f"relay {self.name}")
         wait_for_port(self.port, self.proc, f"relay {self.name}")

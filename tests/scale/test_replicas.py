@@ -134,7 +134,7 @@ async def test_sigterm_drains_and_the_device_comes_back_elsewhere(rig):
         assert got["data"]["status_code"] == "503"
         assert await close_code(device) == 1001
         assert (await next_json(source))["data"]["status_code"] == "499"
-        assert r2.wait() == 0
+        assert await asyncio.to_thread(r2.wait) == 0   # the loop goes on answering the replicas
         device = await ws(session, r3.base, body["tunnel_id"], "device", body["device_access_token"])
         assert (await next_json(source))["operation_type"] == "connect_tunnel"
         # the source speaks first, as the protocol has it: connect_tunnel comes from the source's
@@ -154,7 +154,7 @@ async def test_sigkill_of_a_replica_is_noticed_by_the_other_end(rig):
         r2.signal(signal.SIGKILL)
         got = await next_json(source, timeout=20)
         assert got["data"]["status_code"] == "499"
-        r2.wait()
+        await asyncio.to_thread(r2.wait)
         await source.close()
         await device.close()
 
@@ -209,7 +209,7 @@ async def test_a_dead_replica_costs_the_next_upgrade_through_haproxy_nothing(rig
         bodies = [create(rig, lb.base, f"after-kill-{n}") for n in range(3)]
         before = int(lb.stats()["relays/BACKEND"]["wredis"])
         victim.signal(signal.SIGKILL)
-        victim.wait()
+        await asyncio.to_thread(victim.wait)
         async with aiohttp.ClientSession() as session:
             for body in bodies:   # round robin: one of any three requests is for the dead replica
                 source = await ws(session, lb.base, body["tunnel_id"], "source", body["tunnel_access_token"])
