@@ -111,21 +111,36 @@ def _end_hold(device: TunnelConnection) -> None:
 
 
 class _UpgradeAnswer(asyncio.Protocol):
-    """Reads the answer to the bridge's upgrade request, then steps aside."""
+    """Reads the answer to the bridge's upgrade request, then steps aside.
+
+    The source's replica links its end as soon as it has answered 101, so its client's first
+    messages may follow the answer at once, in the same read or in later ones, before `_open`
+    has run again: everything after the answer's head stays in `buffer` until `_open` hands
+    the transport to the bridge and takes it (`take_rest`), in the same step."""
 
     def __init__(self, request: bytes) -> None:
         self.request = request
         self.buffer = b""
-        self.answer: asyncio.Future[tuple[bytes, bytes]] = asyncio.get_running_loop().create_future()
+        self.head: bytes | None = None
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport):
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        if b"\r\n\r\n" in self.buffer and not self.answer.done():
-            head, _, rest = self.buffer.partition(b"\r\n\r\n")
-            self.answer.set_result((head, rest))
+        if self.head is None and b"\r\n\r\n" in self.buffer:
+            self.head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            self.answered(self.head)
+
+    def answered(self, head: bytes) -> None:
+        """The head of the answer is here: `_open` may go on."""
+        self.answer.set_result(head)
+
+    def take_rest(self) -> bytes:
+        """What came after the answer so far; from now on the bridge reads the rest itself."""
+        rest, self.buffer = self.buffer, b""
+        return rest
 
     def connection_lost(self, exc):
         if not self.answer.done():
@@ -236,7 +251,7 @@ class Bridges:
             transport, handshake = await asyncio.wait_for(
                 loop.create_connection(lambda: _UpgradeAnswer(request), host.strip("[]"), int(port)), 5)
             try:
-                head, rest = await asyncio.wait_for(handshake.answer, 5)
+                head = await asyncio.wait_for(handshake.answer, 5)
             except BaseException:
                 transport.close()
                 raise
@@ -247,6 +262,7 @@ class Bridges:
                 transport.close()  # the device left while the bridge was being built
                 return
             bridge = BridgeEnd(Side.SOURCE, pairing, self.hub, transport, lease)
+            rest = handshake.take_rest()   # with set_protocol in one step: no read falls between
             transport.set_protocol(bridge)
             self.hub.apply(pairing, pairing.attach(bridge))  # links the device: `link` ends the hold
             log.info("bridged", extra={"tunnel_id": pairing.tunnel_id, "to": lease.replica_id})

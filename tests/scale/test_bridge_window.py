@@ -93,10 +93,11 @@ async def replicas(settings_factory, redis_server) -> AsyncIterator[Callable[[st
 
 
 class Gate:
-    """Replaces the bridge's _UpgradeAnswer: once a 101 answer has arrived, `_open` gets it
-    only when `opened` is set. Bytes the other replica sends after it are kept, as usual.
-    A refusal (an attempt made before the source's replica could take it; reconciliation
-    tries again) passes at once."""
+    """Replaces the bridge's _UpgradeAnswer: once a 101 answer has arrived, `_open` learns of
+    it only when `opened` is set. What the other replica sends after the answer arrives
+    meanwhile, as it does when `_open` is slow to run again on a busy replica. A refusal (an
+    attempt made before the source's replica could take it; reconciliation tries again)
+    passes at once."""
 
     def __init__(self) -> None:
         self.answered = asyncio.Event()   # the 101 answer is here, held back
@@ -105,22 +106,18 @@ class Gate:
         gate = self
 
         class HeldAnswer(bridge_module._UpgradeAnswer):
-            def data_received(self, data: bytes) -> None:
-                self.buffer += data
-                if b"\r\n\r\n" not in self.buffer or self.answer.done() or self in gate.held:
-                    return
-                if not self.buffer.startswith(b"HTTP/1.1 101") or gate.answered.is_set():
-                    super().data_received(b"")
+            def answered(self, head: bytes) -> None:
+                if not head.startswith(b"HTTP/1.1 101") or gate.answered.is_set():
+                    super().answered(head)
                     return
                 gate.held.append(self)
                 gate.answered.set()
-                asyncio.ensure_future(self._later())
+                asyncio.ensure_future(self._later(head))
 
-            async def _later(self) -> None:
+            async def _later(self, head: bytes) -> None:
                 await gate.opened.wait()
                 if not self.answer.done():
-                    head, _, rest = self.buffer.partition(b"\r\n\r\n")
-                    self.answer.set_result((head, rest))
+                    super().answered(head)
 
         self.cls = HeldAnswer
 
@@ -207,6 +204,33 @@ async def test_huawei_device_message_sent_while_the_bridge_is_built_is_relayed(r
         await device.close()
 
 
+async def test_huawei_source_message_right_after_connect_tunnel_is_relayed(replicas, gate):
+    """The source's replica links the source as soon as it has answered the bridge's upgrade,
+    and tells it connect_tunnel: the source's first message may reach the device's replica
+    after the answer, before that replica has handed the socket to the bridge. It is relayed,
+    not lost with the bytes that followed the answer (CI once lost it on a loaded machine)."""
+    a, b = await replicas("first-a"), await replicas("first-b")
+    body = await a.create(device_id=f"dev-{uuid.uuid4().hex[:8]}")
+    tunnel_id = body["tunnel_id"]
+    async with aiohttp.ClientSession() as session:
+        device = await huawei_ws(session, b, tunnel_id, "device", body["device_access_token"])
+        await until(lambda: _claimed(b, tunnel_id, Side.DEVICE), "the device's lease")
+        source = await huawei_ws(session, a, tunnel_id, "source", body["tunnel_access_token"])
+        hello = orjson.loads((await source.receive(timeout=10)).data)
+        assert hello["operation_type"] == "connect_tunnel"
+        await asyncio.wait_for(gate.answered.wait(), 5)   # B has the answer; `_open` does not yet
+        down = message("command", "first", "uname -a")
+        await source.send_str(down)
+        await until(lambda: len(gate.held[0].buffer) > len(down), "the source's message reached B behind the answer")
+        gate.opened.set()
+        got = await device.receive(timeout=5)
+        assert got.type == aiohttp.WSMsgType.TEXT and got.data == down, got
+        await device.send_str(message("command_response", "first", "Linux"))
+        assert orjson.loads((await source.receive(timeout=5)).data)["data"] == "Linux"
+        await source.close()
+        await device.close()
+
+
 async def test_aws_destination_data_sent_while_the_bridge_is_built_is_relayed(replicas, gate):
     a, b = await replicas("window-a"), await replicas("window-b")
     body = await a.create(device_id=f"thing-{uuid.uuid4().hex[:8]}", protocol="aws", services=["SSH"])
@@ -224,7 +248,7 @@ async def test_aws_destination_data_sent_while_the_bridge_is_built_is_relayed(re
         start = Msg(STREAM_START, stream_id=1, service_id="SSH", connection_id=1)
         await source.send(start)
         held = gate.held[0]
-        await until(lambda: bool(held.buffer.partition(b"\r\n\r\n")[2]), "the STREAM_START reached B through the bridge")
+        await until(lambda: bool(held.buffer), "the STREAM_START reached B through the bridge, behind the answer")
         # ... while B has not linked the destination yet: what it sends now must be relayed.
         data = Msg(DATA, stream_id=1, service_id="SSH", connection_id=1, payload=b"SSH-2.0-OpenSSH_9.2\r\n" * 20)
         await destination.send(data)
