@@ -21,7 +21,8 @@ async def ws(session: aiohttp.ClientSession, base: str, tunnel_id: str, side: st
 
 async def receive(sock: aiohttp.ClientWebSocketResponse, timeout: float = 10) -> aiohttp.WSMessage:
     """The next message, within `timeout` seconds. asyncio's timeout, not aiohttp's: aiohttp
-    starts its own again after every ping it answers, and the rig's replicas ping every second."""
+    starts its own again after every ping it answers, so against a replica that pings it may
+    never expire."""
     async with asyncio.timeout(timeout):
         return await sock.receive()
 
