@@ -39,15 +39,14 @@ import orjson
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# One home for choosing a free loopback port (below the kernel's ephemeral range: a port from
+# bind(0), released and bound by a server seconds later, may meanwhile become some outgoing
+# connection's local port; a rathole service once lost its port that way in CI).
+from tests.servers import free_port  # noqa: E402
 API_TOKEN = "bench-token-0123456789abcdef"
 AWS_SERVICE = "SSH"   # the one service of the AWS-protocol tunnels the benchmarks create
 RUN_LIMIT = float(os.environ.get("BENCH_RUN_LIMIT", "120"))  # seconds any one measurement may take
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def envelope(size: int, request_id: str = "r") -> bytes:

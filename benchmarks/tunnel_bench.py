@@ -50,6 +50,11 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# One home for choosing a free loopback port (below the kernel's ephemeral range: a port from
+# bind(0), released and bound by a server seconds later, may meanwhile become some outgoing
+# connection's local port; a rathole service once lost its port that way in CI).
+from tests.servers import free_port  # noqa: E402
 API_TOKEN = "bench-token-0123456789abcdef"
 PROJECT = "bench"
 RATHOLE_VERSION = "0.5.0"
@@ -60,12 +65,6 @@ ALL_PATHS = ("direct", "rathole-tcp", "rathole-ws", "huawei", "aws")
 
 class Skip(Exception):
     """A path (or a part of one) cannot run here; the message says why."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen | None, what: str, timeout: float = 60) -> None:
